@@ -1,0 +1,355 @@
+"""The `l4` command line: a thin edge that parses options, runs, prints, and maps errors to exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from l4 import __version__
+from l4.costmodel.profile import Profile, available_profiles, load_profile
+from l4.errors import L4Error, ValidationError
+from l4.instance.config import InstanceConfig
+from l4.metrics import SloConfig
+from l4.policies.base import parse_policy_list, policy_names
+from l4.report import plot_latency_cdfs, plot_sweep, print_table, write_json, write_requests_jsonl
+from l4.sim.capacity import find_capacity
+from l4.sim.migration import MigrationConfig, MigrationMechanism
+from l4.sim.runner import PolicyRun, SimConfig, run_policy
+from l4.workload import Workload, WorkloadSpec, build_workload, bundled_traces
+
+DEFAULT_TRACE = "mooncake"
+DEFAULT_PROFILE = "h100-llama-3.2-3b"
+DEFAULT_INSTANCES = 16
+DEFAULT_POLICIES = "round_robin,least_load,random"
+DEFAULT_DURATION_S = 1200.0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_workload_options(p: argparse.ArgumentParser) -> None:
+    w = p.add_argument_group("workload")
+    w.add_argument(
+        "--trace",
+        default=DEFAULT_TRACE,
+        help=f"bundled trace ({', '.join(bundled_traces())}) or a JSONL/CSV path with "
+        "arrival_s,input_tokens,output_tokens (default: %(default)s)",
+    )
+    w.add_argument("--rate", type=_positive_float, help="mean arrival rate in requests/s")
+    w.add_argument(
+        "--rate-scale",
+        type=_positive_float,
+        help="multiply the arrival rate (the trace's own, or --rate) by this factor",
+    )
+    w.add_argument(
+        "--duration",
+        type=_positive_float,
+        help="keep arrivals in the first S seconds "
+        f"(default: {DEFAULT_DURATION_S:g} unless --num-requests is given)",
+    )
+    w.add_argument("--num-requests", type=_positive_int, help="keep the first N requests")
+    w.add_argument(
+        "--burstiness",
+        type=_positive_float,
+        default=1.0,
+        help="Gamma shape of generated inter-arrivals for traces without timestamps "
+        "(1 = Poisson, <1 burstier; default: %(default)s)",
+    )
+    w.add_argument("--seed", type=int, default=0, help="seed for arrivals and random choices")
+    c = p.add_argument_group("cluster")
+    c.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help=f"calibration profile ({', '.join(available_profiles())}) or a profile JSON path "
+        "(default: %(default)s)",
+    )
+    c.add_argument("--instances", type=_positive_int, default=DEFAULT_INSTANCES)
+    c.add_argument(
+        "--alpha",
+        type=float,
+        help="override the heterogeneity coefficient with a constant in [0, 1] "
+        "(default: the profile's measured table)",
+    )
+    c.add_argument(
+        "--migration",
+        choices=[m.value for m in MigrationMechanism],
+        default=MigrationMechanism.KV_TRANSFER.value,
+        help="how policies move running requests (default: %(default)s)",
+    )
+    c.add_argument("--max-num-seqs", type=_positive_int, help="vLLM max_num_seqs")
+    c.add_argument("--max-num-batched-tokens", type=_positive_int, help="vLLM token budget/step")
+    c.add_argument("--kv-capacity-tokens", type=_positive_int, help="KV cache size per instance")
+    s = p.add_argument_group("service-level objectives")
+    s.add_argument(
+        "--slo-scale",
+        type=_positive_float,
+        default=5.0,
+        help="a request meets its SLOs within S x its unloaded TTFT and TPOT (default: 5)",
+    )
+    s.add_argument("--slo-ttft", type=_positive_float, help="absolute TTFT SLO in seconds")
+    s.add_argument("--slo-tpot", type=_positive_float, help="absolute TPOT SLO in seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="l4",
+        description="L4: length-aware scheduling for multi-instance LLM serving.",
+    )
+    parser.add_argument("--version", action="version", version=f"l4 {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser(
+        "simulate",
+        help="simulate a cluster under several policies and compare them",
+        description="Replay a trace on a simulated cluster of vLLM-like instances, once per "
+        "policy, and print TTFT/TPOT/ITL/E2E, throughput and goodput side by side.",
+    )
+    _add_workload_options(sim)
+    sim.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated, from: {', '.join(policy_names())} (default: %(default)s)",
+    )
+    o = sim.add_argument_group("output")
+    o.add_argument("--out", type=Path, help="directory for report.json, requests.jsonl, cdf.png")
+    o.add_argument("--json", type=Path, help="write the JSON report here")
+    o.add_argument("--requests-out", type=Path, help="write one JSON line per request here")
+    cap = sub.add_parser(
+        "capacity",
+        help="find each policy's largest rate that keeps goodput at the target",
+        description="Bisect the arrival-rate multiplier per policy for the largest rate whose "
+        "SLO attainment (share of requests meeting TTFT and TPOT SLOs) stays >= the target.",
+    )
+    _add_workload_options(cap)
+    cap.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated policies")
+    cap.add_argument("--goodput-target", type=float, default=0.9, help="default: %(default)s")
+    cap.add_argument("--iterations", type=_positive_int, default=6, help="bisection steps")
+    cap.add_argument("--json", type=Path, help="write the JSON result here")
+    cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
+    return parser
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    return load_profile(args.profile).with_overrides(
+        kv_capacity_tokens=args.kv_capacity_tokens, alpha=args.alpha
+    )
+
+
+def _sim_config(args: argparse.Namespace, profile: Profile) -> SimConfig:
+    return SimConfig(
+        profile=profile,
+        instance_config=InstanceConfig.from_profile(
+            profile,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+        ),
+        num_instances=args.instances,
+        migration=MigrationConfig(mechanism=MigrationMechanism(args.migration)),
+        slo=SloConfig(scale=args.slo_scale, ttft_s=args.slo_ttft, tpot_s=args.slo_tpot),
+        seed=args.seed,
+    )
+
+
+def _workload(args: argparse.Namespace, profile: Profile, rate_scale: float | None) -> Workload:
+    duration = args.duration
+    if duration is None and args.num_requests is None:
+        duration = DEFAULT_DURATION_S
+    return build_workload(
+        WorkloadSpec(
+            trace=args.trace,
+            max_context_tokens=profile.model.max_context_tokens,
+            rate_rps=args.rate,
+            rate_scale=rate_scale,
+            duration_s=duration,
+            num_requests=args.num_requests,
+            seed=args.seed,
+            burstiness=args.burstiness,
+        )
+    )
+
+
+def _config(args: argparse.Namespace, cfg: SimConfig, workload: Workload) -> dict[str, object]:
+    described = workload.describe()
+    return {
+        "trace": args.trace,
+        "rate": round(workload.mean_rate_rps, 6),
+        "rate_scale": args.rate_scale,
+        "instances": cfg.num_instances,
+        "profile": cfg.profile.name,
+        "alpha": "profile" if args.alpha is None else args.alpha,
+        "seed": cfg.seed,
+        "duration": described.get("duration_s"),
+        "requests": len(workload.requests),
+        "migration": args.migration,
+        "max_num_seqs": cfg.instance_config.max_num_seqs,
+        "max_num_batched_tokens": cfg.instance_config.max_num_batched_tokens,
+        "kv_capacity_tokens": cfg.instance_config.kv_capacity_tokens,
+        "slo": {"scale": cfg.slo.scale, "ttft_s": cfg.slo.ttft_s, "tpot_s": cfg.slo.tpot_s},
+        "workload": described,
+        "l4_version": __version__,
+    }
+
+
+class _Progress:
+    """A progress bar on a terminal; one line per finished run elsewhere."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f}%"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        )
+
+    def context(self) -> AbstractContextManager[Any]:
+        return self.bar if self.console.is_terminal else nullcontext()
+
+    def task(self, label: str) -> Callable[[float], None]:
+        task_id = self.bar.add_task(label, total=1.0)
+
+        def update(fraction: float) -> None:
+            self.bar.update(task_id, completed=fraction)
+
+        return update
+
+    def done(self, label: str, seconds: float) -> None:
+        self.console.print(f"[dim]{label}: {seconds:.1f} s[/dim]")
+
+
+def cmd_simulate(args: argparse.Namespace, console: Console, err: Console) -> int:
+    profile = _profile(args)
+    policies = parse_policy_list(args.policies)
+    cfg = _sim_config(args, profile)
+    workload = _workload(args, profile, args.rate_scale)
+    config = _config(args, cfg, workload)
+    if workload.clipped_requests:
+        err.print(
+            f"note: {workload.clipped_requests} requests clipped to the model's context "
+            f"({profile.model.max_context_tokens} tokens)"
+        )
+    progress = _Progress(err)
+    runs: list[PolicyRun] = []
+    with progress.context():
+        for name in policies:
+            t0 = time.perf_counter()
+            runs.append(run_policy(cfg, workload, name, progress=progress.task(name)))
+            progress.done(f"simulated {name}", time.perf_counter() - t0)
+    results = {r.policy: r.summary for r in runs}
+    print_table(console, results, config)
+    report = {"config": config, "results": results}
+    out: Path | None = args.out
+    json_path = args.json or (out / "report.json" if out else None)
+    requests_path = args.requests_out or (out / "requests.jsonl" if out else None)
+    records = {r.policy: r.outcome.records for r in runs}
+    if json_path:
+        write_json(json_path, report)
+        err.print(f"wrote {json_path}")
+    if requests_path:
+        write_requests_jsonl(requests_path, records)
+        err.print(f"wrote {requests_path}")
+    if out:
+        plot_latency_cdfs(out / "latency_cdf.png", records)
+        err.print(f"wrote {out / 'latency_cdf.png'}")
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> int:
+    profile = _profile(args)
+    policies = parse_policy_list(args.policies)
+    cfg = _sim_config(args, profile)
+    base_scale = args.rate_scale or 1.0
+    base = _workload(args, profile, base_scale)
+    config = _config(args, cfg, base)
+    config["goodput_target"] = args.goodput_target
+    results: dict[str, object] = {}
+    sweep: dict[str, list[tuple[float, dict[str, object]]]] = {}
+    for name in policies:
+        t0 = time.perf_counter()
+
+        def probe(scale: float, name: str = name) -> dict[str, object]:
+            workload = _workload(args, profile, base_scale * scale)
+            summary = run_policy(cfg, workload, name).summary
+            summary["requests_per_s"] = workload.mean_rate_rps
+            err.print(
+                f"[dim]{name}: x{base_scale * scale:.3g} ({workload.mean_rate_rps:.3g} req/s) "
+                f"attainment {summary.get('slo_attainment')}[/dim]"
+            )
+            return summary
+
+        found = find_capacity(probe, target=args.goodput_target, iterations=args.iterations)
+        sweep[name] = [(float(str(s["requests_per_s"])), s) for _, s in found.probes]
+        if found.rate_scale is None or found.summary is None:
+            results[name] = {"rate_scale": None, "requests_per_s": None,
+                             "goodput_requests_per_s": None}
+        else:
+            results[name] = {
+                "rate_scale": base_scale * found.rate_scale,
+                "requests_per_s": found.summary["requests_per_s"],
+                "goodput_requests_per_s": found.summary["goodput_requests_per_s"],
+            }
+        err.print(f"[dim]{name}: capacity search took {time.perf_counter() - t0:.1f} s[/dim]")
+    report = {"config": config, "results": results}
+    for name, r in results.items():
+        console.print(f"{name:>16}: {r}")
+    out: Path | None = args.out
+    json_path = args.json or (out / "capacity.json" if out else None)
+    if json_path:
+        write_json(json_path, report)
+        err.print(f"wrote {json_path}")
+    if out:
+        plot_sweep(out / "capacity_sweep.png", sweep)
+        err.print(f"wrote {out / 'capacity_sweep.png'}")
+    return 0
+
+
+COMMANDS = {"simulate": cmd_simulate, "capacity": cmd_capacity}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        return COMMANDS[args.command](args, console, err)
+    except (L4Error, OSError) as exc:
+        print(f"l4: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("l4: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["ValidationError", "main"]

@@ -1,0 +1,48 @@
+"""The one exception tree of L4.
+
+    L4Error
+    ├── ConfigError            a bad option, profile, policy name or value given by the user
+    │   ├── UnknownNameError   a name that is not in a registry (profile, policy, trace)
+    │   └── ValidationError    a value out of range (negative rate, zero instances, ...)
+    ├── WorkloadError          a trace that cannot be read (missing file, malformed row)
+    ├── CapacityError          a request that can never fit an instance (prompt above KV capacity)
+    └── InvariantError         the simulator caught itself losing, duplicating or over-allocating
+
+Only the edges (the CLI, later the HTTP routes) turn these into exit codes or status codes.
+"""
+
+from __future__ import annotations
+
+
+class L4Error(Exception):
+    """Base of every error L4 raises on purpose."""
+
+
+class ConfigError(L4Error):
+    """A configuration given by the user is wrong."""
+
+
+class UnknownNameError(ConfigError):
+    """A name is not registered; the message lists the known ones."""
+
+    def __init__(self, kind: str, name: str, known: list[str] | tuple[str, ...]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = tuple(known)
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(sorted(self.known))}")
+
+
+class ValidationError(ConfigError):
+    """A value is out of its allowed range."""
+
+
+class WorkloadError(L4Error):
+    """A trace or workload file cannot be read or is malformed."""
+
+
+class CapacityError(L4Error):
+    """A request can never be served by the configured instance."""
+
+
+class InvariantError(L4Error):
+    """An internal invariant broke: a bug, never a user error."""

@@ -1,0 +1,123 @@
+"""What a global scheduling policy sees and does, and the registry keyed by CLI name.
+
+A policy is a plain object with the clock injected: the simulator (and later the gateway) calls
+`route` for each arrival and `on_tick` every `tick_interval_s`, passing a `ClusterView` that
+exposes read-only instance state and one action, `migrate`. Policies hold no global state; every
+run constructs its own from a `PolicyContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from l4.costmodel.profile import Profile
+from l4.costmodel.step import StepCostModel
+from l4.errors import UnknownNameError
+from l4.instance.config import InstanceConfig
+from l4.instance.sequence import Sequence as Seq
+from l4.request import RequestSpec
+
+
+class InstanceView(Protocol):
+    """Read-only state of one instance, as a router may observe it."""
+
+    @property
+    def instance_id(self) -> int: ...
+    @property
+    def num_waiting(self) -> int: ...
+    @property
+    def num_running(self) -> int: ...
+    @property
+    def kv_usage(self) -> float: ...
+    def free_blocks(self) -> int: ...
+    def waiting_demand_blocks(self) -> int: ...
+    def running(self) -> list[Seq]: ...
+    def waiting(self) -> list[Seq]: ...
+    def length_of(self, seq: Seq) -> int: ...
+    def decode_length_stats(self) -> tuple[int, int, int]: ...
+
+
+class ClusterView(Protocol):
+    @property
+    def num_instances(self) -> int: ...
+    def instance(self, instance_id: int) -> InstanceView: ...
+    def migrate(self, seq: Seq, src: int, dst: int, reason: str) -> bool:
+        """Start moving `seq` from `src` to `dst`; False if refused (no room, not movable)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyContext:
+    num_instances: int
+    profile: Profile
+    cost: StepCostModel
+    instance_config: InstanceConfig
+    seed: int
+
+
+class Policy(Protocol):
+    tick_interval_s: float | None
+
+    def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int: ...
+
+    def on_tick(self, cluster: ClusterView, now_s: float) -> None: ...
+
+    def groups(self) -> list[list[int]]:
+        """Instance groups for balance metrics (one group for single-group policies)."""
+        ...
+
+
+PolicyFactory = Callable[[PolicyContext], Policy]
+_REGISTRY: dict[str, PolicyFactory] = {}
+
+
+def register_policy(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
+    def deco(factory: PolicyFactory) -> PolicyFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"policy {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def policy_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def make_policy(name: str, ctx: PolicyContext) -> Policy:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise UnknownNameError("policy", name, list(_REGISTRY))
+    return _REGISTRY[name](ctx)
+
+
+def parse_policy_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    known = policy_names()
+    for name in names:
+        if name not in known:
+            raise UnknownNameError("policy", name, known)
+    if not names:
+        raise UnknownNameError("policy", text, known)
+    return names
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers their policies (the registry is filled once, at import).
+    from l4.policies import baselines  # noqa: F401
+
+
+def one_group(num_instances: int) -> list[list[int]]:
+    return [list(range(num_instances))]
+
+
+def argmin(values: Sequence[float]) -> int:
+    best, best_i = values[0], 0
+    for i, v in enumerate(values):
+        if v < best:
+            best, best_i = v, i
+    return best_i

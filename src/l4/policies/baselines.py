@@ -1,0 +1,76 @@
+"""Length-agnostic baselines: what gateways in front of vLLM do today.
+
+* `round_robin`  the default of most gateways (vLLM production-stack).
+* `random`       uniform choice, seeded.
+* `least_load`   vLLM's data-parallel balancer: fewest 4 x waiting + running, ties to the lowest id.
+"""
+
+from __future__ import annotations
+
+import random
+
+from l4.policies.base import ClusterView, PolicyContext, argmin, one_group, register_policy
+from l4.request import RequestSpec
+
+
+class RoundRobin:
+    tick_interval_s: float | None = None
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self._n = ctx.num_instances
+        self._next = 0
+
+    def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
+        i = self._next
+        self._next = (i + 1) % self._n
+        return i
+
+    def on_tick(self, cluster: ClusterView, now_s: float) -> None:
+        pass
+
+    def groups(self) -> list[list[int]]:
+        return one_group(self._n)
+
+
+class RandomChoice:
+    tick_interval_s: float | None = None
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self._n = ctx.num_instances
+        self._rng = random.Random(ctx.seed)
+
+    def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
+        return self._rng.randrange(self._n)
+
+    def on_tick(self, cluster: ClusterView, now_s: float) -> None:
+        pass
+
+    def groups(self) -> list[list[int]]:
+        return one_group(self._n)
+
+
+class LeastLoad:
+    """vLLM DP load balancing (`score = 4 * waiting + running`)."""
+
+    tick_interval_s: float | None = None
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self._n = ctx.num_instances
+
+    def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
+        scores = []
+        for i in range(self._n):
+            inst = cluster.instance(i)
+            scores.append(4 * inst.num_waiting + inst.num_running)
+        return argmin(scores)
+
+    def on_tick(self, cluster: ClusterView, now_s: float) -> None:
+        pass
+
+    def groups(self) -> list[list[int]]:
+        return one_group(self._n)
+
+
+register_policy("round_robin")(RoundRobin)
+register_policy("random")(RandomChoice)
+register_policy("least_load")(LeastLoad)

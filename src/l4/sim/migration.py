@@ -1,0 +1,39 @@
+"""Migration mechanisms (L4.md section 3), as the simulator models them.
+
+* kv-transfer: the KV cache is copied in the background at `bandwidth_bytes_per_s` while the
+  request keeps decoding at the source; the destination reserves KV (and a sequence slot) for the
+  whole context up front; then a stop-and-copy of what grew meanwhile, costing `downtime_base_s`
+  plus those tokens over the bandwidth. Only decoding requests can move this way.
+* replay: the source aborts the request at its next step boundary; after `replay_overhead_s` (an
+  HTTP round trip) the destination receives prompt + generated tokens as a new prompt and
+  re-prefills them. Works for any request, queued or running.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from l4.errors import ValidationError
+
+
+class MigrationMechanism(enum.Enum):
+    KV_TRANSFER = "kv-transfer"
+    REPLAY = "replay"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationConfig:
+    mechanism: MigrationMechanism = MigrationMechanism.KV_TRANSFER
+    # 25 GB/s: a PCIe-5/NVLink-less inter-GPU path through host memory, Llumnix's setting class.
+    bandwidth_bytes_per_s: float = 25e9
+    downtime_base_s: float = 0.005
+    replay_overhead_s: float = 0.002
+    # KV reserved at the destination beyond the current context, for tokens decoded during the copy.
+    headroom_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_bytes_per_s <= 0:
+            raise ValidationError("migration bandwidth must be > 0")
+        if self.downtime_base_s < 0 or self.replay_overhead_s < 0 or self.headroom_tokens < 0:
+            raise ValidationError("migration overheads must be >= 0")

