@@ -56,7 +56,9 @@ def make_instance(
     return Instance(instance_id, cfg, StepCostModel(profile))
 
 
-def req(request_id: int, input_tokens: int, output_tokens: int, arrival_s: float = 0.0) -> RequestSpec:
+def req(
+    request_id: int, input_tokens: int, output_tokens: int, arrival_s: float = 0.0
+) -> RequestSpec:
     return RequestSpec(
         request_id=request_id,
         arrival_s=arrival_s,

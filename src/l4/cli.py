@@ -1,4 +1,4 @@
-"""The `l4` command line: a thin edge that parses options, runs, prints, and maps errors to exits."""
+"""The `l4` command line: a thin edge that parses, runs, prints, and maps errors to exit codes."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ DEFAULT_PROFILE = "h100-llama-3.2-3b"
 DEFAULT_INSTANCES = 16
 DEFAULT_POLICIES = "round_robin,least_load,random"
 DEFAULT_DURATION_S = 1200.0
+# With neither --rate nor --rate-scale, the trace's rate is multiplied by this: on the default
+# trace and cluster it puts round robin near 90% SLO attainment, where policies differ. At the
+# trace's own rate (x1) the default cluster is nearly idle and every policy looks the same.
+DEFAULT_RATE_SCALE = 4.0
 
 
 def _positive_int(text: str) -> int:
@@ -64,7 +68,8 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--rate-scale",
         type=_positive_float,
-        help="multiply the arrival rate (the trace's own, or --rate) by this factor",
+        help="multiply the arrival rate (the trace's own, or --rate) by this factor "
+        f"(default: {DEFAULT_RATE_SCALE:g} when neither --rate nor --rate-scale is given, else 1)",
     )
     w.add_argument(
         "--duration",
@@ -174,6 +179,12 @@ def _sim_config(args: argparse.Namespace, profile: Profile) -> SimConfig:
     )
 
 
+def _rate_scale(args: argparse.Namespace) -> float:
+    if args.rate_scale is not None:
+        return float(args.rate_scale)
+    return 1.0 if args.rate is not None else DEFAULT_RATE_SCALE
+
+
 def _workload(args: argparse.Namespace, profile: Profile, rate_scale: float | None) -> Workload:
     duration = args.duration
     if duration is None and args.num_requests is None:
@@ -197,7 +208,7 @@ def _config(args: argparse.Namespace, cfg: SimConfig, workload: Workload) -> dic
     return {
         "trace": args.trace,
         "rate": round(workload.mean_rate_rps, 6),
-        "rate_scale": args.rate_scale,
+        "rate_scale": _rate_scale(args),
         "instances": cfg.num_instances,
         "profile": cfg.profile.name,
         "alpha": "profile" if args.alpha is None else args.alpha,
@@ -212,6 +223,15 @@ def _config(args: argparse.Namespace, cfg: SimConfig, workload: Workload) -> dic
         "workload": described,
         "l4_version": __version__,
     }
+
+
+def _caption(config: dict[str, object]) -> dict[str, object]:
+    keys = ("trace", "rate", "instances", "profile", "alpha", "seed", "duration", "migration")
+    out = {k: config[k] for k in keys}
+    out["rate"] = f"{config['rate']:.3g} req/s (x{config['rate_scale']:g})"
+    duration = config["duration"]
+    out["duration"] = f"{duration:.0f} s" if isinstance(duration, float) else duration
+    return out
 
 
 class _Progress:
@@ -248,7 +268,7 @@ def cmd_simulate(args: argparse.Namespace, console: Console, err: Console) -> in
     profile = _profile(args)
     policies = parse_policy_list(args.policies)
     cfg = _sim_config(args, profile)
-    workload = _workload(args, profile, args.rate_scale)
+    workload = _workload(args, profile, _rate_scale(args))
     config = _config(args, cfg, workload)
     if workload.clipped_requests:
         err.print(
@@ -263,7 +283,7 @@ def cmd_simulate(args: argparse.Namespace, console: Console, err: Console) -> in
             runs.append(run_policy(cfg, workload, name, progress=progress.task(name)))
             progress.done(f"simulated {name}", time.perf_counter() - t0)
     results = {r.policy: r.summary for r in runs}
-    print_table(console, results, config)
+    print_table(console, results, _caption(config))
     report = {"config": config, "results": results}
     out: Path | None = args.out
     json_path = args.json or (out / "report.json" if out else None)
@@ -285,7 +305,7 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
     profile = _profile(args)
     policies = parse_policy_list(args.policies)
     cfg = _sim_config(args, profile)
-    base_scale = args.rate_scale or 1.0
+    base_scale = _rate_scale(args)
     base = _workload(args, profile, base_scale)
     config = _config(args, cfg, base)
     config["goodput_target"] = args.goodput_target
@@ -305,10 +325,13 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
             return summary
 
         found = find_capacity(probe, target=args.goodput_target, iterations=args.iterations)
-        sweep[name] = [(float(str(s["requests_per_s"])), s) for _, s in found.probes]
+        sweep[name] = [(float(str(s["requests_per_s"])), dict(s)) for _, s in found.probes]
         if found.rate_scale is None or found.summary is None:
-            results[name] = {"rate_scale": None, "requests_per_s": None,
-                             "goodput_requests_per_s": None}
+            results[name] = {
+                "rate_scale": None,
+                "requests_per_s": None,
+                "goodput_requests_per_s": None,
+            }
         else:
             results[name] = {
                 "rate_scale": base_scale * found.rate_scale,
@@ -336,7 +359,8 @@ COMMANDS = {"simulate": cmd_simulate, "capacity": cmd_capacity}
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console()
+    # Off a terminal rich would wrap at 80 columns and squeeze the table; give it room.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     err = Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console, err)

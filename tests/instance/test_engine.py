@@ -6,7 +6,7 @@ import pytest
 
 from factories import make_instance, req, tiny_profile
 from l4.errors import InvariantError
-from l4.instance import Instance, Sequence, SeqState
+from l4.instance import Instance, SeqState, Sequence
 from l4.instance.engine import StepResult
 
 

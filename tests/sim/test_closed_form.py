@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from factories import req, tiny_profile
+from l4.costmodel import StepCostModel
 from l4.instance import InstanceConfig
 from l4.policies import PolicyContext, make_policy
-from l4.costmodel import StepCostModel
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
 

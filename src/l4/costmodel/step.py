@@ -88,7 +88,7 @@ class StepCostModel:
         context_max_tokens: int,
         chunks: Sequence[PrefillChunk] = (),
     ) -> float:
-        """Seconds for one step with `num_decodes` decodes (their context sum and max) and chunks."""
+        """Seconds for one step: `num_decodes` decodes (context sum and max) plus prefill chunks."""
         tokens = num_decodes
         prefill_s = 0.0
         for chunk in chunks:
@@ -107,10 +107,10 @@ class StepCostModel:
             )
         )
 
-    def unloaded_latency_s(self, input_tokens: int, output_tokens: int, budget_tokens: int) -> tuple[
-        float, float
-    ]:
-        """(TTFT, TPOT) of a request alone on an idle instance: the SLO reference (EVALUATION.md)."""
+    def unloaded_latency_s(
+        self, input_tokens: int, output_tokens: int, budget_tokens: int
+    ) -> tuple[float, float]:
+        """(TTFT, TPOT) of a request alone on an idle instance: the SLO reference."""
         ttft = 0.0
         done = 0
         while done < input_tokens:

@@ -2,6 +2,6 @@
 
 from l4.instance.config import InstanceConfig
 from l4.instance.engine import Instance, StepPlan, StepResult
-from l4.instance.sequence import Sequence, SeqState
+from l4.instance.sequence import SeqState, Sequence
 
 __all__ = ["Instance", "InstanceConfig", "SeqState", "Sequence", "StepPlan", "StepResult"]

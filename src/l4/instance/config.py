@@ -40,8 +40,7 @@ class InstanceConfig:
         """vLLM's defaults for the profile's GPU unless the user overrides them."""
         cfg = cls(
             max_num_seqs=max_num_seqs or profile.default_max_num_seqs,
-            max_num_batched_tokens=max_num_batched_tokens
-            or profile.default_max_num_batched_tokens,
+            max_num_batched_tokens=max_num_batched_tokens or profile.default_max_num_batched_tokens,
             num_kv_blocks=profile.num_kv_blocks,
             block_size_tokens=profile.block_size_tokens,
         )

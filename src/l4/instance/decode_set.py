@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 
-from l4.instance.sequence import Sequence, SeqState
+from l4.instance.sequence import SeqState, Sequence
 
 
 class DecodeSet:
@@ -137,7 +137,7 @@ class DecodeSet:
         cycles, left = divmod(free_blocks, n)
         k = cycles * bs
         # Each full cycle of `bs` steps costs exactly n blocks; walk the last partial cycle.
-        for j in range(bs):
+        for _ in range(bs):
             need = self._residue[(-(step + k)) % bs]
             if need > left:
                 break

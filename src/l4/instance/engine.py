@@ -33,7 +33,7 @@ from l4.costmodel.step import PrefillChunk, StepCostModel
 from l4.errors import InvariantError
 from l4.instance.config import InstanceConfig
 from l4.instance.decode_set import DecodeSet
-from l4.instance.sequence import Sequence, SeqState
+from l4.instance.sequence import SeqState, Sequence
 
 UNLIMITED_STEPS = 1 << 62
 

@@ -19,8 +19,8 @@ from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.errors import InvariantError
 from l4.instance import Instance, InstanceConfig, SeqState
-from l4.instance.engine import UNLIMITED_STEPS
 from l4.instance import Sequence as Seq
+from l4.instance.engine import UNLIMITED_STEPS
 from l4.metrics import ItlRecorder, RequestRecord
 from l4.policies.base import InstanceView, Policy
 from l4.request import RequestSpec
@@ -153,7 +153,7 @@ class Simulation:
         q = self._queue
         self._seqs = [Seq(r) for r in requests]
         for seq in self._seqs:
-            q.schedule(seq.spec.arrival_s, lambda t, s=seq: self._on_arrival(s, t))
+            q.schedule(seq.spec.arrival_s, self._arrival_action(seq))
         tick = self.policy.tick_interval_s
         if tick is not None and self._seqs:
             q.schedule(self._seqs[0].spec.arrival_s + tick, self._on_tick)
@@ -176,6 +176,9 @@ class Simulation:
         return self._outcome(time.perf_counter() - wall0)
 
     # ---- event handlers -----------------------------------------------------------------------
+    def _arrival_action(self, seq: Seq) -> Callable[[float], None]:
+        return lambda t: self._on_arrival(seq, t)
+
     def _on_arrival(self, seq: Seq, now: float) -> None:
         self._arrived += 1
         target = self.policy.route(seq.spec, self, now)

@@ -1,4 +1,4 @@
-"""Run policies over a workload and summarise them: the glue behind `l4 simulate` and `l4 capacity`."""
+"""Run a policy over a workload and summarise it: the glue behind `l4 simulate` and `capacity`."""
 
 from __future__ import annotations
 
