@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,6 +34,13 @@ DEFAULT_DURATION_S = 1200.0
 # trace and cluster it puts round robin near 90% SLO attainment, where policies differ. At the
 # trace's own rate (x1) the default cluster is nearly idle and every policy looks the same.
 DEFAULT_RATE_SCALE = 4.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -121,7 +128,7 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="l4",
         description="L4: length-aware scheduling for multi-instance LLM serving.",
     )

@@ -129,6 +129,11 @@ class Instance:
         return self._plan
 
     @property
+    def steps_run(self) -> int:
+        """Engine steps completed so far (each one a forward pass on a real GPU)."""
+        return self._step
+
+    @property
     def num_waiting(self) -> int:
         return len(self._waiting)
 

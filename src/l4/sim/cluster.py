@@ -50,6 +50,7 @@ class SimOutcome:
     failed_migrations: int
     preemptions: int
     events: int
+    engine_steps: int
     sim_end_s: float
     wall_s: float
     groups: tuple[tuple[int, ...], ...] = field(default=())
@@ -369,6 +370,7 @@ class Simulation:
             failed_migrations=self._failed_migrations,
             preemptions=sum(i.num_preemptions for i in self.instances),
             events=self._queue.processed,
+            engine_steps=sum(i.steps_run for i in self.instances),
             sim_end_s=self._queue.now_s,
             wall_s=wall_s,
             groups=tuple(tuple(g) for g in self.policy.groups()),
