@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from l4 import __version__
 from l4.costmodel.profile import Profile, available_profiles, load_profile
@@ -19,7 +20,14 @@ from l4.errors import L4Error, ValidationError
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
 from l4.policies.base import parse_policy_list, policy_names
-from l4.report import plot_latency_cdfs, plot_sweep, print_table, write_json, write_requests_jsonl
+from l4.report import (
+    plot_latency_cdfs,
+    plot_sweep,
+    print_table,
+    table_caption,
+    write_json,
+    write_requests_jsonl,
+)
 from l4.sim.capacity import find_capacity
 from l4.sim.migration import MigrationConfig, MigrationMechanism
 from l4.sim.runner import PolicyRun, SimConfig, run_policy
@@ -347,8 +355,19 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
             }
         err.print(f"[dim]{name}: capacity search took {time.perf_counter() - t0:.1f} s[/dim]")
     report = {"config": config, "results": results}
+    table = Table(title="L4 capacity", caption=table_caption(_caption(config)))
+    for column in (
+        "policy",
+        "rate x trace",
+        "req/s",
+        f"goodput req/s (>= {args.goodput_target:g})",
+    ):
+        table.add_column(column, justify="right")
     for name, r in results.items():
-        console.print(f"{name:>16}: {r}")
+        assert isinstance(r, dict)
+        cells = [r["rate_scale"], r["requests_per_s"], r["goodput_requests_per_s"]]
+        table.add_row(name, *("-" if c is None else f"{c:.3g}" for c in cells))
+    console.print(table)
     out: Path | None = args.out
     json_path = args.json or (out / "capacity.json" if out else None)
     if json_path:
