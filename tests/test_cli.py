@@ -97,3 +97,10 @@ def test_negative_rate_is_refused_by_the_parser() -> None:
     assert proc.returncode == 2
     assert "must be > 0" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_engine_command_is_wired_and_validates() -> None:
+    proc = run_cli("engine", "--profile", "no-such-gpu", "--port", "18000")
+    assert proc.returncode == 2
+    assert "unknown profile" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

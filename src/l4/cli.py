@@ -16,6 +16,7 @@ from rich.table import Table
 
 from l4 import __version__
 from l4.costmodel.profile import Profile, available_profiles, load_profile
+from l4.engine.cli import add_engine_parser, run_engine
 from l4.errors import L4Error, ValidationError
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--iterations", type=_positive_int, default=6, help="bisection steps")
     cap.add_argument("--json", type=Path, help="write the JSON result here")
     cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
+    add_engine_parser(sub)
     return parser
 
 
@@ -379,7 +381,11 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
     return 0
 
 
-COMMANDS = {"simulate": cmd_simulate, "capacity": cmd_capacity}
+def cmd_engine(args: argparse.Namespace, console: Console, err: Console) -> int:
+    return run_engine(args)
+
+
+COMMANDS = {"simulate": cmd_simulate, "capacity": cmd_capacity, "engine": cmd_engine}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,138 @@
+"""`l4 engine`: serve one or more emulated vLLM instances over HTTP (uvicorn, one process).
+
+`add_engine_parser(subparsers)` registers the sub-command; `run_engine(args)` runs it until
+interrupted. Bad options raise `ConfigError`/`ValidationError` (one line) before anything binds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from l4.costmodel.profile import available_profiles, load_profile
+from l4.engine.server import EngineConfig, build_app
+from l4.errors import ValidationError
+from l4.instance.config import InstanceConfig
+
+DEFAULT_PROFILE = "h100-llama-3.2-3b"
+
+
+def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
+    p = subparsers.add_parser(
+        "engine",
+        help="serve emulated vLLM instances (OpenAI API, real-time pacing from the cost model)",
+        description="Serve K emulated vLLM instances: the simulator's scheduler steps in real "
+        "time and each step sleeps the cost model's predicted time divided by --time-scale.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, help="port of the (single) instance")
+    p.add_argument("--instances", type=int, default=1, help="instances to serve (default: 1)")
+    p.add_argument("--base-port", type=int, help="port of instance 0; instance i uses base + i")
+    p.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help=f"calibration profile ({', '.join(available_profiles())}) or a profile JSON path "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="run this many times faster than real time (default: %(default)s)",
+    )
+    p.add_argument("--max-num-seqs", type=int, help="vLLM max_num_seqs")
+    p.add_argument("--max-num-batched-tokens", type=int, help="vLLM token budget per step")
+    p.add_argument("--kv-capacity-tokens", type=int, help="KV cache size per instance")
+    p.add_argument("--served-model-name", help="model name in the API (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of output lengths and text")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeTarget:
+    host: str
+    port: int
+    config: EngineConfig
+
+
+def _check_port(port: int, what: str) -> None:
+    if not 0 < port < 65536:
+        raise ValidationError(f"{what} must be between 1 and 65535, got {port}")
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise ValidationError(f"{flag} must be >= 1, got {value}")
+
+
+def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
+    """Validate the options and build one EngineConfig (and port) per instance."""
+    if args.instances < 1:
+        raise ValidationError(f"--instances must be >= 1, got {args.instances}")
+    if not args.time_scale > 0:
+        raise ValidationError(f"--time-scale must be > 0, got {args.time_scale}")
+    for flag in ("max_num_seqs", "max_num_batched_tokens", "kv_capacity_tokens"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.instances == 1 and args.base_port is None:
+        if args.port is None:
+            raise ValidationError("give --port (or --instances K --base-port P)")
+        ports = [args.port]
+        _check_port(args.port, "--port")
+    else:
+        if args.port is not None:
+            raise ValidationError("with --instances K, give --base-port instead of --port")
+        if args.base_port is None:
+            raise ValidationError("--instances K needs --base-port P (ports P .. P+K-1)")
+        _check_port(args.base_port, "--base-port")
+        _check_port(args.base_port + args.instances - 1, "the last port")
+        ports = [args.base_port + i for i in range(args.instances)]
+    profile = load_profile(args.profile).with_overrides(kv_capacity_tokens=args.kv_capacity_tokens)
+    icfg = InstanceConfig.from_profile(
+        profile,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
+    name = args.served_model_name or profile.model.name
+    return [
+        ServeTarget(
+            host=args.host,
+            port=port,
+            config=EngineConfig(
+                profile=profile,
+                instance_config=icfg,
+                served_model_name=name,
+                time_scale=args.time_scale,
+                seed=args.seed,
+                instance_id=i,
+            ),
+        )
+        for i, port in enumerate(ports)
+    ]
+
+
+async def serve(targets: list[ServeTarget]) -> None:
+    """Run one uvicorn server per target in this event loop until they all stop."""
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(build_app(t.config), host=t.host, port=t.port, log_level="warning")
+        )
+        for t in targets
+    ]
+    async with asyncio.TaskGroup() as tg:
+        for server in servers:
+            tg.create_task(server.serve())
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    targets = engine_targets(args)
+    for t in targets:
+        print(
+            f"l4 engine: instance {t.config.instance_id} ({t.config.profile.name}, "
+            f"x{t.config.time_scale:g}) on http://{t.host}:{t.port}",
+            flush=True,
+        )
+    asyncio.run(serve(targets))
+    return 0

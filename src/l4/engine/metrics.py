@@ -1,0 +1,78 @@
+"""Prometheus metrics of one emulated engine, under vLLM's (V1) names, in a registry of its own.
+
+Every series carries a `model_name` label, as vLLM's do. Latencies are in emulated seconds (wall
+seconds times the time scale), so that they compare with `l4 simulate` and with a real GPU whatever
+`--time-scale` the engine runs at.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# vLLM's bucket boundaries for these histograms (seconds).
+_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+)  # fmt: skip
+_E2E_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+
+class EngineMetrics:
+    """The metric objects of one engine; `registry` is what `/metrics` renders."""
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["model_name"]
+        r = self.registry
+        self._running = Gauge(
+            "vllm:num_requests_running", "Requests in model execution batches.", labels, registry=r
+        )
+        self._waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests waiting to be processed.", labels, registry=r
+        )
+        self._kv = Gauge(
+            "vllm:kv_cache_usage_perc", "KV-cache usage (1 = 100 percent).", labels, registry=r
+        )
+        self._ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time to first token in seconds.",
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self._itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Inter-token latency in seconds.",
+            labels,
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self._e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end request latency in seconds.",
+            labels,
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        # prometheus-client appends the `_total` suffix of counters.
+        self._prompt = Counter(
+            "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r
+        )
+        self._generation = Counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=r
+        )
+        self.running = self._running.labels(model_name)
+        self.waiting = self._waiting.labels(model_name)
+        self.kv_usage = self._kv.labels(model_name)
+        self.ttft = self._ttft.labels(model_name)
+        self.itl = self._itl.labels(model_name)
+        self.e2e = self._e2e.labels(model_name)
+        self.prompt_tokens = self._prompt.labels(model_name)
+        self.generation_tokens = self._generation.labels(model_name)

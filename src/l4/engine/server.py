@@ -1,0 +1,386 @@
+"""The emulated engine's HTTP API: vLLM's OpenAI-compatible routes over one `EngineCore`.
+
+Guarantees:
+
+* Routes: POST /v1/completions, POST /v1/chat/completions (SSE streaming or not), POST /tokenize,
+  POST /detokenize, GET /v1/models, GET /health, GET /metrics (vLLM metric names, a registry of
+  this app's own).
+* A client mistake is never a 500: `ConfigError` (bad JSON, a field out of range, a prompt too long
+  for the context, n > 1, ...) becomes 400 and an unknown model 404 (as in vLLM), each with an
+  OpenAI-style body {"error": {"message", "type", "param", "code"}}.
+* A client that disconnects, streaming or not, aborts its request: the sequence leaves the
+  instance (and frees its KV) at the next step boundary.
+* The step loop runs as one task of a TaskGroup opened in the app's lifespan and stopped on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from l4.costmodel.profile import Profile
+from l4.costmodel.step import StepCostModel
+from l4.engine.core import Clock, EngineCore, Sleep
+from l4.engine.generation import OutputModel, request_key
+from l4.engine.metrics import EngineMetrics
+from l4.engine.output import Delta, deltas
+from l4.engine.protocol import GenerateRequest, chat_prompt_text, parse_chat, parse_completion
+from l4.engine.tokenizer import Tokenizer
+from l4.errors import ConfigError, UnknownNameError, ValidationError
+from l4.instance import Instance, InstanceConfig
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    """One emulated instance: what `l4 engine` options describe."""
+
+    profile: Profile
+    instance_config: InstanceConfig
+    served_model_name: str
+    time_scale: float = 1.0
+    seed: int = 0
+    instance_id: int = 0
+
+    @property
+    def max_model_len(self) -> int:
+        return min(self.profile.model.max_context_tokens, self.instance_config.kv_capacity_tokens)
+
+
+def error_response(status: int, message: str, err_type: str) -> JSONResponse:
+    body = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events from an async generator, closed (so it aborts) if the client leaves.
+
+    Unlike Starlette's own, it always listens for the disconnect while streaming (ASGI 2.4
+    servers would otherwise only notice at the next send, which may be far off for a queued
+    request) and always closes the generator.
+    """
+
+    def __init__(self, events: AsyncGenerator[str, None]) -> None:
+        super().__init__(
+            events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
+        )
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for event in self._events:
+                await send(
+                    {"type": "http.response.body", "body": event.encode(), "more_body": True}
+                )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                streaming = tg.create_task(pump())
+                watching = tg.create_task(_until_disconnect(receive))
+                await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+                streaming.cancel()
+                watching.cancel()
+        except* OSError:
+            pass  # the client went away in the middle of a send
+        finally:
+            await self._events.aclose()
+
+
+def _usage(prompt: int, completion: int) -> Json:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": None,
+    }
+
+
+class EmulatedEngine:
+    """Tokenizer, output model, metrics, instance and step loop of one emulated vLLM server."""
+
+    def __init__(
+        self, config: EngineConfig, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        self.config = config
+        self.tokenizer = Tokenizer()
+        self.outputs = OutputModel(self.tokenizer)
+        self.metrics = EngineMetrics(config.served_model_name)
+        instance = Instance(
+            config.instance_id, config.instance_config, StepCostModel(config.profile)
+        )
+        self.core = EngineCore(
+            instance, time_scale=config.time_scale, clock=clock, sleep=sleep, metrics=self.metrics
+        )
+
+    # ---- app ----------------------------------------------------------------------------------
+    def app(self) -> Starlette:
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.core.run())
+                try:
+                    yield
+                finally:
+                    self.core.stop()
+
+        routes = [
+            Route("/v1/completions", self._guard(self.completions), methods=["POST"]),
+            Route("/v1/chat/completions", self._guard(self.chat_completions), methods=["POST"]),
+            Route("/tokenize", self._guard(self.tokenize), methods=["POST"]),
+            Route("/detokenize", self._guard(self.detokenize), methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
+        ]
+        app = Starlette(routes=routes, lifespan=lifespan)
+        app.state.engine = self
+        return app
+
+    @staticmethod
+    def _guard(
+        handler: Callable[[Request], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Map the project's errors to HTTP errors; only here do errors become status codes."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except UnknownNameError as exc:
+                return error_response(404, str(exc), "NotFoundError")
+            except ConfigError as exc:
+                return error_response(400, str(exc), "BadRequestError")
+
+        return guarded
+
+    @staticmethod
+    async def _body(request: Request) -> Any:
+        try:
+            return await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"the request body is not valid JSON ({exc})") from None
+
+    # ---- simple routes ------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def models(self, request: Request) -> Response:
+        name = self.config.served_model_name
+        card = {
+            "id": name,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "l4",
+            "root": name,
+            "parent": None,
+            "max_model_len": self.config.max_model_len,
+            "permission": [],
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def tokenize(self, request: Request) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise ValidationError("the request body must be a JSON object")
+        self._check_model(body.get("model"))
+        if "messages" in body:
+            text = chat_prompt_text(body["messages"])
+        elif isinstance(body.get("prompt"), str):
+            text = body["prompt"]
+        else:
+            raise ValidationError("'prompt' (a string) or 'messages' is required")
+        ids = self.tokenizer.tokenize(text)
+        strs = [self.tokenizer.piece(t) for t in ids] if body.get("return_token_strs") else None
+        return JSONResponse(
+            {
+                "count": len(ids),
+                "max_model_len": self.config.max_model_len,
+                "tokens": ids,
+                "token_strs": strs,
+            }
+        )
+
+    async def detokenize(self, request: Request) -> Response:
+        body = await self._body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("tokens"), list):
+            raise ValidationError("'tokens' (a list of token ids) is required")
+        self._check_model(body.get("model"))
+        ids = body["tokens"]
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise ValidationError("'tokens' must be a list of integers")
+        return JSONResponse({"prompt": self.tokenizer.detokenize(ids)})
+
+    # ---- generation ---------------------------------------------------------------------------
+    async def completions(self, request: Request) -> Response:
+        req = parse_completion(await self._body(request), self.tokenizer)
+        return await self._generate(request, req, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        req = parse_chat(await self._body(request), self.tokenizer)
+        return await self._generate(request, req, chat=True)
+
+    def _check_model(self, model: object) -> None:
+        name = self.config.served_model_name
+        if model is not None and model != name:
+            raise UnknownNameError("model", str(model), [name])
+
+    def _max_tokens(self, req: GenerateRequest) -> int:
+        limit = self.config.max_model_len
+        p = len(req.prompt_ids)
+        if req.max_tokens is None:
+            if p >= limit:
+                raise ValidationError(
+                    f"This model's maximum context length is {limit} tokens. However, your "
+                    f"prompt has {p} tokens; please reduce its length."
+                )
+            return limit - p
+        if p + req.max_tokens > limit:
+            raise ValidationError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{p + req.max_tokens} tokens ({p} in the prompt, {req.max_tokens} in the "
+                "completion). Please reduce the length of the prompt or completion."
+            )
+        return req.max_tokens
+
+    async def _generate(self, request: Request, req: GenerateRequest, *, chat: bool) -> Response:
+        self._check_model(req.model)
+        max_tokens = self._max_tokens(req)
+        if req.min_tokens > max_tokens:
+            raise ValidationError(f"'min_tokens' ({req.min_tokens}) exceeds the tokens left")
+        key = request_key(self.config.seed, req.prompt_ids)
+        plan = self.outputs.plan(
+            key, max_tokens=max_tokens, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos
+        )
+        handle = self.core.submit(
+            prompt_tokens=len(req.prompt_ids), output_tokens=plan.output_tokens
+        )
+        stream = deltas(
+            core=self.core,
+            handle=handle,
+            plan=plan,
+            outputs=self.outputs,
+            tokenizer=self.tokenizer,
+            key=key,
+            stop=req.stop,
+            min_tokens=req.min_tokens,
+        )
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        obj = "chat.completion" if chat else "text_completion"
+        if chat and req.stream:
+            obj = "chat.completion.chunk"
+        head: Json = {
+            "id": rid,
+            "object": obj,
+            "created": int(time.time()),
+            "model": self.config.served_model_name,
+        }
+        if req.stream:
+            return _EventStream(_sse(stream, req, head, chat=chat))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                collecting = tg.create_task(_collect(stream))
+                watching = tg.create_task(_until_disconnect(request.receive))
+                await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+                collecting.cancel()
+                watching.cancel()
+        finally:
+            await stream.aclose()
+        if collecting.cancelled():
+            return Response(status_code=499)  # nobody is listening; nginx's "client closed"
+        return JSONResponse(_full_response(collecting.result(), req, head, chat=chat))
+
+
+async def _collect(stream: AsyncGenerator[Delta, None]) -> list[Delta]:
+    return [d async for d in stream]
+
+
+def _choice(d: Delta, req: GenerateRequest, *, chat: bool, first: bool) -> Json:
+    choice: Json = {"index": 0}
+    if chat:
+        delta: Json = {"role": "assistant", "content": d.text} if first else {"content": d.text}
+        choice["delta"] = delta
+    else:
+        choice["text"] = d.text
+    choice.update(logprobs=None, finish_reason=d.finish_reason, stop_reason=d.stop_reason)
+    if req.return_token_ids:
+        choice["token_ids"] = list(d.token_ids)
+        if first and not chat:
+            choice["prompt_token_ids"] = list(req.prompt_ids)
+    return choice
+
+
+async def _sse(
+    stream: AsyncGenerator[Delta, None], req: GenerateRequest, head: Json, *, chat: bool
+) -> AsyncGenerator[str, None]:
+    p = len(req.prompt_ids)
+    generated = 0
+    first = True
+    async with aclosing(stream) as deltas_:
+        async for d in deltas_:
+            chunk: Json = {
+                **head,
+                "choices": [_choice(d, req, chat=chat, first=first)],
+            }
+            if first and chat and req.return_token_ids:
+                chunk["prompt_token_ids"] = list(req.prompt_ids)
+            if req.continuous_usage:
+                chunk["usage"] = _usage(p, d.num_generated)
+            first = False
+            generated = d.num_generated
+            yield f"data: {json.dumps(chunk)}\n\n"
+    if req.include_usage:
+        final = {**head, "choices": [], "usage": _usage(p, generated)}
+        yield f"data: {json.dumps(final)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _full_response(parts: list[Delta], req: GenerateRequest, head: Json, *, chat: bool) -> Json:
+    text = "".join(d.text for d in parts)
+    last = parts[-1]
+    ids = [t for d in parts for t in d.token_ids]
+    choice: Json = {"index": 0}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text, "tool_calls": []}
+    else:
+        choice["text"] = text
+    choice.update(logprobs=None, finish_reason=last.finish_reason, stop_reason=last.stop_reason)
+    out: Json = dict(head)
+    if req.return_token_ids:
+        choice["token_ids"] = ids
+        if chat:
+            out["prompt_token_ids"] = list(req.prompt_ids)
+        else:
+            choice["prompt_token_ids"] = list(req.prompt_ids)
+    out["choices"] = [choice]
+    out["usage"] = _usage(len(req.prompt_ids), last.num_generated)
+    return out
+
+
+def build_app(
+    config: EngineConfig, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+) -> Starlette:
+    """A Starlette app serving one emulated instance; `app.state.engine` is the EmulatedEngine."""
+    return EmulatedEngine(config, clock=clock, sleep=sleep).app()

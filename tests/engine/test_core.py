@@ -1,0 +1,141 @@
+"""The step loop against a fake clock: exact pacing, batch-composition effects, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from l4.costmodel.profile import load_profile
+from l4.costmodel.step import StepCostModel
+from l4.engine.core import EngineCore, Handle
+from l4.engine.metrics import EngineMetrics
+from l4.instance import Instance, InstanceConfig, Sequence
+from l4.request import RequestSpec
+
+PROFILE = load_profile("h100-llama-3.2-3b")
+COST = StepCostModel(PROFILE)
+CONFIG = InstanceConfig.from_profile(PROFILE)
+
+
+def make_core(clock: Any, *, time_scale: float = 1.0) -> EngineCore:
+    instance = Instance(0, CONFIG, COST)
+    metrics = EngineMetrics("m")
+    return EngineCore(
+        instance, time_scale=time_scale, clock=clock, sleep=clock.sleep, metrics=metrics
+    )
+
+
+async def token_times(handle: Handle) -> list[float]:
+    """Emulated time of every token of `handle`, as the step loop delivered them."""
+    times: list[float] = []
+    have = 0
+    while not handle.done:
+        n = await handle.wait_beyond(have)
+        times += [handle.last_token_s] * (n - have)
+        have = n
+    return times
+
+
+def run_with_core(
+    clock: Any, body: Callable[[EngineCore], Awaitable[None]], *, time_scale: float = 1.0
+) -> EngineCore:
+    core = make_core(clock, time_scale=time_scale)
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(core.run())
+            try:
+                await body(core)
+            finally:
+                core.stop()
+
+    asyncio.run(main())
+    return core
+
+
+def reference_times(input_tokens: int, output_tokens: int) -> list[float]:
+    """Token times of a lone request, stepping the instance offline as the simulator would."""
+    inst = Instance(0, CONFIG, COST)
+    inst.admit(Sequence(RequestSpec(request_id=0, arrival_s=0.0, input_tokens=input_tokens,
+                                    output_tokens=output_tokens)))  # fmt: skip
+    t, out = 0.0, []
+    while (plan := inst.plan(t, 1)) is not None:
+        t = plan.end_s
+        inst.complete(t)
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 250.0])
+def test_tokens_arrive_at_the_cost_models_step_ends(fake_clock: Any, time_scale: float) -> None:
+    seen: list[float] = []
+
+    async def body(core: EngineCore) -> None:
+        seen.extend(await token_times(core.submit(prompt_tokens=300, output_tokens=40)))
+
+    core = run_with_core(fake_clock, body, time_scale=time_scale)
+    expected = reference_times(300, 40)
+    assert seen == pytest.approx(expected, rel=1e-9)
+    # Wall time is emulated time divided by the time scale.
+    assert fake_clock.t == pytest.approx(expected[-1] / time_scale, rel=1e-9)
+    assert core.lateness_s == pytest.approx(0.0, abs=1e-9)
+    m = core._metrics
+    assert m is not None
+    itl_sum = m.registry.get_sample_value(
+        "vllm:inter_token_latency_seconds_sum", {"model_name": "m"}
+    )
+    assert itl_sum == pytest.approx(expected[-1] - expected[0], rel=1e-9)
+
+
+def mean_itl(times: list[float]) -> float:
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def test_itl_grows_when_a_long_context_request_shares_the_instance(
+    fake_clock: Any, new_clock: Any
+) -> None:
+    alone: list[float] = []
+    shared: list[float] = []
+
+    async def lone(core: EngineCore) -> None:
+        alone.extend(await token_times(core.submit(prompt_tokens=200, output_tokens=60)))
+
+    async def with_long(core: EngineCore) -> None:
+        long = core.submit(prompt_tokens=100_000, output_tokens=400)
+        while long.produced == 0:  # the long prompt is prefilled; now it decodes beside us
+            await long.wait_beyond(0)
+        shared.extend(await token_times(core.submit(prompt_tokens=200, output_tokens=60)))
+        core.abort(long)
+
+    run_with_core(fake_clock, lone)
+    run_with_core(new_clock(), with_long)
+    assert mean_itl(shared) > 1.4 * mean_itl(alone)
+
+
+def test_abort_removes_the_sequence_and_frees_its_kv(fake_clock: Any) -> None:
+    async def body(core: EngineCore) -> None:
+        handle = core.submit(prompt_tokens=5000, output_tokens=1000)
+        await handle.wait_beyond(3)
+        assert core.instance.kv_usage > 0
+        core.abort(handle)
+        other = core.submit(prompt_tokens=10, output_tokens=2)
+        await token_times(other)
+        assert core.num_tracked == 0
+        assert core.instance.num_running == 0 and core.instance.num_waiting == 0
+        assert core.instance.kv_usage == 0
+
+    run_with_core(fake_clock, body)
+
+
+def test_stop_ends_waiting_requests_as_aborted(fake_clock: Any) -> None:
+    handles: list[Handle] = []
+
+    async def body(core: EngineCore) -> None:
+        handles.append(core.submit(prompt_tokens=10, output_tokens=10_000))
+        await handles[0].wait_beyond(0)
+
+    run_with_core(fake_clock, body)
+    assert handles[0].aborted and not handles[0].finished

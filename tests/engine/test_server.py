@@ -1,0 +1,190 @@
+"""The HTTP API in-process (httpx ASGITransport, the app's lifespan running the step loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from l4.engine.server import EngineConfig, build_app
+
+Client = httpx.AsyncClient
+
+
+def with_client(config: EngineConfig, body: Callable[[Client], Awaitable[None]]) -> None:
+    app = build_app(config)
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
+                await body(c)
+
+    asyncio.run(main())
+
+
+def sse_events(text: str) -> list[Any]:
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    return [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+
+
+def test_completion_non_streaming_is_well_formed(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        r = await c.post(
+            "/v1/completions",
+            json={"model": "test-model", "prompt": "Hello there", "max_tokens": 12,
+                  "ignore_eos": True, "return_token_ids": True},
+        )  # fmt: skip
+        assert r.status_code == 200
+        out = r.json()
+        assert out["object"] == "text_completion" and out["id"].startswith("cmpl-")
+        (choice,) = out["choices"]
+        assert choice["finish_reason"] == "length"
+        assert out["usage"] == {"prompt_tokens": 2, "completion_tokens": 12,
+                                "total_tokens": 14, "prompt_tokens_details": None}  # fmt: skip
+        assert len(choice["token_ids"]) == 12
+        assert choice["prompt_token_ids"] == (await c.post("/tokenize", json={
+            "prompt": "Hello there"})).json()["tokens"]  # fmt: skip
+        detok = await c.post("/detokenize", json={"tokens": choice["token_ids"]})
+        assert detok.json()["prompt"] == choice["text"]
+
+    with_client(config, body)
+
+
+def test_same_prompt_and_seed_give_the_same_answer(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        req = {"prompt": [1, 2, 3, 4], "max_tokens": 30}
+        a, b = (
+            (await c.post("/v1/completions", json=req)).json(),
+            (await c.post("/v1/completions", json=req)).json(),
+        )
+        assert a["choices"][0]["text"] == b["choices"][0]["text"]
+        assert a["usage"] == b["usage"]
+
+    with_client(config, body)
+
+
+def test_chat_streaming_with_usage(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        r = await c.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 8,
+                  "ignore_eos": True, "stream": True,
+                  "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+        )  # fmt: skip
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        chunks = sse_events(r.text)
+        *token_chunks, final = chunks
+        assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
+        assert token_chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert [ch["usage"]["completion_tokens"] for ch in token_chunks] == list(range(1, 9))
+        assert token_chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert final["choices"] == [] and final["usage"]["completion_tokens"] == 8
+        text = "".join(ch["choices"][0]["delta"]["content"] for ch in token_chunks)
+        assert len(text.split()) == 8
+
+    with_client(config, body)
+
+
+def test_completion_streaming_matches_non_streaming(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        req: dict[str, Any] = {"prompt": "same prompt", "max_tokens": 10}
+        full = (await c.post("/v1/completions", json=req)).json()
+        r = await c.post("/v1/completions", json={**req, "stream": True})
+        chunks = sse_events(r.text)
+        assert "usage" not in chunks[-1]
+        assert "".join(ch["choices"][0]["text"] for ch in chunks) == full["choices"][0]["text"]
+        last = chunks[-1]["choices"][0]["finish_reason"]
+        assert last == full["choices"][0]["finish_reason"]
+
+    with_client(config, body)
+
+
+def test_stop_string_ends_generation_before_it(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        req: dict[str, Any] = {"prompt": "x", "max_tokens": 40, "ignore_eos": True}
+        text = (await c.post("/v1/completions", json=req)).json()["choices"][0]["text"]
+        stop = text.split()[5]
+        for stream in (False, True):
+            r = await c.post("/v1/completions", json={**req, "stop": [stop], "stream": stream})
+            if stream:
+                chunks = sse_events(r.text)
+                got = "".join(ch["choices"][0]["text"] for ch in chunks)
+                choice = chunks[-1]["choices"][0]
+            else:
+                choice = r.json()["choices"][0]
+                got = choice["text"]
+            assert got == text[: text.index(stop)]
+            assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
+
+    with_client(config, body)
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "needle"),
+    [
+        ("/v1/completions", {"prompt": "a", "n": 2}, 400, "'n' = 2"),
+        ("/v1/completions", {"prompt": "a", "max_tokens": -1}, 400, "max_tokens"),
+        ("/v1/completions", {"prompt": ["a", "b"]}, 400, "batched prompts"),
+        ("/v1/completions", {"prompt": ""}, 400, "empty"),
+        ("/v1/completions", {"prompt": [1, 99999999]}, 400, "out of vocabulary"),
+        ("/v1/completions", {"prompt": "a", "model": "other"}, 404, "unknown model"),
+        ("/v1/completions", {"prompt": [1] * 131072, "max_tokens": 1}, 400, "context length"),
+        ("/v1/completions", {"prompt": "a", "max_tokens": "3"}, 400, "integer"),
+        ("/v1/completions", {"prompt": "a", "max_tokens": 2, "min_tokens": 5}, 400, "min_tokens"),
+        ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "x", "content": "a"}]}, 400, "role"),
+        ("/v1/chat/completions", {"messages": [{"role": "user"}], "n": 3}, 400, "'n'"),
+    ],
+)
+def test_client_mistakes_are_4xx_with_an_openai_error_body(
+    config: EngineConfig, path: str, payload: Any, status: int, needle: str
+) -> None:
+    async def body(c: Client) -> None:
+        r = await c.post(path, json=payload)
+        assert r.status_code == status
+        err = r.json()["error"]
+        assert needle in err["message"]
+        assert err["code"] == status and set(err) == {"message", "type", "param", "code"}
+
+    with_client(config, body)
+
+
+def test_invalid_json_is_400(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        r = await c.post("/v1/completions", content=b"{nope")
+        assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+    with_client(config, body)
+
+
+def test_models_health_and_metrics(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        assert (await c.get("/health")).status_code == 200
+        models = (await c.get("/v1/models")).json()
+        assert [m["id"] for m in models["data"]] == ["test-model"]
+        await c.post("/v1/completions", json={"prompt": "a b c", "max_tokens": 5})
+        text = (await c.get("/metrics")).text
+        for name in (
+            "vllm:num_requests_running",
+            "vllm:num_requests_waiting",
+            "vllm:kv_cache_usage_perc",
+            "vllm:time_to_first_token_seconds_bucket",
+            "vllm:inter_token_latency_seconds_bucket",
+            "vllm:e2e_request_latency_seconds_bucket",
+            "vllm:prompt_tokens_total",
+            "vllm:generation_tokens_total",
+        ):
+            assert f'{name}{{model_name="test-model"}}' in text or (
+                f"{name}{{" in text and 'model_name="test-model"' in text
+            )
+        assert 'vllm:prompt_tokens_total{model_name="test-model"} 3.0' in text
+
+    with_client(config, body)
