@@ -20,6 +20,7 @@ from l4.engine.cli import add_engine_parser, run_engine
 from l4.errors import L4Error, ValidationError
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
+from l4.planning_cli import add_plan_parser, run_plan
 from l4.policies.base import parse_policy_list, policy_names
 from l4.report import (
     plot_latency_cdfs,
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--iterations", type=_positive_int, default=6, help="bisection steps")
     cap.add_argument("--json", type=Path, help="write the JSON result here")
     cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
+    add_plan_parser(sub)
     add_engine_parser(sub)
     return parser
 
@@ -385,7 +387,16 @@ def cmd_engine(args: argparse.Namespace, console: Console, err: Console) -> int:
     return run_engine(args)
 
 
-COMMANDS = {"simulate": cmd_simulate, "capacity": cmd_capacity, "engine": cmd_engine}
+def cmd_plan(args: argparse.Namespace, console: Console, err: Console) -> int:
+    return run_plan(args, console)
+
+
+COMMANDS = {
+    "simulate": cmd_simulate,
+    "capacity": cmd_capacity,
+    "plan": cmd_plan,
+    "engine": cmd_engine,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,368 @@
+"""The QoE cost of a stage partition and the analytic stage model (L4.md section 4).
+
+``StageModel.cost_table(summary, E)`` gives, for every stage ``[g_i, g_j)`` of the grid and every
+instance count ``n`` in ``1..E``, the stage's predicted TTFT, TPOT and QoE cost per second, as
+``(K+1, K+1, E)`` arrays indexed ``[i, j, n - 1]`` (entries with ``i >= j`` are infinite). It is a
+planner's estimate; the simulator is the ground truth. The model, per instance of a stage:
+
+* prefill share ``phi`` = GPU seconds per second spent on the stage's prompts (plus, with token
+  replay, the contexts re-prefilled by requests migrating in at ``g_i``), divided by ``n``;
+* decode batch ``B`` and TPOT from the fixed point ``TPOT = T(B + 1) / (1 - phi)`` with Little's
+  law ``B = r * TPOT / n``; ``T`` is the decode step time of the step-cost model (the tagged request
+  plus ``B`` others, heterogeneity term with the step-weighted mean and an upper-quantile length).
+  Solved by Newton steps on the piecewise-linear ``T``; with ``T`` affine this is exactly
+  ``TPOT = a / (1 - phi - b r / n)``;
+* infinite cost when ``phi + b r / n >= 1`` (no fixed point), when ``B + 1`` exceeds
+  ``max_num_seqs``, or when the running contexts ``(B + 1) * l_mean`` exceed the KV capacity;
+* TTFT = queueing of prefill work (Pollaczek-Khinchine for one instance, pooled like M/G/n by
+  Sakasegawa's approximation for n, service spread from the prompt spread) + the prompt's own
+  chunks (one decode step each plus its prefill work);
+* migration latency at the stage's upper boundary ``g_j`` (charged to the source stage):
+  kv-transfer = ``downtime_base + (tokens decoded during the background copy) * kv_bytes / bw``,
+  replay = ``replay_overhead + re-prefill of g_j tokens`` (same numbers as ``l4.sim.migration``).
+
+Cost per second = ``w_ttft * arrivals * TTFT + w_tpot * decode_steps * TPOT
++ w_migration * crossings * migration_latency``. More instances never raise a stage's cost: an
+instance can always stay idle, so the table takes the running minimum over ``n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from l4.core.summary import DEFAULT_LMAX_QUANTILE, RangeTable, WorkloadSummary
+from l4.costmodel.profile import Profile
+from l4.errors import ValidationError
+from l4.instance.config import InstanceConfig
+
+FloatArray = npt.NDArray[np.float64]
+MECHANISMS = ("kv-transfer", "replay")
+_NEWTON_STEPS = 40
+_NEWTON_TOL = 1e-5  # relative change of the decode batch
+
+
+class _MigrationConfigLike(Protocol):
+    @property
+    def bandwidth_bytes_per_s(self) -> float: ...
+    @property
+    def downtime_base_s(self) -> float: ...
+    @property
+    def replay_overhead_s(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationModel:
+    """Migration costs as the planner sees them; defaults equal ``l4.sim.migration``'s."""
+
+    mechanism: str = "kv-transfer"
+    bandwidth_bytes_per_s: float = 25e9
+    downtime_base_s: float = 0.005
+    replay_overhead_s: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValidationError(f"migration mechanism must be one of {MECHANISMS}")
+        if self.bandwidth_bytes_per_s <= 0:
+            raise ValidationError("migration bandwidth must be > 0")
+        if self.downtime_base_s < 0 or self.replay_overhead_s < 0:
+            raise ValidationError("migration overheads must be >= 0")
+
+    @classmethod
+    def like(cls, config: _MigrationConfigLike, mechanism: str) -> MigrationModel:
+        """The planner's view of a simulator ``MigrationConfig`` (duck-typed: core is below sim)."""
+        return cls(
+            mechanism=mechanism,
+            bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,
+            downtime_base_s=config.downtime_base_s,
+            replay_overhead_s=config.replay_overhead_s,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QoeWeights:
+    """Weights of the cost terms; all 1 minimises mean E2E latency (seconds added per second)."""
+
+    ttft: float = 1.0
+    tpot: float = 1.0
+    migration: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.ttft, self.tpot, self.migration) < 0:
+            raise ValidationError("QoE weights must be >= 0")
+
+    @classmethod
+    def slo_normalised(cls, *, ttft_slo_s: float, tpot_slo_s: float) -> QoeWeights:
+        """1/SLO weights; a migration stall counts against the TPOT SLO."""
+        if not (ttft_slo_s > 0 and tpot_slo_s > 0):
+            raise ValidationError("SLOs must be > 0 s")
+        return cls(ttft=1.0 / ttft_slo_s, tpot=1.0 / tpot_slo_s, migration=1.0 / tpot_slo_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class StageCosts:
+    """Arrays ``[i, j, n - 1]``: QoE cost per second, predicted TTFT and TPOT, and the load.
+
+    ``load`` is the worst of compute utilisation, sequence-slot and KV use (>= 1 when the stage
+    is unsustainable); the planner uses it to rank plans when every plan is infinite.
+    """
+
+    cost: FloatArray
+    ttft_s: FloatArray
+    tpot_s: FloatArray
+    load: FloatArray
+
+    @property
+    def max_instances(self) -> int:
+        return int(self.cost.shape[2])
+
+
+class StageModel:
+    """Pure function object: workload summary in, per-stage costs out."""
+
+    __slots__ = (
+        "_alpha_do",
+        "_alpha_log_n",
+        "_alpha_wp",
+        "_lin_slope",
+        "_lin_x",
+        "_lin_y",
+        "_per_seq_s",
+        "_per_token_s",
+        "_step_fixed_s",
+        "instance",
+        "lmax_quantile",
+        "migration",
+        "profile",
+        "weights",
+    )
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        instance: InstanceConfig | None = None,
+        migration: MigrationModel | None = None,
+        weights: QoeWeights | None = None,
+        lmax_quantile: float = DEFAULT_LMAX_QUANTILE,
+    ) -> None:
+        self.profile = profile
+        self.instance = instance or InstanceConfig.from_profile(profile)
+        self.migration = migration or MigrationModel()
+        self.weights = weights or QoeWeights()
+        self.lmax_quantile = lmax_quantile
+        # The step-cost model's constants with all layers folded in, as StepCostModel does.
+        p = profile
+        layers = p.model.num_layers
+        self._per_token_s = (
+            layers * p.model.kv_bytes_per_token_per_layer / p.decode_attention.bytes_per_s
+        )
+        self._step_fixed_s = p.step_fixed_s + layers * p.decode_attention.base_s
+        self._per_seq_s = p.step_per_seq_s + layers * p.decode_attention.per_seq_s
+        self._lin_x = np.asarray(p.linear.x, dtype=np.float64)
+        self._lin_y = np.asarray(p.linear.y, dtype=np.float64)
+        self._lin_slope = np.diff(self._lin_y) / np.diff(self._lin_x)
+        self._alpha_log_n = np.log2(np.asarray(p.alpha.num_decodes, dtype=np.float64))
+        self._alpha_do = np.asarray(p.alpha.decode_only, dtype=np.float64)
+        self._alpha_wp = np.asarray(p.alpha.with_prefill, dtype=np.float64)
+
+    # ---- the step-cost model, vectorised ------------------------------------------------------
+    def decode_step_s(
+        self, batch: FloatArray, l_mean: FloatArray, l_max: FloatArray, prefill_frac: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Step time of ``batch`` decodes (real-valued, >= 1) and its slope in ``batch``.
+
+        Equals ``StepCostModel.step_time_s`` for whole batches of one context length per
+        statistic (decode-only; with ``prefill_frac`` = 1 the alpha of a step carrying a prefill
+        chunk, the chunk's own time excluded). Alpha is frozen in the slope (Newton's model).
+        """
+        xs = self._lin_x
+        seg = np.clip(np.searchsorted(xs, batch, side="right") - 1, 0, len(xs) - 2)
+        lin_slope = self._lin_slope[seg]
+        lin = self._lin_y[seg] + lin_slope * (batch - xs[seg])
+        lb = np.log2(np.maximum(batch, 1.0))
+        a_do = np.interp(lb, self._alpha_log_n, self._alpha_do)
+        a_wp = np.interp(lb, self._alpha_log_n, self._alpha_wp)
+        alpha = a_do + prefill_frac * (a_wp - a_do)
+        per_seq = self._per_seq_s + self._per_token_s * (l_mean + alpha * (l_max - l_mean))
+        value: FloatArray = self._step_fixed_s + lin + per_seq * batch
+        slope: FloatArray = lin_slope + per_seq
+        return value, slope
+
+    def prefill_work_s(
+        self, tokens: FloatArray, tokens_sq: FloatArray, chunks: FloatArray
+    ) -> FloatArray:
+        """GPU seconds to prefill prompts totalling ``tokens`` (and ``tokens_sq``) in ``chunks``.
+
+        Linear layers at their full-chunk per-token cost (prefill rides on decode steps whose
+        fixed cost is already paid), causal attention ``p (p + 1) / 2`` pairs per prompt.
+        """
+        p = self.profile
+        layers = p.model.num_layers
+        budget = float(self.instance.max_num_batched_tokens)
+        lin_budget = p.linear(budget)
+        per_token = (lin_budget - p.linear(1.0)) / max(budget - 1.0, 1.0)
+        pa = p.prefill_attention
+        out: FloatArray = (
+            (per_token + layers * pa.per_token_s) * tokens
+            + layers * pa.per_token_context_s * (tokens_sq + tokens) / 2.0
+            + layers * pa.base_s * chunks
+        )
+        return out
+
+    # ---- the table ----------------------------------------------------------------------------
+    def cost_table(self, summary: WorkloadSummary, max_instances: int) -> StageCosts:
+        if max_instances < 1:
+            raise ValidationError(f"need >= 1 instance, got {max_instances}")
+        ranges = summary.ranges(self.lmax_quantile)
+        k1 = summary.grid.num_buckets + 1
+        ii, jj = np.triu_indices(k1, k=1)
+        n = np.arange(1, max_instances + 1, dtype=np.float64)[None, :]
+        cost, ttft, tpot, load = self._evaluate(ranges, ii, jj, n)
+        # An extra instance can always idle: take the running best over n, with its TTFT/TPOT.
+        pos = np.where(cost <= np.minimum.accumulate(cost, axis=1), np.arange(cost.shape[1]), 0)
+        best = np.maximum.accumulate(pos, axis=1)
+        rows = np.arange(cost.shape[0])[:, None]
+        shape = (k1, k1, max_instances)
+        out = [np.full(shape, np.inf), np.full(shape, np.inf), np.full(shape, np.inf)]
+        for arr, src in zip(out, (cost, ttft, tpot), strict=True):
+            arr[ii, jj] = src[rows, best]
+        load_full = np.full(shape, np.inf)
+        load_full[ii, jj] = load[rows, best]
+        return StageCosts(cost=out[0], ttft_s=out[1], tpot_s=out[2], load=load_full)
+
+    def _evaluate(
+        self, rt: RangeTable, ii: npt.NDArray[np.intp], jj: npt.NDArray[np.intp], n: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Cost, TTFT, TPOT and load for pairs ``(ii, jj)`` (column vectors) times counts ``n``."""
+        col = np.s_[:, None]
+        top = len(rt.bounds_tokens) - 1
+        lam = rt.arrival_rps[ii, jj][col]
+        tokens = rt.prompt_tokens_ps[ii, jj][col]
+        tokens_sq = rt.prompt_tokens_sq_ps[ii, jj][col]
+        r = rt.decode_steps_ps[ii, jj][col]
+        l_mean = rt.l_mean_tokens[ii, jj][col]
+        l_max = rt.l_max_tokens[ii, jj][col]
+        g_lo = rt.bounds_tokens[ii][col]
+        g_hi = rt.bounds_tokens[jj][col]
+        m_in = rt.crossing_rps[ii][col]
+        m_out = np.where(jj == top, 0.0, rt.crossing_rps[jj])[col]
+        budget = float(self.instance.max_num_batched_tokens)
+        replay = self.migration.mechanism == "replay"
+
+        # Prefill work: the stage's prompts, plus the contexts that replay re-prefills.
+        inflow = m_in if replay else np.zeros_like(m_in)
+        all_tokens = tokens + inflow * g_lo
+        all_sq = tokens_sq + inflow * g_lo * g_lo
+        prefills = lam + inflow
+        chunk_rate = prefills + all_tokens / budget
+        work = self.prefill_work_s(all_tokens, all_sq, chunk_rate)
+        phi = work / n
+        free = 1.0 - phi
+        prefill_rate = chunk_rate / n  # chunk-carrying steps per second per instance
+
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            k_r = np.where(free > 0, r / (n * free), np.inf)
+            shape = np.broadcast_shapes(k_r.shape, l_mean.shape)
+            k_f, lm_f, lx_f, pr_f = (
+                np.broadcast_to(x, shape).ravel() for x in (k_r, l_mean, l_max, prefill_rate)
+            )
+            batch, frac, ok = self._fixed_point(k_f, lm_f, lx_f, pr_f, (free > 0).ravel())
+            batch, frac, ok = batch.reshape(shape), frac.reshape(shape), ok.reshape(shape)
+            t, slope = self.decode_step_s(batch + 1.0, l_mean, l_max, frac)
+            ok &= np.abs(k_r * t - batch) <= 1e-3 * (1.0 + batch)
+            tpot = t / free
+            seqs = batch + 1.0
+            util = phi + r * slope / n
+            load = np.maximum.reduce(
+                [
+                    np.where(ok, util, np.maximum(util, 1.0)),
+                    seqs / self.instance.max_num_seqs,
+                    seqs * l_mean / self.instance.kv_capacity_tokens,
+                ]
+            )
+            feasible = ok & (load < 1.0)
+
+            # TTFT: queueing for prefill work, then the prompt's own chunks. The wait is
+            # Pollaczek-Khinchine for n = 1 and pools like M/G/n (Sakasegawa) for larger stages,
+            # because arrivals are placed inside a stage by load (bids), not at random.
+            mean_work = np.where(prefills > 0, work / prefills, 0.0)
+            cv2 = np.where(
+                all_tokens > 0, np.maximum(all_sq * prefills / all_tokens**2 - 1.0, 0.0), 0.0
+            )
+            pooling = np.power(util, np.sqrt(2.0 * (n + 1.0)) - 2.0) / n
+            wait = (1.0 + cv2) / 2.0 * mean_work * phi * pooling / (1.0 - util)
+            mean_prompt = np.where(lam > 0, tokens / lam, g_lo)
+            own_chunks = np.maximum(np.ceil(mean_prompt / budget), 1.0)
+            mean_sq = np.where(lam > 0, tokens_sq / lam, g_lo**2)  # attention is quadratic
+            own_work = self.prefill_work_s(mean_prompt, mean_sq, own_chunks)
+            ttft = wait + own_chunks * t + own_work
+
+            mig = self._migration_latency_s(g_hi, tpot, t)
+            w = self.weights
+            cost = w.ttft * lam * ttft + w.tpot * r * tpot + w.migration * m_out * mig
+        inf = np.inf
+        return (
+            np.where(feasible, cost, inf),
+            np.where(feasible, ttft, inf),
+            np.where(feasible, tpot, inf),
+            np.where(np.isfinite(load), load, 1e9),
+        )
+
+    def _fixed_point(
+        self,
+        k_r: FloatArray,
+        l_mean: FloatArray,
+        l_max: FloatArray,
+        prefill_rate: FloatArray,
+        ok: npt.NDArray[np.bool_],
+    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+        """Decode batch B with ``B = k_r * T(B + 1)`` (flat arrays): (B, prefill fraction, ok).
+
+        Newton steps from B = 0 rise monotonically to the least root when T is convex; ``ok``
+        turns False when F' >= 0 (no root: utilisation >= 1) or B passes the sequence or KV limit.
+        Only elements still moving are iterated (alpha's and the prefill fraction's feedback make
+        a few converge linearly, not quadratically).
+        """
+        batch = np.zeros_like(k_r)
+        frac = np.zeros_like(k_r)
+        ok = ok.copy()
+        seq_cap = float(self.instance.max_num_seqs)
+        kv_cap = float(self.instance.kv_capacity_tokens)
+        act = np.flatnonzero(ok)
+        for _ in range(_NEWTON_STEPS):
+            if act.size == 0:
+                break
+            b, kr, lm = batch[act], k_r[act], l_mean[act]
+            t, slope = self.decode_step_s(b + 1.0, lm, l_max[act], frac[act])
+            fp = kr * slope - 1.0
+            good = fp < 0
+            step = np.where(good, (kr * t - b) / np.where(good, fp, -1.0), 0.0)
+            b = np.maximum(b - step, 0.0)
+            # Iterates rise towards the root: past a hard limit the stage cannot hold it.
+            good &= (b < seq_cap) & (b * lm < kv_cap)
+            batch[act] = b
+            frac[act] = np.minimum(prefill_rate[act] * t, 1.0)
+            ok[act] = good
+            act = act[good & (np.abs(step) > _NEWTON_TOL * (1.0 + b))]
+        return batch, frac, ok
+
+    def _migration_latency_s(
+        self, context_tokens: FloatArray, tpot_s: FloatArray, step_s: FloatArray
+    ) -> FloatArray:
+        """Latency a request loses migrating at ``context_tokens`` (see the module docstring)."""
+        m = self.migration
+        kv_bytes = float(self.profile.model.kv_bytes_per_token)
+        if m.mechanism == "kv-transfer":
+            copy_s = context_tokens * kv_bytes / m.bandwidth_bytes_per_s
+            decoded = copy_s / tpot_s  # tokens that grew during the background copy
+            out: FloatArray = m.downtime_base_s + decoded * kv_bytes / m.bandwidth_bytes_per_s
+            return out
+        budget = float(self.instance.max_num_batched_tokens)
+        chunks = np.maximum(np.ceil(context_tokens / budget), 1.0)
+        refill = self.prefill_work_s(context_tokens, context_tokens**2, chunks)
+        out = m.replay_overhead_s + refill + chunks * step_s
+        return out

@@ -1,0 +1,382 @@
+"""Workload summaries on the length grid: what the stage model needs, as prefix sums.
+
+A ``WorkloadSummary`` holds counts observed over a window of ``duration_s`` seconds, per grid
+bucket: arrivals by prompt length (and their prompt tokens and squared prompt tokens), decode
+token-steps by context length (and the sum of those contexts), and crossings per boundary (requests
+whose context reached ``g_k`` having started below it: the migrations a boundary at ``g_k`` would
+cause). A request with prompt ``p`` and output ``o`` decodes at contexts ``[p, p + o)``.
+
+Guarantees: ``ranges()`` gives, for every stage ``[g_i, g_j)`` at once, rates equal to the direct
+sums over the requests (prefix sums, so each range is O(1)); counts are additive, so summaries of
+disjoint windows or of several instances' windows can be combined, and the interval kernel splits
+exactly (a request's window ``[a, b)`` then ``[b, c)`` counts as ``[a, c)``).
+
+Three ways in: requests (a ``Workload`` or lengths), a histogram dict (``summary_from_histogram``,
+format below), or live counts filled by instance agents (construct ``WorkloadSummary`` from
+``arrival_counts`` and ``interval_counts``). The histogram format, version 1::
+
+    {"format": "l4-length-histogram", "version": 1,
+     "rate_rps": 3.4,            # or "duration_s": the window the counts were observed over
+     "bins": [{"input_tokens": 1024, "output_tokens": 256, "count": 120}, ...]}
+
+Counts may be fractional; with ``rate_rps`` the window is ``sum(count) / rate_rps``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from l4.core.grid import LengthGrid
+from l4.errors import ValidationError
+from l4.request import RequestSpec
+from l4.workload import Workload
+
+FloatArray = npt.NDArray[np.float64]
+HISTOGRAM_FORMAT = "l4-length-histogram"
+DEFAULT_LMAX_QUANTILE = 0.99
+
+
+def _frozen(values: npt.ArrayLike, size: int, name: str) -> FloatArray:
+    a = np.array(values, dtype=np.float64)
+    if a.shape != (size,):
+        raise ValidationError(f"summary field {name} must have {size} entries, got {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValidationError(f"summary field {name} must be finite and >= 0")
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class WorkloadSummary:
+    """Counts per bucket over ``duration_s`` (arrays are read-only, one entry per bucket)."""
+
+    grid: LengthGrid
+    duration_s: float
+    arrivals: FloatArray  # requests whose prompt lies in the bucket
+    prompt_tokens: FloatArray  # their prompt tokens
+    prompt_tokens_sq: FloatArray  # their squared prompt tokens (prefill attention, spread)
+    decode_steps: FloatArray  # decode token-steps whose context lies in the bucket
+    decode_length_sum: FloatArray  # sum of those contexts (for the step-weighted mean length)
+    crossings: FloatArray  # [k]: requests reaching g_k from below; crossings[0] == 0
+    max_length_tokens: float = 0.0  # largest context seen (the open last bucket's top)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ValidationError(f"summary window must be > 0 s, got {self.duration_s}")
+        k = self.grid.num_buckets
+        for name in (
+            "arrivals",
+            "prompt_tokens",
+            "prompt_tokens_sq",
+            "decode_steps",
+            "decode_length_sum",
+            "crossings",
+        ):
+            object.__setattr__(self, name, _frozen(getattr(self, name), k, name))
+        if self.crossings[0] != 0:
+            raise ValidationError("no request can cross the 0-token boundary")
+
+    @property
+    def num_requests(self) -> float:
+        return float(self.arrivals.sum())
+
+    def scaled(self, rate_factor: float) -> WorkloadSummary:
+        """The same mix at ``rate_factor`` times the rate (the window shrinks)."""
+        if not rate_factor > 0:
+            raise ValidationError(f"rate factor must be > 0, got {rate_factor}")
+        return _replace_duration(self, self.duration_s / rate_factor)
+
+    def combined(self, other: WorkloadSummary) -> WorkloadSummary:
+        """Counts of two parts of the cluster observed over the same window (e.g. two instances)."""
+        _check_same_grid(self, other)
+        return _blend(self, other, 1.0, 1.0, self.duration_s)
+
+    def ranges(self, lmax_quantile: float = DEFAULT_LMAX_QUANTILE) -> RangeTable:
+        return range_table(self, lmax_quantile)
+
+
+def _check_same_grid(a: WorkloadSummary, b: WorkloadSummary) -> None:
+    if a.grid != b.grid:
+        raise ValidationError("summaries on different grids cannot be combined")
+
+
+def _replace_duration(s: WorkloadSummary, duration_s: float) -> WorkloadSummary:
+    return _blend(s, s, 1.0, 0.0, duration_s)
+
+
+def _blend(
+    a: WorkloadSummary, b: WorkloadSummary, wa: float, wb: float, duration_s: float
+) -> WorkloadSummary:
+    def mix(name: str) -> FloatArray:
+        out: FloatArray = wa * getattr(a, name) + wb * getattr(b, name)
+        return out
+
+    return WorkloadSummary(
+        grid=a.grid,
+        duration_s=duration_s,
+        arrivals=mix("arrivals"),
+        prompt_tokens=mix("prompt_tokens"),
+        prompt_tokens_sq=mix("prompt_tokens_sq"),
+        decode_steps=mix("decode_steps"),
+        decode_length_sum=mix("decode_length_sum"),
+        crossings=mix("crossings"),
+        max_length_tokens=max(a.max_length_tokens, b.max_length_tokens if wb else 0.0),
+    )
+
+
+def ema(previous: WorkloadSummary, current: WorkloadSummary, smoothing: float) -> WorkloadSummary:
+    """Exponential moving average of the rates: ``smoothing * current + (1 - s) * previous``.
+
+    The result is expressed over a 1 s window (counts are rates).
+    """
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValidationError(f"EMA smoothing must lie in [0, 1], got {smoothing}")
+    _check_same_grid(previous, current)
+    return _blend(
+        previous,
+        current,
+        (1.0 - smoothing) / previous.duration_s,
+        smoothing / current.duration_s,
+        1.0,
+    )
+
+
+# ---- kernels: counts from prompts and from decode intervals ------------------------------------
+def arrival_counts(
+    grid: LengthGrid, prompt_tokens: npt.ArrayLike, weights: npt.ArrayLike | None = None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(arrivals, prompt tokens, squared prompt tokens) per prompt bucket."""
+    p = np.asarray(prompt_tokens, dtype=np.float64)
+    w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=np.float64)
+    b = grid.bucket_of(p)
+    k = grid.num_buckets
+    return (
+        np.bincount(b, weights=w, minlength=k).astype(np.float64),
+        np.bincount(b, weights=w * p, minlength=k).astype(np.float64),
+        np.bincount(b, weights=w * p * p, minlength=k).astype(np.float64),
+    )
+
+
+def _sorted_cumsums(keys: FloatArray, *values: FloatArray) -> tuple[FloatArray, list[FloatArray]]:
+    order = np.argsort(keys, kind="stable")
+    sums = [np.concatenate(([0.0], np.cumsum(v[order]))) for v in values]
+    return keys[order], sums
+
+
+def interval_counts(
+    grid: LengthGrid,
+    start_tokens: npt.ArrayLike,
+    end_tokens: npt.ArrayLike,
+    weights: npt.ArrayLike | None = None,
+    *,
+    starts_at_prompt: npt.ArrayLike | None = None,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(decode steps, context sum, crossings) per bucket for decodes at contexts ``[a, b)``.
+
+    ``starts_at_prompt[r]`` says ``a`` is the request's prompt length (its first decode), so
+    reaching ``g == a`` is no crossing; default True (whole requests). A live agent reporting the
+    contexts a running request decoded at in its window passes False for requests admitted before.
+    Closed forms over sorted ends, O((n + K) log n): no n x K matrix.
+    """
+    a = np.asarray(start_tokens, dtype=np.float64)
+    b = np.asarray(end_tokens, dtype=np.float64)
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=np.float64)
+    fresh = (
+        np.ones(a.shape, dtype=bool)
+        if starts_at_prompt is None
+        else np.asarray(starts_at_prompt, dtype=bool)
+    )
+    if a.shape != b.shape or a.shape != w.shape or a.shape != fresh.shape:
+        raise ValidationError("interval arrays must have the same length")
+    if np.any(b < a) or np.any(a < 0) or np.any(w < 0):
+        raise ValidationError("intervals need 0 <= start <= end and weights >= 0")
+    x = grid.edges_array()[:-1]  # g_0 .. g_{K-1}; the top (index K) is the total
+
+    def tri(y: FloatArray) -> FloatArray:  # sum of the integers 0 .. y-1
+        out: FloatArray = y * (y - 1.0) / 2.0
+        return out
+
+    # S(x) = sum w * |[a, b) ∩ [0, x)|, W(x) = sum w * (sum of t in [a, min(b, x))), both as
+    # (terms over a < x) minus (terms over b < x); terms with b == x vanish, so sides are free.
+    sa, (cw_a, cwa_a, cwt_a) = _sorted_cumsums(a, w, w * a, w * tri(a))
+    sb, (cw_b, cwb_b, cwt_b) = _sorted_cumsums(b, w, w * b, w * tri(b))
+    ia = np.searchsorted(sa, x, side="left")
+    ib = np.searchsorted(sb, x, side="left")
+    steps_below = (x * cw_a[ia] - cwa_a[ia]) - (x * cw_b[ib] - cwb_b[ib])
+    length_below = (tri(x) * cw_a[ia] - cwt_a[ia]) - (tri(x) * cw_b[ib] - cwt_b[ib])
+    steps_total = float(np.sum(w * (b - a)))
+    length_total = float(np.sum(w * (tri(b) - tri(a))))
+    steps = np.diff(np.append(steps_below, steps_total))
+    lengths = np.diff(np.append(length_below, length_total))
+    # crossings(g) = #{a <= g < b} - #{fresh, a == g}
+    ia_r = np.searchsorted(sa, x, side="right")
+    ib_r = np.searchsorted(sb, x, side="right")
+    covering = cw_a[ia_r] - cw_b[ib_r]
+    sf, (cw_f,) = _sorted_cumsums(a[fresh], w[fresh])
+    at_start = cw_f[np.searchsorted(sf, x, side="right")] - cw_f[np.searchsorted(sf, x, "left")]
+    crossings = covering - at_start
+    crossings[0] = 0.0
+    # Rounding of the closed forms can leave tiny negatives on empty buckets.
+    return (
+        np.maximum(steps, 0.0),
+        np.maximum(lengths, 0.0),
+        np.maximum(crossings, 0.0),
+    )
+
+
+# ---- builders ----------------------------------------------------------------------------------
+def summarize_lengths(
+    grid: LengthGrid,
+    *,
+    input_tokens: npt.ArrayLike,
+    output_tokens: npt.ArrayLike,
+    duration_s: float,
+    weights: npt.ArrayLike | None = None,
+) -> WorkloadSummary:
+    """Summary of whole requests (prompt p, output o, weight w) seen over ``duration_s``."""
+    p = np.asarray(input_tokens, dtype=np.float64)
+    o = np.asarray(output_tokens, dtype=np.float64)
+    if p.shape != o.shape or p.ndim != 1:
+        raise ValidationError("input and output token arrays must be 1-d of equal length")
+    if np.any(p < 0) or np.any(o < 0):
+        raise ValidationError("token counts must be >= 0")
+    arrivals, tokens, tokens_sq = arrival_counts(grid, p, weights)
+    steps, lengths, crossings = interval_counts(grid, p, p + o, weights)
+    return WorkloadSummary(
+        grid=grid,
+        duration_s=duration_s,
+        arrivals=arrivals,
+        prompt_tokens=tokens,
+        prompt_tokens_sq=tokens_sq,
+        decode_steps=steps,
+        decode_length_sum=lengths,
+        crossings=crossings,
+        max_length_tokens=float(np.max(p + o)) if p.size else 0.0,
+    )
+
+
+def summarize_requests(
+    grid: LengthGrid, requests: Sequence[RequestSpec], *, duration_s: float | None = None
+) -> WorkloadSummary:
+    """Summary of requests; the window defaults to their arrival span."""
+    if not requests:
+        raise ValidationError("cannot summarise an empty list of requests")
+    if duration_s is None:
+        duration_s = max(r.arrival_s for r in requests) - min(r.arrival_s for r in requests)
+        if not duration_s > 0:
+            raise ValidationError("requests arrive at one instant: give the window duration_s")
+    return summarize_lengths(
+        grid,
+        input_tokens=[r.input_tokens for r in requests],
+        output_tokens=[r.output_tokens for r in requests],
+        duration_s=duration_s,
+    )
+
+
+def summarize_workload(grid: LengthGrid, workload: Workload) -> WorkloadSummary:
+    """Summary at the workload's own mean rate (requests / ``mean_rate_rps`` seconds)."""
+    if not workload.mean_rate_rps > 0:
+        raise ValidationError(f"workload {workload.name!r} has no arrival rate")
+    return summarize_requests(
+        grid, workload.requests, duration_s=len(workload.requests) / workload.mean_rate_rps
+    )
+
+
+def summary_from_histogram(grid: LengthGrid, doc: Mapping[str, Any]) -> WorkloadSummary:
+    """Summary from a parsed ``l4-length-histogram`` document (see the module docstring)."""
+    if doc.get("format") != HISTOGRAM_FORMAT or doc.get("version") != 1:
+        raise ValidationError(f'histogram must say "format": "{HISTOGRAM_FORMAT}", "version": 1')
+    bins = doc.get("bins")
+    if not isinstance(bins, list) or not bins:
+        raise ValidationError('histogram needs a non-empty "bins" list')
+    try:
+        p = np.array([float(b["input_tokens"]) for b in bins])
+        o = np.array([float(b["output_tokens"]) for b in bins])
+        c = np.array([float(b["count"]) for b in bins])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(f"histogram bin malformed: {exc}") from exc
+    if np.any(c < 0) or not c.sum() > 0 or np.any(p < 0) or np.any(o < 1):
+        raise ValidationError("histogram bins need counts >= 0 (some > 0) and output_tokens >= 1")
+    has_rate, has_window = "rate_rps" in doc, "duration_s" in doc
+    if has_rate == has_window:
+        raise ValidationError('histogram needs exactly one of "rate_rps" and "duration_s"')
+    value = float(doc["rate_rps"] if has_rate else doc["duration_s"])
+    if not (math.isfinite(value) and value > 0):
+        raise ValidationError("histogram rate_rps / duration_s must be > 0")
+    duration = float(c.sum()) / value if has_rate else value
+    return summarize_lengths(grid, input_tokens=p, output_tokens=o, duration_s=duration, weights=c)
+
+
+# ---- prefix sums: every stage range at once ----------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class RangeTable:
+    """Per-second rates for every stage ``[g_i, g_j)``, arrays indexed ``[i, j]`` (0 <= i, j <= K).
+
+    Entries with ``i >= j`` are zero. ``crossing_rps[k]`` is per boundary (0 at 0 and at K).
+    ``l_mean``/``l_max`` of a range without decodes are the range's lower edge.
+    """
+
+    bounds_tokens: FloatArray  # g_0 .. g_{K-1}, then the max context at index K
+    arrival_rps: FloatArray
+    prompt_tokens_ps: FloatArray
+    prompt_tokens_sq_ps: FloatArray
+    decode_steps_ps: FloatArray
+    decode_length_ps: FloatArray
+    l_mean_tokens: FloatArray
+    l_max_tokens: FloatArray
+    crossing_rps: FloatArray = field(repr=False)
+
+
+def _pairwise(counts: FloatArray, duration_s: float) -> FloatArray:
+    c = np.concatenate(([0.0], np.cumsum(counts))) / duration_s
+    out: FloatArray = np.triu(c[None, :] - c[:, None], k=1)
+    return out
+
+
+def range_table(
+    summary: WorkloadSummary, lmax_quantile: float = DEFAULT_LMAX_QUANTILE
+) -> RangeTable:
+    """Prefix-sum differences for all ranges; l_max is the step-weighted ``lmax_quantile``."""
+    if not 0.0 < lmax_quantile <= 1.0:
+        raise ValidationError(f"l_max quantile must lie in (0, 1], got {lmax_quantile}")
+    d = summary.duration_s
+    k = summary.grid.num_buckets
+    bounds = summary.grid.edges_array()
+    top = max(float(summary.grid.edges_tokens[-1]) + 1.0, summary.max_length_tokens)
+    bounds[k] = min(bounds[k], top)  # the open bucket's lengths end at the longest one seen
+    steps = _pairwise(summary.decode_steps, d)
+    lengths = _pairwise(summary.decode_length_sum, d)
+    lo = np.broadcast_to(bounds[:, None], steps.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        l_mean = np.where(steps > 0, lengths / steps, lo)
+    # Quantile by linear interpolation inside the bucket holding the target cumulative count.
+    cum = np.concatenate(([0.0], np.cumsum(summary.decode_steps)))
+    i_idx, j_idx = np.indices(steps.shape)
+    target = cum[i_idx] + lmax_quantile * (cum[j_idx] - cum[i_idx])
+    b = np.clip(np.searchsorted(cum, target, side="left") - 1, i_idx, np.maximum(j_idx - 1, i_idx))
+    b = np.clip(b, 0, k - 1)
+    width = cum[b + 1] - cum[b]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(width > 0, (target - cum[b]) / width, 0.0)
+    l_q = bounds[b] + np.clip(frac, 0.0, 1.0) * (bounds[b + 1] - bounds[b])
+    if summary.max_length_tokens > 0:  # never above the longest context seen
+        l_q = np.minimum(l_q, summary.max_length_tokens)
+    l_max = np.where(steps > 0, np.maximum(l_q, l_mean), lo)
+    crossing = np.append(summary.crossings, 0.0) / d
+    return RangeTable(
+        bounds_tokens=bounds,
+        arrival_rps=_pairwise(summary.arrivals, d),
+        prompt_tokens_ps=_pairwise(summary.prompt_tokens, d),
+        prompt_tokens_sq_ps=_pairwise(summary.prompt_tokens_sq, d),
+        decode_steps_ps=steps,
+        decode_length_ps=lengths,
+        l_mean_tokens=l_mean,
+        l_max_tokens=l_max,
+        crossing_rps=crossing,
+    )

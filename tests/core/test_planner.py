@@ -1,0 +1,147 @@
+"""DP planner: equals brute force, well-formed plans, greedy merge."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from factories import tiny_profile
+from l4.core.grid import exponential_grid
+from l4.core.planner import brute_force, merge_greedy, plan_stages, solve_dp
+from l4.core.qoe import MigrationModel, StageModel
+from l4.core.summary import summarize_lengths
+from l4.costmodel import load_profile
+from l4.errors import ValidationError
+
+TINY_GRID = exponential_grid(2048, substeps_per_octave=1, min_tokens=64)  # 6 buckets
+
+
+@st.composite
+def cost_tables(draw: st.DrawFn) -> np.ndarray:
+    k1 = draw(st.integers(2, 6))
+    e = draw(st.integers(1, 5))
+    values = draw(
+        st.lists(
+            st.one_of(st.floats(0, 100, allow_nan=False), st.just(np.inf)),
+            min_size=k1 * k1 * e,
+            max_size=k1 * k1 * e,
+        )
+    )
+    table = np.array(values, dtype=np.float64).reshape(k1, k1, e)
+    table[np.tril_indices(k1)] = np.inf
+    return table
+
+
+@settings(max_examples=150, deadline=None)
+@given(table=cost_tables())
+def test_dp_equals_brute_force_on_random_tables(table: np.ndarray) -> None:
+    dp_cost, dp_segs = solve_dp(table)
+    bf_cost, _ = brute_force(table)
+    assert dp_cost == pytest.approx(bf_cost) or (np.isinf(dp_cost) and np.isinf(bf_cost))
+    if np.isfinite(dp_cost):
+        assert sum(table[i, j, n - 1] for i, j, n in dp_segs) == pytest.approx(dp_cost)
+        _check_segments(dp_segs, table.shape[0] - 1, table.shape[2])
+
+
+def _check_segments(segs: list[tuple[int, int, int]], k: int, e: int) -> None:
+    assert segs[0][0] == 0 and segs[-1][1] == k
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(segs))
+    assert all(i < j for i, j, _ in segs)
+    assert all(n >= 1 for *_, n in segs) and sum(n for *_, n in segs) == e
+
+
+workloads = st.lists(st.tuples(st.integers(1, 1800), st.integers(1, 240)), min_size=1, max_size=30)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    reqs=workloads,
+    rate=st.floats(0.1, 400.0),
+    e=st.integers(1, 5),
+    mechanism=st.sampled_from(["kv-transfer", "replay"]),
+)
+def test_plans_of_the_stage_model_match_brute_force(
+    reqs: list[tuple[int, int]], rate: float, e: int, mechanism: str
+) -> None:
+    s = summarize_lengths(
+        TINY_GRID,
+        input_tokens=[p for p, _ in reqs],
+        output_tokens=[o for _, o in reqs],
+        duration_s=len(reqs) / rate,
+    )
+    model = StageModel(tiny_profile(), migration=MigrationModel(mechanism=mechanism))
+    costs = model.cost_table(s, e)
+    bf_cost, _ = brute_force(costs.cost)
+    plan = plan_stages(s, model, e, timer=lambda: 0.0)
+    assert plan.planning_time_s == 0.0
+    assert plan.feasible == bool(np.isfinite(bf_cost))
+    if plan.feasible:
+        # Merging keeps the optimum: it only joins stages when the cost does not rise.
+        assert plan.cost == pytest.approx(bf_cost, rel=1e-9, abs=1e-12)
+    else:
+        assert plan.cost == np.inf
+    stages = plan.stages
+    assert stages[0].lo_tokens == 0 and stages[-1].hi_tokens is None
+    bounds = [st_.lo_tokens for st_ in stages]
+    assert all(a < b for a, b in itertools.pairwise(bounds))
+    assert all(s_.hi_tokens == t.lo_tokens for s_, t in itertools.pairwise(stages))
+    assert all(s_.num_instances >= 1 for s_ in stages) and plan.num_instances == e
+    if e == 1:
+        assert len(stages) == 1
+
+
+def test_single_instance_plan_is_one_open_stage() -> None:
+    s = summarize_lengths(TINY_GRID, input_tokens=[100, 900], output_tokens=[50, 50], duration_s=1)
+    plan = plan_stages(s, StageModel(tiny_profile()), 1)
+    assert len(plan.stages) == 1
+    only = plan.stages[0]
+    assert (only.lo_tokens, only.hi_tokens, only.num_instances) == (0, None, 1)
+    assert plan.stage_of(0) == 0 and plan.stage_of(10**9) == 0
+
+
+def test_merge_joins_equal_cost_neighbours_only() -> None:
+    table = np.full((4, 4, 3), np.inf)
+    table[0, 1, 0] = 1.0
+    table[1, 2, 0] = 1.0
+    table[0, 2, 1] = 2.0  # joining the first two costs the same: merge
+    table[2, 3, 0] = 1.0
+    table[0, 3, 2] = 5.0  # joining everything would raise the cost: keep
+    segs = merge_greedy(table, [(0, 1, 1), (1, 2, 1), (2, 3, 1)])
+    assert segs == [(0, 2, 2), (2, 3, 1)]
+
+
+def test_mooncake_plan_is_length_ordered_and_uses_every_instance() -> None:
+    from l4.core.summary import summarize_workload
+    from l4.workload import WorkloadSpec, build_workload
+
+    profile = load_profile("h100-llama-3.2-3b")
+    workload = build_workload(
+        WorkloadSpec(trace="mooncake", max_context_tokens=131072, num_requests=3000)
+    )
+    s = summarize_workload(exponential_grid(131072), workload)
+    plan = plan_stages(s, StageModel(profile), 16)
+    assert plan.feasible and plan.num_instances == 16 and len(plan.stages) >= 2
+    # Longer stages are slower per token.
+    tpots = [st_.tpot_s for st_ in plan.stages]
+    assert tpots[-1] > tpots[0]
+    assert plan.planning_time_s < 1.0
+
+
+def test_overloaded_cluster_still_gets_a_plan() -> None:
+    s = summarize_lengths(
+        TINY_GRID, input_tokens=[1500] * 10, output_tokens=[400] * 10, duration_s=1e-3
+    )
+    plan = plan_stages(s, StageModel(tiny_profile()), 3)
+    assert not plan.feasible and plan.cost == np.inf
+    assert plan.num_instances == 3
+    assert plan.to_dict()["cost"] is None
+
+
+def test_bad_instance_count() -> None:
+    s = summarize_lengths(TINY_GRID, input_tokens=[10], output_tokens=[5], duration_s=1)
+    with pytest.raises(ValidationError):
+        plan_stages(s, StageModel(tiny_profile()), 0)

@@ -1,0 +1,123 @@
+"""The analytic stage model: agreement with the step-cost model, monotonicity, overload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from factories import tiny_profile
+from l4.core.grid import exponential_grid
+from l4.core.qoe import MigrationModel, QoeWeights, StageModel
+from l4.core.summary import summarize_lengths
+from l4.costmodel import StepCostModel, load_profile
+from l4.errors import ValidationError
+from l4.sim.migration import MigrationConfig
+
+H100 = load_profile("h100-llama-3.2-3b")
+
+
+def _summary(rate_rps: float, *, max_context: int = 131072) -> object:
+    rng = np.random.default_rng(0)
+    n = 400
+    prompts = np.minimum(rng.lognormal(8.0, 1.2, n).astype(int) + 1, max_context // 2)
+    outputs = rng.integers(50, 500, n)
+    return summarize_lengths(
+        exponential_grid(max_context),
+        input_tokens=prompts,
+        output_tokens=outputs,
+        duration_s=n / rate_rps,
+    )
+
+
+@pytest.mark.parametrize("n", [1, 3, 16, 100, 700])
+@pytest.mark.parametrize(("l_mean", "l_max"), [(500, 500), (2000, 9000), (40000, 120000)])
+def test_decode_step_matches_step_cost_model(n: int, l_mean: int, l_max: int) -> None:
+    model = StageModel(H100)
+    step = StepCostModel(H100)
+    for has_prefill in (False, True):
+        want = step.step_time_s(
+            num_decodes=n, context_sum_tokens=n * l_mean, context_max_tokens=l_max
+        )
+        if has_prefill:  # the alpha of a step with a chunk, minus the chunk's own time
+            want += step.decode_attention_s(n, n * l_mean, l_max, True) - step.decode_attention_s(
+                n, n * l_mean, l_max, False
+            )
+        got, _ = model.decode_step_s(
+            np.array([float(n)]),
+            np.array([float(l_mean)]),
+            np.array([float(l_max)]),
+            np.array([1.0 if has_prefill else 0.0]),
+        )
+        assert got[0] == pytest.approx(want, rel=1e-9)
+
+
+def test_more_instances_never_raise_a_stage_cost() -> None:
+    costs = StageModel(H100).cost_table(_summary(20.0), 16)
+    c = costs.cost
+    k1 = c.shape[0]
+    ii, jj = np.triu_indices(k1, 1)
+    per_pair = c[ii, jj]  # (pairs, E)
+    finite = np.isfinite(per_pair[:, :-1])
+    assert np.all(per_pair[:, 1:][finite] <= per_pair[:, :-1][finite])
+    assert np.all(np.isinf(c[np.tril_indices(k1)]))
+    assert np.any(np.isfinite(per_pair))
+
+
+def test_overloaded_stage_has_infinite_cost_and_load_above_one() -> None:
+    model = StageModel(H100)
+    light = model.cost_table(_summary(1.0), 4)
+    heavy = model.cost_table(_summary(5000.0), 4)
+    k = light.cost.shape[0] - 1
+    assert np.isfinite(light.cost[0, k, 0])
+    assert np.isinf(heavy.cost[0, k, 0]) and heavy.load[0, k, 0] >= 1.0
+    assert np.isinf(heavy.ttft_s[0, k, 0]) and np.isinf(heavy.tpot_s[0, k, 0])
+
+
+def test_kv_demand_above_capacity_is_infinite() -> None:
+    profile = tiny_profile(kv_capacity_tokens=2048, max_context_tokens=2048)
+    model = StageModel(profile)
+    grid = exponential_grid(2048, substeps_per_octave=1, min_tokens=64)
+    # Long requests decoding for long: many running at once, each holding ~1.5K tokens.
+    s = summarize_lengths(grid, input_tokens=[1500] * 50, output_tokens=[500] * 50, duration_s=1)
+    costs = model.cost_table(s, 2)
+    k = grid.num_buckets
+    assert np.isinf(costs.cost[0, k, 1])
+
+
+def test_tpot_grows_with_load_and_context() -> None:
+    model = StageModel(H100)
+    lo, hi = model.cost_table(_summary(2.0), 1), model.cost_table(_summary(20.0), 1)
+    k = lo.cost.shape[0] - 1
+    assert hi.tpot_s[0, k, 0] > lo.tpot_s[0, k, 0] > 0
+    assert hi.ttft_s[0, k, 0] > lo.ttft_s[0, k, 0] > 0
+
+
+def test_migration_defaults_mirror_the_simulator() -> None:
+    sim = MigrationConfig()
+    core = MigrationModel()
+    assert core.bandwidth_bytes_per_s == sim.bandwidth_bytes_per_s
+    assert core.downtime_base_s == sim.downtime_base_s
+    assert core.replay_overhead_s == sim.replay_overhead_s
+    assert MigrationModel.like(sim, "replay").mechanism == "replay"
+    with pytest.raises(ValidationError):
+        MigrationModel(mechanism="teleport")
+
+
+def test_migration_latency_per_mechanism() -> None:
+    ctx = np.array([[16384.0]])
+    tpot = np.array([[0.01]])
+    kv = StageModel(H100, migration=MigrationModel(mechanism="kv-transfer"))
+    rp = StageModel(H100, migration=MigrationModel(mechanism="replay"))
+    b = H100.model.kv_bytes_per_token
+    copy_s = 16384 * b / 25e9
+    want_kv = 0.005 + (copy_s / 0.01) * b / 25e9
+    assert kv._migration_latency_s(ctx, tpot, tpot)[0, 0] == pytest.approx(want_kv)
+    # Replay re-prefills the whole context: far more than a stop-and-copy.
+    assert rp._migration_latency_s(ctx, tpot, tpot)[0, 0] > 5 * want_kv
+
+
+def test_slo_weights() -> None:
+    w = QoeWeights.slo_normalised(ttft_slo_s=2.0, tpot_slo_s=0.1)
+    assert (w.ttft, w.tpot, w.migration) == (0.5, 10.0, 10.0)
+    with pytest.raises(ValidationError):
+        QoeWeights(ttft=-1.0)

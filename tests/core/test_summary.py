@@ -1,0 +1,140 @@
+"""Workload summaries: prefix sums equal direct sums; kernels split exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from factories import req
+from l4.core.grid import exponential_grid
+from l4.core.summary import (
+    ema,
+    interval_counts,
+    summarize_lengths,
+    summarize_requests,
+    summary_from_histogram,
+)
+from l4.errors import ValidationError
+
+GRID = exponential_grid(4096, substeps_per_octave=2, min_tokens=16)
+
+requests_st = st.lists(
+    st.tuples(st.integers(1, 4000), st.integers(1, 3000)), min_size=1, max_size=40
+)
+
+
+def _direct(reqs: list[tuple[int, int]], lo: float, hi: float) -> dict[str, float]:
+    out = {"arrivals": 0.0, "tokens": 0.0, "sq": 0.0, "steps": 0.0, "lsum": 0.0}
+    for p, o in reqs:
+        if lo <= p < hi:
+            out["arrivals"] += 1
+            out["tokens"] += p
+            out["sq"] += p * p
+        ctx = [t for t in range(p, p + o) if lo <= t < hi]
+        out["steps"] += len(ctx)
+        out["lsum"] += sum(ctx)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(reqs=requests_st, data=st.data())
+def test_range_table_equals_direct_sums(reqs: list[tuple[int, int]], data: st.DataObject) -> None:
+    k = GRID.num_buckets
+    i = data.draw(st.integers(0, k - 1))
+    j = data.draw(st.integers(i + 1, k))
+    duration = 10.0
+    s = summarize_lengths(
+        GRID,
+        input_tokens=[p for p, _ in reqs],
+        output_tokens=[o for _, o in reqs],
+        duration_s=duration,
+    )
+    rt = s.ranges()
+    lo = GRID.edges_tokens[i]
+    hi = np.inf if j == k else GRID.edges_tokens[j]
+    d = _direct(reqs, lo, hi)
+    assert rt.arrival_rps[i, j] * duration == pytest.approx(d["arrivals"])
+    assert rt.prompt_tokens_ps[i, j] * duration == pytest.approx(d["tokens"])
+    assert rt.prompt_tokens_sq_ps[i, j] * duration == pytest.approx(d["sq"])
+    assert rt.decode_steps_ps[i, j] * duration == pytest.approx(d["steps"], abs=1e-6)
+    assert rt.decode_length_ps[i, j] * duration == pytest.approx(d["lsum"], abs=1e-3)
+    if d["steps"]:
+        assert lo <= rt.l_mean_tokens[i, j] <= rt.l_max_tokens[i, j]
+        assert rt.l_max_tokens[i, j] <= max(p + o for p, o in reqs)
+    # Crossings of boundary g_k: requests that decode at g_k having started below it.
+    g = GRID.edges_tokens[i]
+    crossing = sum(1 for p, o in reqs if p < g < p + o)
+    assert rt.crossing_rps[i] * duration == pytest.approx(crossing)
+    assert rt.crossing_rps[0] == 0 and rt.crossing_rps[k] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.integers(0, 3000), o=st.integers(1, 3000), cut=st.floats(0, 1))
+def test_interval_kernel_splits_exactly(p: int, o: int, cut: float) -> None:
+    c = p + int(cut * o)
+    whole = interval_counts(GRID, [p], [p + o])
+    first = interval_counts(GRID, [p], [c])
+    # The second window starts at the prompt only when the first one is empty.
+    second = interval_counts(GRID, [c], [p + o], starts_at_prompt=[c == p])
+    for w, a, b in zip(whole, first, second, strict=True):
+        np.testing.assert_allclose(w, a + b, atol=1e-6)
+
+
+def test_requests_window_and_rate_scaling() -> None:
+    reqs = [req(0, 100, 10, 0.0), req(1, 2000, 50, 4.0)]
+    s = summarize_requests(GRID, reqs)
+    assert s.duration_s == 4.0 and s.num_requests == 2
+    doubled = s.scaled(2.0)
+    np.testing.assert_allclose(doubled.ranges().arrival_rps, 2 * s.ranges().arrival_rps)
+    with pytest.raises(ValidationError):
+        summarize_requests(GRID, [req(0, 100, 10, 1.0)])
+    assert summarize_requests(GRID, [req(0, 100, 10, 1.0)], duration_s=2.0).duration_s == 2.0
+
+
+def test_combine_and_ema_are_rate_blends() -> None:
+    a = summarize_lengths(GRID, input_tokens=[100], output_tokens=[10], duration_s=1.0)
+    b = summarize_lengths(GRID, input_tokens=[3000], output_tokens=[20], duration_s=2.0)
+    both = a.combined(a)
+    np.testing.assert_allclose(both.arrivals, 2 * a.arrivals)
+    smooth = ema(a, b, 0.25)
+    np.testing.assert_allclose(smooth.arrivals, 0.75 * a.arrivals + 0.25 * b.arrivals / 2.0)
+    assert smooth.duration_s == 1.0
+
+
+def test_histogram_document_matches_requests() -> None:
+    doc = {
+        "format": "l4-length-histogram",
+        "version": 1,
+        "rate_rps": 2.0,
+        "bins": [
+            {"input_tokens": 100, "output_tokens": 10, "count": 3},
+            {"input_tokens": 2000, "output_tokens": 50, "count": 1},
+        ],
+    }
+    h = summary_from_histogram(GRID, doc)
+    direct = summarize_lengths(
+        GRID, input_tokens=[100] * 3 + [2000], output_tokens=[10] * 3 + [50], duration_s=2.0
+    )
+    assert h.duration_s == 2.0
+    np.testing.assert_allclose(h.decode_steps, direct.decode_steps)
+    np.testing.assert_allclose(h.arrivals, direct.arrivals)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"format": "other", "version": 1, "rate_rps": 1, "bins": []},
+        {"format": "l4-length-histogram", "version": 1, "rate_rps": 1, "bins": []},
+        {"format": "l4-length-histogram", "version": 1, "bins": [{"input_tokens": 1}]},
+        {
+            "format": "l4-length-histogram",
+            "version": 1,
+            "bins": [{"input_tokens": 1, "output_tokens": 1, "count": 1}],
+        },
+    ],
+)
+def test_bad_histograms_raise(doc: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        summary_from_histogram(GRID, doc)
