@@ -15,10 +15,10 @@ import statistics
 import time
 from pathlib import Path
 
+from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
 from l4.instance import InstanceConfig
 from l4.metrics import SloConfig
-from l4.sim.migration import MigrationConfig
 from l4.sim.runner import SimConfig, run_policy
 from l4.workload import WorkloadSpec, build_workload
 

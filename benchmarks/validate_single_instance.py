@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from l4 import __version__
+from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
 from l4.costmodel.profile import Profile
 from l4.instance import InstanceConfig
 from l4.metrics import SloConfig
-from l4.sim.migration import MigrationConfig
 from l4.sim.runner import SimConfig, run_policy
 from l4.workload import Workload, WorkloadSpec, build_workload
 

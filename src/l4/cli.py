@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from l4 import __version__
+from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile, available_profiles, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
 from l4.errors import L4Error, ValidationError
@@ -31,7 +32,6 @@ from l4.report import (
     write_requests_jsonl,
 )
 from l4.sim.capacity import find_capacity
-from l4.sim.migration import MigrationConfig, MigrationMechanism
 from l4.sim.runner import PolicyRun, SimConfig, run_policy
 from l4.workload import Workload, WorkloadSpec, build_workload, bundled_traces
 

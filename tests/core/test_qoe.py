@@ -7,11 +7,11 @@ import pytest
 
 from factories import tiny_profile
 from l4.core.grid import exponential_grid
+from l4.core.migration import MigrationConfig
 from l4.core.qoe import MigrationModel, QoeWeights, StageModel
 from l4.core.summary import summarize_lengths
 from l4.costmodel import StepCostModel, load_profile
 from l4.errors import ValidationError
-from l4.sim.migration import MigrationConfig
 
 H100 = load_profile("h100-llama-3.2-3b")
 

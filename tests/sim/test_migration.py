@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from factories import req, tiny_profile
+from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel import StepCostModel
 from l4.instance import InstanceConfig, SeqState
 from l4.policies.base import ClusterView
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
-from l4.sim.migration import MigrationConfig, MigrationMechanism
 
 
 class ChaosPolicy:

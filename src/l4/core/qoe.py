@@ -19,7 +19,7 @@ planner's estimate; the simulator is the ground truth. The model, per instance o
   chunks (one decode step each plus its prefill work);
 * migration latency at the stage's upper boundary ``g_j`` (charged to the source stage):
   kv-transfer = ``downtime_base + (tokens decoded during the background copy) * kv_bytes / bw``,
-  replay = ``replay_overhead + re-prefill of g_j tokens`` (same numbers as ``l4.sim.migration``).
+  replay = ``replay_overhead + re-prefill of g_j tokens`` (same numbers as ``l4.core.migration``).
 
 Cost per second = ``w_ttft * arrivals * TTFT + w_tpot * decode_steps * TPOT
 + w_migration * crossings * migration_latency``. More instances never raise a stage's cost: an
@@ -34,10 +34,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from l4.core.migration import MigrationConfig
 from l4.core.summary import DEFAULT_LMAX_QUANTILE, RangeTable, WorkloadSummary
 from l4.costmodel.profile import Profile
 from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
+
+_SIM_MIGRATION = MigrationConfig()
 
 FloatArray = npt.NDArray[np.float64]
 MECHANISMS = ("kv-transfer", "replay")
@@ -56,7 +59,7 @@ class _MigrationConfigLike(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MigrationModel:
-    """Migration costs as the planner sees them; defaults equal ``l4.sim.migration``'s."""
+    """Migration costs as the planner sees them; defaults equal ``l4.core.migration``'s."""
 
     mechanism: str = "kv-transfer"
     bandwidth_bytes_per_s: float = 25e9
@@ -73,7 +76,7 @@ class MigrationModel:
 
     @classmethod
     def like(cls, config: _MigrationConfigLike, mechanism: str) -> MigrationModel:
-        """The planner's view of a simulator ``MigrationConfig`` (duck-typed: core is below sim)."""
+        """The planner's view of a simulator ``MigrationConfig``."""
         return cls(
             mechanism=mechanism,
             bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,

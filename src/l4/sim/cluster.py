@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.errors import InvariantError
@@ -25,7 +26,6 @@ from l4.metrics import ItlRecorder, RequestRecord
 from l4.policies.base import InstanceView, Policy
 from l4.request import RequestSpec
 from l4.sim.events import EventQueue
-from l4.sim.migration import MigrationConfig, MigrationMechanism
 
 ProgressFn = Callable[[float], None]
 

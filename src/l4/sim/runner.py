@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from l4.core.migration import MigrationConfig
 from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig, summarize
 from l4.policies.base import PolicyContext, make_policy
 from l4.sim.cluster import SimOutcome, Simulation
-from l4.sim.migration import MigrationConfig
 from l4.workload import Workload
 
 
