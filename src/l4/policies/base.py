@@ -9,9 +9,11 @@ run constructs its own from a `PolicyContext`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from l4.core.migration import MigrationConfig
+from l4.core.summary import WorkloadSummary
 from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.errors import UnknownNameError
@@ -55,6 +57,11 @@ class PolicyContext:
     cost: StepCostModel
     instance_config: InstanceConfig
     seed: int
+    # What an operator plans from: the expected workload's length histogram at its expected
+    # rate (the trace being served, in the simulator). None when nothing is known in advance.
+    workload: WorkloadSummary | None = None
+    # The migration mechanism the deployment uses; migrating baselines must use the same one.
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
 
 
 class Policy(Protocol):

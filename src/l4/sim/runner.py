@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig
+from l4.core.summary import summarize_workload
 from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.instance.config import InstanceConfig
@@ -41,12 +43,15 @@ def run_policy(
     progress: Callable[[float], None] | None = None,
 ) -> PolicyRun:
     cost = StepCostModel(cfg.profile)
+    grid = exponential_grid(cfg.profile.model.max_context_tokens)
     ctx = PolicyContext(
         num_instances=cfg.num_instances,
         profile=cfg.profile,
         cost=cost,
         instance_config=cfg.instance_config,
         seed=cfg.seed,
+        workload=summarize_workload(grid, workload) if workload.requests else None,
+        migration=cfg.migration,
     )
     sim = Simulation(
         profile=cfg.profile,
