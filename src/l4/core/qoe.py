@@ -237,6 +237,19 @@ class StageModel:
         load_full[ii, jj] = load[rows, best]
         return StageCosts(cost=out[0], ttft_s=out[1], tpot_s=out[2], load=load_full)
 
+    def stage_costs(
+        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, n: int
+    ) -> tuple[FloatArray, FloatArray]:
+        """(cost, load) of stages ``[g_lo[k], g_hi[k])`` with exactly ``n`` instances each.
+
+        For refinement, which re-solves one boundary at a time: only the candidate stages are
+        evaluated, not the whole table. Infinite cost marks an unsustainable stage.
+        """
+        ii = np.asarray(lo, dtype=np.intp)
+        jj = np.asarray(hi, dtype=np.intp)
+        cost, _, _, load = self._evaluate(ranges, ii, jj, np.array([[float(n)]]))
+        return cost[:, 0], load[:, 0]
+
     def _evaluate(
         self, rt: RangeTable, ii: npt.NDArray[np.intp], jj: npt.NDArray[np.intp], n: FloatArray
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:

@@ -120,6 +120,8 @@ class Instance:
         self._gap_pending: list[Sequence] = []
         self._order = 0
         self.output_tokens = 0
+        # KV tokens freed by completions: how fast room appears, for earliest-acceptance bids.
+        self.released_tokens = 0
         self.num_preemptions = 0
         self.busy_s = 0.0
 
@@ -448,6 +450,7 @@ class Instance:
 
     def _finish(self, seq: Sequence, end: float, finished: list[Sequence]) -> None:
         del self._running[seq.request_id]
+        self.released_tokens += seq.spec.input_tokens + seq.generated_tokens
         seq.state = SeqState.FINISHED
         seq.finish_s = end
         seq.last_token_s = end

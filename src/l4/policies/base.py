@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from l4.core.migration import MigrationConfig
 from l4.core.summary import WorkloadSummary
@@ -33,6 +33,11 @@ class InstanceView(Protocol):
     def num_running(self) -> int: ...
     @property
     def kv_usage(self) -> float: ...
+    @property
+    def released_tokens(self) -> int:
+        """KV tokens freed by completed requests so far (a counter)."""
+        ...
+
     def free_blocks(self) -> int: ...
     def waiting_demand_blocks(self) -> int: ...
     def running(self) -> list[Seq]: ...
@@ -76,6 +81,24 @@ class Policy(Protocol):
         ...
 
 
+@runtime_checkable
+class AdmissionObserver(Protocol):
+    """Optional: a policy that wants the serving handle of each request it routed.
+
+    Called right after the request joins the instance's queue; a gateway has the same handle (the
+    proxied stream), so policies may follow the request's length from it.
+    """
+
+    def admitted(self, seq: Seq, instance_id: int, now_s: float) -> None: ...
+
+
+@runtime_checkable
+class StatsReporter(Protocol):
+    """Optional: a policy with counters worth reporting (moves, trades, messages)."""
+
+    def stats(self) -> dict[str, object]: ...
+
+
 PolicyFactory = Callable[[PolicyContext], Policy]
 _REGISTRY: dict[str, PolicyFactory] = {}
 
@@ -115,7 +138,7 @@ def parse_policy_list(text: str) -> list[str]:
 
 def _load_builtin() -> None:
     # Importing the modules registers their policies (the registry is filled once, at import).
-    from l4.policies import baselines  # noqa: F401
+    from l4.policies import baselines, length_aware, length_buckets, llumnix  # noqa: F401
 
 
 def one_group(num_instances: int) -> list[list[int]]:

@@ -23,7 +23,7 @@ from l4.instance import Instance, InstanceConfig, SeqState
 from l4.instance import Sequence as Seq
 from l4.instance.engine import UNLIMITED_STEPS
 from l4.metrics import ItlRecorder, RequestRecord
-from l4.policies.base import InstanceView, Policy
+from l4.policies.base import AdmissionObserver, InstanceView, Policy
 from l4.request import RequestSpec
 from l4.sim.events import EventQueue
 
@@ -74,6 +74,7 @@ class Simulation:
         self.profile = profile
         self.cost = cost or StepCostModel(profile)
         self.policy = policy
+        self._observer = policy if isinstance(policy, AdmissionObserver) else None
         self.migration = migration or MigrationConfig()
         self.itl = ItlRecorder()
         self.instances = [
@@ -186,6 +187,8 @@ class Simulation:
         if not 0 <= target < len(self.instances):
             raise InvariantError(f"policy routed request {seq.request_id} to instance {target}")
         self.instances[target].admit(seq)
+        if self._observer is not None:
+            self._observer.admitted(seq, target, now)
         self._kick(target, now)
 
     def _on_tick(self, now: float) -> None:

@@ -12,7 +12,7 @@ from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig, summarize
-from l4.policies.base import PolicyContext, make_policy
+from l4.policies.base import PolicyContext, StatsReporter, make_policy
 from l4.sim.cluster import SimOutcome, Simulation
 from l4.workload import Workload
 
@@ -53,11 +53,12 @@ def run_policy(
         workload=summarize_workload(grid, workload) if workload.requests else None,
         migration=cfg.migration,
     )
+    made = make_policy(policy, ctx)
     sim = Simulation(
         profile=cfg.profile,
         instance_config=cfg.instance_config,
         num_instances=cfg.num_instances,
-        policy=make_policy(policy, ctx),
+        policy=made,
         migration=cfg.migration,
         cost=cost,
     )
@@ -80,4 +81,6 @@ def run_policy(
     )
     summary["events"] = outcome.events
     summary["failed_migrations"] = outcome.failed_migrations
+    if isinstance(made, StatsReporter):
+        summary["policy_stats"] = made.stats()
     return PolicyRun(policy=policy, summary=summary, outcome=outcome)

@@ -1,0 +1,411 @@
+"""L4's runtime: the agents, their bus and the front door, driven by an injected clock.
+
+It is a ``Policy`` (and an ``AdmissionObserver``) of the simulator; the gateway drives the same
+object with wall-clock time. Per call:
+
+* ``route``: the front door sends an admit ask to the entry stage (by prompt length) and takes the
+  best bid — earliest acceptance, then lowest load (round robin inside the stage for ``l4_rr``);
+* ``on_tick`` (every balancing tick): agents publish loads, then cascade, drain and balance; every
+  refinement period each agent closes its length window and reports it to the leaders of the two
+  boundaries it touches (a stage's leader is its lowest instance id), and each leader re-solves its
+  upper boundary (``l4.agents.refinement``); every re-plan period the coordinator (the leader of
+  stage 0) re-runs the DP on everyone's reports and publishes a new plan when it is predicted to
+  be ``replan_min_gain`` better. Instances whose stage changed drain (``InstanceAgent``).
+
+The initial plan comes from ``PolicyContext.workload`` (the DP on the expected workload); without
+one every instance starts in one stage and re-planning splits them when traffic has been seen.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from l4.agents.agent import AgentConfig, InstanceAgent
+from l4.agents.bus import DropRule, MessageBus
+from l4.agents.load import LoadModel
+from l4.agents.messages import (
+    FRONT,
+    Ask,
+    Award,
+    Bid,
+    BoundaryMove,
+    Decline,
+    LengthReport,
+    Message,
+    PlanUpdate,
+    TradeKind,
+)
+from l4.agents.observer import WindowObserver
+from l4.agents.refinement import BoundaryRule, RefinementConfig, next_boundary
+from l4.agents.stages import StageTable, reassign
+from l4.core.grid import LengthGrid, exponential_grid
+from l4.core.planner import plan_from_costs, plan_stages
+from l4.core.qoe import MigrationModel, StageModel
+from l4.core.summary import WorkloadSummary
+from l4.errors import InvariantError, ValidationError
+from l4.instance.sequence import Sequence
+from l4.policies.base import ClusterView, PolicyContext
+from l4.request import RequestSpec
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class L4Config:
+    rule: BoundaryRule = BoundaryRule.QOE
+    refine: bool = True
+    replan: bool = True
+    replan_period_s: float = 30.0
+    replan_min_gain: float = 0.1  # adopt a new plan only if predicted this much better
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
+
+    def __post_init__(self) -> None:
+        if not self.replan_period_s > 0:
+            raise ValidationError("re-plan period must be > 0 s")
+        if not 0 <= self.replan_min_gain < 1:
+            raise ValidationError("re-plan gain must lie in [0, 1)")
+
+
+class L4Runtime:
+    def __init__(
+        self, ctx: PolicyContext, config: L4Config, *, drop: DropRule | None = None
+    ) -> None:
+        self.config = config
+        self.tick_interval_s: float | None = config.agent.tick_s
+        self._n = ctx.num_instances
+        self.grid: LengthGrid = (
+            ctx.workload.grid
+            if ctx.workload is not None
+            else exponential_grid(ctx.profile.model.max_context_tokens)
+        )
+        self.model = StageModel(
+            ctx.profile,
+            instance=ctx.instance_config,
+            migration=MigrationModel.like(ctx.migration, ctx.migration.mechanism.value),
+        )
+        self.table = self._initial_table(ctx.workload)
+        self.bus = MessageBus(drop=drop)
+        self.bus.subscribe(FRONT, self._front_handle)
+        self._cluster: ClusterView | None = None
+        load = LoadModel(
+            ctx.cost,
+            budget_tokens=ctx.instance_config.max_num_batched_tokens,
+            block_tokens=ctx.instance_config.block_size_tokens,
+        )
+        self.agents = [
+            InstanceAgent(
+                i,
+                bus=self.bus,
+                world=self,
+                table=self.table,
+                load=load,
+                observer=WindowObserver(i, self.grid, config.refinement.smoothing),
+                config=config.agent,
+                block_tokens=ctx.instance_config.block_size_tokens,
+            )
+            for i in range(self._n)
+        ]
+        self._bs = ctx.instance_config.block_size_tokens
+        self._ask_ids = itertools.count(1)
+        self._front_bids: dict[int, list[Bid]] = {}
+        self._rr: dict[int, int] = {}
+        self._next_refine_s: float | None = None
+        self._next_replan_s: float | None = None
+        self.boundary_moves = 0
+        self.replans = 0
+
+    def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
+        if workload is None:
+            return StageTable.single(self._n)
+        table = StageTable.from_plan(plan_stages(workload, self.model, self._n))
+        if self.config.rule is BoundaryRule.QOE:
+            return table
+        # The count and memory ablations keep the DP's stage sizes but place the boundaries by
+        # their own rule from the start, so they differ from l4 only in where boundaries sit.
+        for k in range(1, table.num_stages):
+            lo, cur, hi = self._indices(table, k)
+            target = next_boundary(
+                workload,
+                self.model,
+                self.config.rule,
+                self.config.refinement,
+                lo=lo,
+                current=cur,
+                hi=hi,
+                n_lo=len(table.members(k - 1)),
+                n_hi=len(table.members(k)),
+                requests_seen=0,
+                unlimited=True,
+            )
+            moved = table.with_move(k, self.grid.edges_tokens[target])
+            table = moved if moved is not None else table
+        return table
+
+    # ---- what agents borrow (World) ------------------------------------------------------------
+    @property
+    def cluster(self) -> ClusterView:
+        if self._cluster is None:
+            raise InvariantError("the L4 runtime was used before the first route or tick")
+        return self._cluster
+
+    def note_incoming(self, seq: Sequence, dst: int, length_tokens: int, now_s: float) -> None:
+        self.agents[dst].observer.note_incoming(seq, length_tokens, now_s)
+
+    def next_round_robin(self, stage: int) -> int:
+        members = self.table.members(stage)
+        k = self._rr.get(stage, 0)
+        self._rr[stage] = k + 1
+        return members[k % len(members)]
+
+    def _new_ask_id(self) -> int:
+        return next(self._ask_ids)
+
+    # ---- Policy -------------------------------------------------------------------------------
+    def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
+        self._cluster = cluster
+        stage = self.table.stage_of(request.input_tokens)
+        members = self.table.members(stage)
+        if len(members) == 1:
+            return members[0]
+        if not self.config.agent.use_bids:
+            return self.next_round_robin(stage)
+        ask = Ask(
+            ask_id=self._new_ask_id(),
+            sender=FRONT,
+            kind=TradeKind.ADMIT,
+            request_id=request.request_id,
+            length_tokens=request.input_tokens,
+            blocks=-(-(request.input_tokens + 1) // self._bs),
+            sender_load_s=0.0,
+            delta_load_s=0.0,
+            sent_s=now_s,
+        )
+        for i in members:
+            self.bus.send(i, ask)
+        self.bus.flush()
+        bids = self._front_bids.pop(ask.ask_id, [])
+        if not bids:  # every bid lost: place by load as the retained reports last said
+            return self.next_round_robin(stage)
+        best = min(bids, key=lambda b: (b.earliest_accept_s, b.load_s, b.sender))
+        for b in bids:
+            reply: Message = (
+                Award(ask_id=ask.ask_id, sender=FRONT)
+                if b is best
+                else Decline(ask_id=ask.ask_id, sender=FRONT)
+            )
+            self.bus.send(b.sender, reply)
+        self.bus.flush()
+        return best.sender
+
+    def admitted(self, seq: Sequence, instance_id: int, now_s: float) -> None:
+        self.agents[instance_id].observer.note_admitted(seq, now_s)
+
+    def on_tick(self, cluster: ClusterView, now_s: float) -> None:
+        self._cluster = cluster
+        for a in self.agents:
+            a.publish_load(now_s)
+        for a in self.agents:
+            a.tick(now_s, self._new_ask_id)
+        if self._next_refine_s is None:
+            self._next_refine_s = now_s + self.config.refinement.period_s
+            self._next_replan_s = now_s + self.config.replan_period_s
+            for a in self.agents:  # open the first windows
+                a.observer.close(a.view(), now_s)
+            return
+        if now_s + 1e-9 >= self._next_refine_s:
+            self._next_refine_s = now_s + self.config.refinement.period_s
+            replan = (
+                self.config.replan
+                and self._next_replan_s is not None
+                and now_s + 1e-9 >= self._next_replan_s
+            )
+            if replan:
+                self._next_replan_s = now_s + self.config.replan_period_s
+            if self.config.refine or replan:
+                self._report(now_s, to_coordinator=replan)
+            if self.config.refine:
+                self._refine(now_s)
+            if replan:
+                self._replan(now_s)
+
+    def groups(self) -> list[list[int]]:
+        return self.table.groups()
+
+    def stats(self) -> dict[str, object]:
+        totals: dict[str, int] = {}
+        for a in self.agents:
+            for k, v in a.stats.items():
+                totals[k] = totals.get(k, 0) + v
+        return {
+            "stages": self.table.num_stages,
+            "boundaries_tokens": list(self.table.boundaries_tokens),
+            "instances_per_stage": [len(g) for g in self.table.groups()],
+            "boundary_moves": self.boundary_moves,
+            "replans": self.replans,
+            "agent_events": dict(sorted(totals.items())),
+            "messages": dict(sorted(self.bus.sent.items())),
+        }
+
+    def _front_handle(self, msg: Message) -> None:
+        if isinstance(msg, Bid):
+            self._front_bids.setdefault(msg.ask_id, []).append(msg)
+        elif isinstance(msg, BoundaryMove):
+            if msg.version == self.table.version:
+                moved = self.table.with_move(msg.index, msg.tokens)
+                if moved is not None:
+                    self.table = moved
+                    self.boundary_moves += 1
+        elif isinstance(msg, PlanUpdate):
+            self.table = StageTable(
+                boundaries_tokens=msg.boundaries_tokens,
+                stage_of_instance=msg.stage_of_instance,
+                version=msg.version,
+            )
+            self.replans += 1
+
+    # ---- refinement and re-planning ------------------------------------------------------------
+    def _leader(self, stage: int) -> int:
+        return self.table.members(stage)[0]
+
+    def _report(self, now_s: float, *, to_coordinator: bool) -> None:
+        for a in self.agents:
+            summary = a.observer.close(a.view(), now_s)
+            if summary is None:
+                continue
+            d = summary.duration_s
+            report = LengthReport(
+                sender=a.instance_id,
+                stage=a.stage,
+                arrivals=tuple((summary.arrivals / d).tolist()),
+                prompt_tokens=tuple((summary.prompt_tokens / d).tolist()),
+                prompt_tokens_sq=tuple((summary.prompt_tokens_sq / d).tolist()),
+                decode_steps=tuple((summary.decode_steps / d).tolist()),
+                decode_length_sum=tuple((summary.decode_length_sum / d).tolist()),
+                crossings=tuple((summary.crossings / d).tolist()),
+                max_length_tokens=summary.max_length_tokens,
+                requests_seen=a.observer.requests_seen,
+                sent_s=now_s,
+            )
+            dests = {self._leader(a.stage)}
+            if a.stage > 0:
+                dests.add(self._leader(a.stage - 1))
+            if to_coordinator:
+                dests.add(self._leader(0))
+            for d_ in sorted(dests):
+                self.bus.send(d_, report)
+        self.bus.flush()
+
+    def _indices(self, table: StageTable, k: int) -> tuple[int, int, int]:
+        """Grid indices of boundaries k-1, k and k+1 (0 and K at the ends)."""
+        b = table.boundaries_tokens
+        lo = 0 if k == 1 else self._grid_index(b[k - 2])
+        hi = self.grid.num_buckets if k == len(b) else self._grid_index(b[k])
+        return lo, self._grid_index(b[k - 1]), hi
+
+    def _grid_index(self, tokens: int) -> int:
+        return bisect.bisect_left(self.grid.edges_tokens, tokens)
+
+    def _combined(self, reports: list[LengthReport]) -> WorkloadSummary | None:
+        if not reports:
+            return None
+
+        def total(name: str) -> FloatArray:
+            out: FloatArray = np.sum([getattr(r, name) for r in reports], axis=0)
+            return out
+
+        return WorkloadSummary(
+            grid=self.grid,
+            duration_s=1.0,
+            arrivals=total("arrivals"),
+            prompt_tokens=total("prompt_tokens"),
+            prompt_tokens_sq=total("prompt_tokens_sq"),
+            decode_steps=total("decode_steps"),
+            decode_length_sum=total("decode_length_sum"),
+            crossings=np.concatenate(([0.0], total("crossings")[1:])),
+            max_length_tokens=max(r.max_length_tokens for r in reports),
+        )
+
+    def _refine(self, now_s: float) -> None:
+        """Each leader re-solves its stage's upper boundary, in stage order."""
+        for k in range(1, self.table.num_stages):
+            leader = self.agents[self._leader(k - 1)]
+            table = leader.table
+            if table.version != self.table.version:
+                continue
+            members = table.members(k - 1) + table.members(k)
+            reports = [
+                r for i in members if (r := leader.reports.get(i)) is not None and r.sent_s == now_s
+            ]
+            summary = self._combined(reports)
+            if summary is None or not summary.decode_steps.sum() > 0:
+                continue
+            lo, cur, hi = self._indices(table, k)
+            if not lo < cur < hi:
+                continue  # a boundary off the grid (set by hand): refinement leaves it alone
+            target = next_boundary(
+                summary,
+                self.model,
+                self.config.rule,
+                self.config.refinement,
+                lo=lo,
+                current=cur,
+                hi=hi,
+                n_lo=len(table.members(k - 1)),
+                n_hi=len(table.members(k)),
+                requests_seen=sum(r.requests_seen for r in reports),
+            )
+            if target == cur:
+                continue
+            move = BoundaryMove(
+                index=k,
+                tokens=self.grid.edges_tokens[target],
+                version=table.version,
+                sender=leader.instance_id,
+            )
+            for dst in (*range(self._n), FRONT):
+                self.bus.send(dst, move)
+            self.bus.flush()
+
+    def _replan(self, now_s: float) -> None:
+        coordinator = self.agents[self._leader(0)]
+        reports = [
+            r
+            for i in range(self._n)
+            if (r := coordinator.reports.get(i)) is not None and r.sent_s == now_s
+        ]
+        summary = self._combined(reports)
+        if summary is None or not summary.decode_steps.sum() > 0:
+            return
+        table = coordinator.table
+        costs = self.model.cost_table(summary, self._n)
+        new_cost, segments, feasible = plan_from_costs(self.grid, costs)
+        if not feasible:
+            return
+        current = 0.0
+        for s in range(table.num_stages):
+            i = 0 if s == 0 else self._grid_index(table.boundaries_tokens[s - 1])
+            j = (
+                self.grid.num_buckets
+                if s == table.num_stages - 1
+                else self._grid_index(table.boundaries_tokens[s])
+            )
+            current += float(costs.cost[i, j, len(table.members(s)) - 1])
+        if not new_cost < current * (1.0 - self.config.replan_min_gain):
+            return
+        bounds = tuple(self.grid.edges_tokens[i] for _, i, _ in segments[:-1])
+        counts = [n for _, _, n in segments]
+        update = PlanUpdate(
+            version=table.version + 1,
+            boundaries_tokens=bounds,
+            stage_of_instance=reassign(table, counts),
+            sender=coordinator.instance_id,
+        )
+        for dst in (*range(self._n), FRONT):
+            self.bus.send(dst, update)
+        self.bus.flush()

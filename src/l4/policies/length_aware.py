@@ -1,0 +1,39 @@
+"""L4 and its ablations as simulator policies (L4.md sections 2-7).
+
+* ``l4``         DP plan, QoE-driven range refinement, periodic re-plan, bid-ask inside stages.
+* ``l4_static``  the DP plan kept as it is: no refinement, no re-plan (bid-ask still on).
+* ``l4_count``   boundaries placed and refined to equalise running requests per instance.
+* ``l4_memory``  boundaries placed and refined to equalise KV tokens held per instance.
+* ``l4_rr``      ``l4`` with round robin instead of bids inside stages (and no balancing asks).
+
+The count and memory ablations keep the DP's stage sizes and skip the QoE re-plan, so they differ
+from ``l4`` in the boundary rule only (plus re-planning, which ``l4_static`` isolates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from l4.agents.agent import AgentConfig
+from l4.agents.refinement import BoundaryRule
+from l4.agents.runtime import L4Config, L4Runtime
+from l4.policies.base import PolicyContext, register_policy
+
+VARIANTS: dict[str, L4Config] = {
+    "l4": L4Config(),
+    "l4_static": L4Config(refine=False, replan=False),
+    "l4_count": L4Config(rule=BoundaryRule.COUNT, replan=False),
+    "l4_memory": L4Config(rule=BoundaryRule.MEMORY, replan=False),
+    "l4_rr": L4Config(agent=AgentConfig(use_bids=False, balance=False)),
+}
+
+
+def _factory(config: L4Config) -> Callable[[PolicyContext], L4Runtime]:
+    def make(ctx: PolicyContext) -> L4Runtime:
+        return L4Runtime(ctx, config)
+
+    return make
+
+
+for _name, _config in VARIANTS.items():
+    register_policy(_name)(_factory(_config))

@@ -1,0 +1,68 @@
+"""The in-process bus delivers in order, never re-enters a handler, and can lose messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from l4.agents.bus import MessageBus
+from l4.agents.messages import Award, Decline, LoadReport, Message
+from l4.errors import InvariantError
+
+
+def test_fifo_delivery_and_no_reentry() -> None:
+    bus = MessageBus()
+    log: list[tuple[int, int]] = []
+    depth = [0]
+
+    def handler(addr: int):  # type: ignore[no-untyped-def]
+        def h(msg: Message) -> None:
+            depth[0] += 1
+            assert depth[0] == 1, "a handler ran inside another"
+            assert isinstance(msg, Award | Decline)
+            log.append((addr, msg.ask_id))
+            if addr == 0 and msg.ask_id < 3:
+                bus.send(1, Decline(ask_id=msg.ask_id + 10, sender=0))
+            depth[0] -= 1
+
+        return h
+
+    bus.subscribe(0, handler(0))
+    bus.subscribe(1, handler(1))
+    for k in (1, 2, 3):
+        bus.send(0, Award(ask_id=k, sender=1))
+    bus.flush()
+    assert log == [(0, 1), (0, 2), (0, 3), (1, 11), (1, 12)]
+    assert bus.sent["Award"] == 3 and bus.sent["Decline"] == 2
+
+
+def test_unknown_address_and_double_subscription_fail() -> None:
+    bus = MessageBus()
+    bus.subscribe(0, lambda m: None)
+    with pytest.raises(InvariantError):
+        bus.subscribe(0, lambda m: None)
+    with pytest.raises(InvariantError):
+        bus.send(7, Award(ask_id=1, sender=0))
+
+
+def test_drop_rule_loses_messages_and_counts_them() -> None:
+    got: list[Message] = []
+    bus = MessageBus(drop=lambda dst, msg: isinstance(msg, Award))
+    bus.subscribe(0, got.append)
+    bus.send(0, Award(ask_id=1, sender=0))
+    bus.send(0, Decline(ask_id=2, sender=0))
+    bus.flush()
+    assert [type(m).__name__ for m in got] == ["Decline"] and bus.dropped == 1
+
+
+def test_retained_topic_keeps_the_latest_per_sender() -> None:
+    bus = MessageBus()
+    for t, load in ((0.0, 1.0), (0.2, 2.0)):
+        bus.publish("stage/0", 3, LoadReport(sender=3, stage=0, load_s=load, kv_usage=0, sent_s=t))
+    bus.publish("stage/0", 4, LoadReport(sender=4, stage=0, load_s=9.0, kv_usage=0, sent_s=0.2))
+    retained = bus.retained("stage/0")
+    assert {k: v.load_s for k, v in retained.items() if isinstance(v, LoadReport)} == {
+        3: 2.0,
+        4: 9.0,
+    }
+    bus.forget("stage/0", 4)
+    assert set(bus.retained("stage/0")) == {3}

@@ -1,0 +1,84 @@
+"""The stage table keeps boundaries ordered and every instance in exactly one non-empty stage."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from l4.agents.stages import StageTable, reassign
+from l4.errors import ValidationError
+
+
+def _table() -> StageTable:
+    return StageTable(boundaries_tokens=(100, 1000, 5000), stage_of_instance=(0, 1, 1, 2, 3, 3))
+
+
+@given(st.lists(st.tuples(st.integers(-1, 5), st.integers(-10, 10_000)), max_size=40))
+def test_any_sequence_of_moves_keeps_boundaries_strictly_ordered(
+    moves: list[tuple[int, int]],
+) -> None:
+    table = _table()
+    for index, tokens in moves:
+        moved = table.with_move(index, tokens)
+        if moved is None:
+            continue
+        assert moved.boundaries_tokens[index - 1] == tokens
+        table = moved
+        b = table.boundaries_tokens
+        assert all(x < y for x, y in itertools.pairwise(b)) and b[0] > 0
+
+
+def test_a_move_past_a_neighbour_is_refused() -> None:
+    table = _table()
+    assert table.with_move(2, 100) is None
+    assert table.with_move(2, 5000) is None
+    assert table.with_move(1, 0) is None
+    assert table.with_move(4, 9000) is None
+    assert table.with_move(2, 4999) is not None
+
+
+def test_stage_of_and_bounds_agree() -> None:
+    table = _table()
+    for length in (0, 99, 100, 999, 1000, 4999, 5000, 10**6):
+        s = table.stage_of(length)
+        lo, hi = table.bounds(s)
+        assert lo <= length and (hi is None or length < hi)
+
+
+def test_invalid_tables_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        StageTable(boundaries_tokens=(100, 100), stage_of_instance=(0, 1, 2))
+    with pytest.raises(ValidationError):
+        StageTable(boundaries_tokens=(100,), stage_of_instance=(0, 0))  # stage 1 empty
+
+
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=5), st.data())
+def test_reassign_respects_sizes_and_keeps_instances_in_length_order(
+    old_sizes: list[int], data: st.DataObject
+) -> None:
+    stage_of = tuple(s for s, n in enumerate(old_sizes) for _ in range(n))
+    table = StageTable(
+        boundaries_tokens=tuple(100 * (k + 1) for k in range(len(old_sizes) - 1)),
+        stage_of_instance=stage_of,
+    )
+    total = len(stage_of)
+    parts = data.draw(st.integers(1, total))
+    cuts = (
+        sorted(
+            data.draw(st.sets(st.integers(1, total - 1), min_size=parts - 1, max_size=parts - 1))
+        )
+        if parts > 1
+        else []
+    )
+    bounds = [0, *cuts, total]
+    counts = [b - a for a, b in itertools.pairwise(bounds)]
+    new = reassign(table, counts)
+    assert [new.count(s) for s in range(len(counts))] == counts
+    # An instance that served shorter lengths never lands in a later stage than a longer one.
+    for i in range(total):
+        for j in range(total):
+            if stage_of[i] < stage_of[j]:
+                assert new[i] <= new[j]
