@@ -121,3 +121,32 @@ def test_slo_weights() -> None:
     assert (w.ttft, w.tpot, w.migration) == (0.5, 10.0, 10.0)
     with pytest.raises(ValidationError):
         QoeWeights(ttft=-1.0)
+
+
+def test_batch_max_follows_the_expected_maximum_of_the_batch() -> None:
+    from l4.core.grid import exponential_grid
+    from l4.core.qoe import _batch_max
+    from l4.core.summary import summarize_lengths
+
+    rng = np.random.default_rng(0)
+    grid = exponential_grid(131072)
+    s = summarize_lengths(
+        grid,
+        input_tokens=rng.integers(100, 100_000, 500),
+        output_tokens=rng.integers(1, 500, 500),
+        duration_s=100.0,
+    )
+    rt = s.ranges()
+    k = grid.num_buckets
+    qs = np.asarray(rt.lmax_quantiles)
+    table = rt.l_max_by_quantile[:, 0, k][:, None]  # the whole range, one element
+    col = np.array([0])
+    # A batch of B + 1 = 9 requests: its longest sits at the 0.9 quantile.
+    q90 = int(np.flatnonzero(np.isclose(qs, 0.9))[0])
+    assert _batch_max(table, qs, np.array([8.0]), col)[0] == pytest.approx(table[q90, 0])
+    values = [
+        _batch_max(table, qs, np.array([b]), col)[0] for b in (0.0, 1.0, 3.0, 10.0, 100.0, 1e4)
+    ]
+    assert values == sorted(values)  # bigger batches meet longer maxima...
+    assert values[-1] == pytest.approx(rt.l_max_tokens[0, k])  # ...up to the model's cap
+    assert values[0] >= rt.l_mean_tokens[0, k] * 0.5

@@ -9,7 +9,9 @@ planner's estimate; the simulator is the ground truth. The model, per instance o
   replay, the contexts re-prefilled by requests migrating in at ``g_i``), divided by ``n``;
 * decode batch ``B`` and TPOT from the fixed point ``TPOT = T(B + 1) / (1 - phi)`` with Little's
   law ``B = r * TPOT / n``; ``T`` is the decode step time of the step-cost model (the tagged request
-  plus ``B`` others, heterogeneity term with the step-weighted mean and an upper-quantile length).
+  plus ``B`` others, heterogeneity term with the step-weighted mean length and the expected
+  longest context of ``B + 1`` requests: the step-weighted quantile ``(B + 1) / (B + 2)``, capped
+  at ``lmax_quantile``; a fixed high quantile overstated the straggler of small batches).
   Solved by Newton steps on the piecewise-linear ``T``; with ``T`` affine this is exactly
   ``TPOT = a / (1 - phi - b r / n)``;
 * infinite cost when ``phi + b r / n >= 1`` (no fixed point), when ``B + 1`` exceeds
@@ -183,7 +185,7 @@ class StageModel:
         chunk, the chunk's own time excluded). Alpha is frozen in the slope (Newton's model).
         """
         xs = self._lin_x
-        seg = np.clip(np.searchsorted(xs, batch, side="right") - 1, 0, len(xs) - 2)
+        seg = np.minimum(np.maximum(np.searchsorted(xs, batch, side="right") - 1, 0), len(xs) - 2)
         lin_slope = self._lin_slope[seg]
         lin = self._lin_y[seg] + lin_slope * (batch - xs[seg])
         lb = np.log2(np.maximum(batch, 1.0))
@@ -261,7 +263,7 @@ class StageModel:
         tokens_sq = rt.prompt_tokens_sq_ps[ii, jj][col]
         r = rt.decode_steps_ps[ii, jj][col]
         l_mean = rt.l_mean_tokens[ii, jj][col]
-        l_max = rt.l_max_tokens[ii, jj][col]
+        l_max_q = rt.l_max_by_quantile[:, ii, jj][:, :, None]  # (Q, pairs, 1)
         g_lo = rt.bounds_tokens[ii][col]
         g_hi = rt.bounds_tokens[jj][col]
         m_in = rt.crossing_rps[ii][col]
@@ -283,10 +285,15 @@ class StageModel:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             k_r = np.where(free > 0, r / (n * free), np.inf)
             shape = np.broadcast_shapes(k_r.shape, l_mean.shape)
-            k_f, lm_f, lx_f, pr_f = (
-                np.broadcast_to(x, shape).ravel() for x in (k_r, l_mean, l_max, prefill_rate)
+            k_f, lm_f, pr_f = (
+                np.broadcast_to(x, shape).ravel() for x in (k_r, l_mean, prefill_rate)
             )
-            batch, frac, ok = self._fixed_point(k_f, lm_f, lx_f, pr_f, (free > 0).ravel())
+            lq_f = np.broadcast_to(l_max_q, (l_max_q.shape[0], *shape)).reshape(
+                l_max_q.shape[0], -1
+            )
+            qs = np.asarray(rt.lmax_quantiles, dtype=np.float64)
+            batch, frac, ok = self._fixed_point(k_f, lm_f, lq_f, qs, pr_f, (free > 0).ravel())
+            l_max = _batch_max(lq_f, qs, batch, np.arange(batch.size)).reshape(shape)
             batch, frac, ok = batch.reshape(shape), frac.reshape(shape), ok.reshape(shape)
             t, slope = self.decode_step_s(batch + 1.0, l_mean, l_max, frac)
             ok &= np.abs(k_r * t - batch) <= 1e-3 * (1.0 + batch)
@@ -332,11 +339,16 @@ class StageModel:
         self,
         k_r: FloatArray,
         l_mean: FloatArray,
-        l_max: FloatArray,
+        l_max_q: FloatArray,
+        quantiles: FloatArray,
         prefill_rate: FloatArray,
         ok: npt.NDArray[np.bool_],
     ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
         """Decode batch B with ``B = k_r * T(B + 1)`` (flat arrays): (B, prefill fraction, ok).
+
+        The batch's longest context is the expected maximum of B + 1 draws (``_batch_max`` of
+        the tabulated quantiles ``l_max_q``, shape (Q, elements)); like alpha, it is held fixed
+        within a Newton step.
 
         Newton steps from B = 0 rise monotonically to the least root when T is convex; ``ok``
         turns False when F' >= 0 (no root: utilisation >= 1) or B passes the sequence or KV limit.
@@ -353,7 +365,8 @@ class StageModel:
             if act.size == 0:
                 break
             b, kr, lm = batch[act], k_r[act], l_mean[act]
-            t, slope = self.decode_step_s(b + 1.0, lm, l_max[act], frac[act])
+            lx = _batch_max(l_max_q, quantiles, b, act)
+            t, slope = self.decode_step_s(b + 1.0, lm, lx, frac[act])
             fp = kr * slope - 1.0
             good = fp < 0
             step = np.where(good, (kr * t - b) / np.where(good, fp, -1.0), 0.0)
@@ -382,3 +395,28 @@ class StageModel:
         refill = self.prefill_work_s(context_tokens, context_tokens**2, chunks)
         out = m.replay_overhead_s + refill + chunks * step_s
         return out
+
+
+def _batch_max(
+    l_max_q: FloatArray, quantiles: FloatArray, batch: FloatArray, cols: npt.NDArray[np.intp]
+) -> FloatArray:
+    """Expected longest context of a batch of ``batch + 1`` requests (the tagged one included).
+
+    The maximum of m draws sits near the quantile m / (m + 1) of the step-weighted length
+    distribution; interpolated between the tabulated quantiles and held to their range (the last
+    one is the model's ``lmax_quantile`` cap). ``l_max_q`` is (Q, elements); ``batch`` holds the
+    batches of the elements ``cols``.
+    """
+    m = batch + 1.0
+    if len(quantiles) == 1:
+        only: FloatArray = l_max_q[0, cols]
+        return only
+    # np.clip and 2-d fancy indexing are slow on arrays this size; this runs every Newton step.
+    q = np.minimum(np.maximum(m / (m + 1.0), quantiles[0]), quantiles[-1])
+    hi = np.minimum(np.maximum(np.searchsorted(quantiles, q, side="left"), 1), len(quantiles) - 1)
+    q0, q1 = quantiles[hi - 1], quantiles[hi]
+    w = np.minimum(np.maximum((q - q0) / (q1 - q0), 0.0), 1.0)
+    flat = l_max_q.ravel()
+    stride = l_max_q.shape[1]
+    out: FloatArray = (1.0 - w) * flat[(hi - 1) * stride + cols] + w * flat[hi * stride + cols]
+    return out

@@ -40,6 +40,8 @@ from l4.workload import Workload
 FloatArray = npt.NDArray[np.float64]
 HISTOGRAM_FORMAT = "l4-length-histogram"
 DEFAULT_LMAX_QUANTILE = 0.99
+# Quantiles at which l_max is tabulated, for batches of 1, 2, 3, 4, 7, 9, 19, 39 requests.
+BATCH_MAX_QUANTILES = (0.5, 2 / 3, 0.75, 0.8, 0.875, 0.9, 0.95, 0.975)
 
 
 def _frozen(values: npt.ArrayLike, size: int, name: str) -> FloatArray:
@@ -329,8 +331,12 @@ class RangeTable:
     decode_steps_ps: FloatArray
     decode_length_ps: FloatArray
     l_mean_tokens: FloatArray
-    l_max_tokens: FloatArray
+    l_max_tokens: FloatArray  # at the table's l_max quantile
     crossing_rps: FloatArray = field(repr=False)
+    # l_max at several quantiles (ascending, the last one is the table's), shape (Q, K+1, K+1):
+    # the expected longest context of a batch of m requests sits near quantile m / (m + 1).
+    lmax_quantiles: tuple[float, ...] = field(default=(), repr=False)
+    l_max_by_quantile: FloatArray = field(default_factory=lambda: np.zeros((0, 0, 0)), repr=False)
 
 
 def _pairwise(counts: FloatArray, duration_s: float) -> FloatArray:
@@ -355,19 +361,10 @@ def range_table(
     lo = np.broadcast_to(bounds[:, None], steps.shape)
     with np.errstate(invalid="ignore", divide="ignore"):
         l_mean = np.where(steps > 0, lengths / steps, lo)
-    # Quantile by linear interpolation inside the bucket holding the target cumulative count.
     cum = np.concatenate(([0.0], np.cumsum(summary.decode_steps)))
-    i_idx, j_idx = np.indices(steps.shape)
-    target = cum[i_idx] + lmax_quantile * (cum[j_idx] - cum[i_idx])
-    b = np.clip(np.searchsorted(cum, target, side="left") - 1, i_idx, np.maximum(j_idx - 1, i_idx))
-    b = np.clip(b, 0, k - 1)
-    width = cum[b + 1] - cum[b]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(width > 0, (target - cum[b]) / width, 0.0)
-    l_q = bounds[b] + np.clip(frac, 0.0, 1.0) * (bounds[b + 1] - bounds[b])
-    if summary.max_length_tokens > 0:  # never above the longest context seen
-        l_q = np.minimum(l_q, summary.max_length_tokens)
-    l_max = np.where(steps > 0, np.maximum(l_q, l_mean), lo)
+    qs = (*(q for q in BATCH_MAX_QUANTILES if q < lmax_quantile), lmax_quantile)
+    by_q = np.stack([_quantile(summary, bounds, cum, steps, l_mean, lo, q) for q in qs])
+    l_max = by_q[-1]
     crossing = np.append(summary.crossings, 0.0) / d
     return RangeTable(
         bounds_tokens=bounds,
@@ -379,4 +376,31 @@ def range_table(
         l_mean_tokens=l_mean,
         l_max_tokens=l_max,
         crossing_rps=crossing,
+        lmax_quantiles=qs,
+        l_max_by_quantile=by_q,
     )
+
+
+def _quantile(
+    summary: WorkloadSummary,
+    bounds: FloatArray,
+    cum: FloatArray,
+    steps: FloatArray,
+    l_mean: FloatArray,
+    lo: FloatArray,
+    q: float,
+) -> FloatArray:
+    """Step-weighted ``q``-quantile of the lengths of every range, interpolated in its bucket."""
+    k = summary.grid.num_buckets
+    i_idx, j_idx = np.indices(steps.shape)
+    target = cum[i_idx] + q * (cum[j_idx] - cum[i_idx])
+    b = np.clip(np.searchsorted(cum, target, side="left") - 1, i_idx, np.maximum(j_idx - 1, i_idx))
+    b = np.clip(b, 0, k - 1)
+    width = cum[b + 1] - cum[b]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(width > 0, (target - cum[b]) / width, 0.0)
+    l_q = bounds[b] + np.clip(frac, 0.0, 1.0) * (bounds[b + 1] - bounds[b])
+    if summary.max_length_tokens > 0:  # never above the longest context seen
+        l_q = np.minimum(l_q, summary.max_length_tokens)
+    out: FloatArray = np.where(steps > 0, np.maximum(l_q, l_mean), lo)
+    return out
