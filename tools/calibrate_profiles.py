@@ -7,7 +7,8 @@ rows count alike), derived here from a stated constant, or a stated constant; ``
 which, ``fit_error`` says how well the fitted parts reproduce the rows they were fitted to.
 
 Guarantees: deterministic output (floats rounded to 6 significant digits, keys sorted, no dates), so
-``--check`` can compare the committed files byte for byte; numpy only.
+``--check`` can compare the committed files byte for byte; numpy only, plus the alpha fit shared
+with ``l4 calibrate-alpha`` (``l4.costmodel.alpha_fit``).
 
     python tools/calibrate_profiles.py            # rewrite the profiles
     python tools/calibrate_profiles.py --check    # exit 1 if the committed profiles are stale
@@ -32,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from l4.costmodel.alpha_fit import fit_alpha, rel_error
 
 Array = npt.NDArray[np.float64]
 
@@ -272,16 +275,6 @@ def fit_relative(design: Array, y: Array) -> Array:
     return out
 
 
-def rel_error(pred: Array, y: Array) -> dict[str, float | int]:
-    e = np.abs(pred - y) / y
-    return {
-        "mape": float(e.mean()),
-        "p90": float(np.percentile(e, 90)),
-        "max": float(e.max()),
-        "rows": len(y),
-    }
-
-
 def interp_extrapolate(x: Array, xs: Array, ys: Array) -> Array:
     """np.interp, but continued along the last segment above the table (never clamped there)."""
     out = np.interp(x, xs, ys)
@@ -321,35 +314,6 @@ def fit_linear_table(tokens: Array, time_s: Array) -> tuple[Array, Array, dict[s
     values = isotonic(np.asarray(fitted, dtype=np.float64), np.ones(len(knots)))
     pred = interp_extrapolate(tokens, knots, values)
     return knots, values, rel_error(pred, time_s)
-
-
-def skew_alpha(rows: list[dict[str, str]]) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Median alpha per (regime, n), clipped to [0, 1]; t_skew errors with alpha 0 and the table."""
-    by: dict[tuple[str, int], list[float]] = defaultdict(list)
-    usable = [r for r in rows if r["alpha"] != ""]  # empty alpha: t_max <= t_mean, ratio undefined
-    for r in usable:
-        by[(r["regime"], int(r["n"]))].append(float(r["alpha"]))
-    table: dict[str, list[float]] = {}
-    for regime in ("pure", "mixed"):
-        col: list[float] = []
-        for n in ALPHA_N:
-            vals = by.get((regime, n))
-            # mixed has no n=256 rows: carry the last measured value (the table clamps there anyway)
-            col.append(float(np.clip(np.median(vals), 0.0, 1.0)) if vals else col[-1])
-        table[regime] = col
-    errors: dict[str, Any] = {}
-    for regime in ("pure", "mixed"):
-        sel = [r for r in usable if r["regime"] == regime]
-        t_mean = np.array([float(r["t_mean_us"]) for r in sel])
-        t_max = np.array([float(r["t_max_us"]) for r in sel])
-        t_skew = np.array([float(r["t_skew_us"]) for r in sel])
-        alpha = np.array([table[regime][ALPHA_N.index(int(r["n"]))] for r in sel])
-        errors[regime] = {
-            "alpha_0": rel_error(t_mean, t_skew),
-            "alpha_table": rel_error(t_mean + alpha * (t_max - t_mean), t_skew),
-        }
-    errors["rows_without_alpha_skipped"] = len(rows) - len(usable)
-    return table, errors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -564,14 +528,6 @@ def model_dict(model: ModelSpec) -> dict[str, Any]:
     }
 
 
-def alpha_dict(table: dict[str, list[float]]) -> dict[str, Any]:
-    return {
-        "num_decodes": list(ALPHA_N),
-        "decode_only": table["pure"],
-        "with_prefill": table["mixed"],
-    }
-
-
 SOURCE_NOTE = "tools/calibration_sources/ (origins and licences in LICENSES.md there)"
 ENGINE = "vLLM 0.19 (V1 engine, chunked prefill, CUDA graphs), bf16, TP1"
 
@@ -621,7 +577,7 @@ def rtx_profile() -> dict[str, Any]:
     knots, values, lin_err = fit_linear_table(tokens, time_s)
     fixed, per_seq, ps_err = rtx_per_sequence()
     attn = rtx_attention()
-    alpha, alpha_err = skew_alpha(read_source("rtxpro6000_llama31_8b_tp1_skew.csv.gz"))
+    alpha = fit_alpha(read_source("rtxpro6000_llama31_8b_tp1_skew.csv.gz"), num_decodes=ALPHA_N)
     prov |= {
         "method": "fitted directly to the LLMServingSim 2.0 vLLM-0.19 TP1 profile of this GPU",
         "linear": (
@@ -662,7 +618,7 @@ def rtx_profile() -> dict[str, Any]:
         "linear_vs_dense_sums": lin_err,
         "per_sequence_vs_lm_head_plus_sampler": ps_err,
         **attn["fit_error"],
-        "skew_t_skew": alpha_err,
+        "skew_t_skew": alpha.errors,
     }
     return {
         **fields,
@@ -673,7 +629,7 @@ def rtx_profile() -> dict[str, Any]:
         "linear": table_dict(knots, values),
         "decode_attention": attn["decode"],
         "prefill_attention": attn["prefill"],
-        "alpha": alpha_dict(alpha),
+        "alpha": alpha.table_dict(),
         "provenance": prov,
         "fit_error": fit_error,
     }
@@ -714,7 +670,11 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
     }
     literal_decode = dict(v0["decode"])  # same bytes/s: the "bandwidth-bound" reading
     literal_prefill_ptc = v0["prefill"]["per_token_context_s"] * q_ratio
-    alpha, _ = skew_alpha(read_source("rtxpro6000_llama31_8b_tp1_skew.csv.gz"))
+    # A GPU run of `l4 profile-attention`, gzipped here, replaces the borrowed RTX table.
+    measured = f"h100_{short}_skew.csv.gz"
+    own_alpha = (SOURCES / measured).exists()
+    alpha_source = measured if own_alpha else "rtxpro6000_llama31_8b_tp1_skew.csv.gz"
+    alpha = fit_alpha(read_source(alpha_source), num_decodes=ALPHA_N)
     cross: dict[str, Any] = {"note": "the v0 layer profile is of Llama-3.1-8B: see that profile"}
     if model is LLAMA31_8B:
         cross = v0_linear_crosscheck(knots, values)
@@ -787,8 +747,10 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
             / H100.peak_hbm_bytes_per_s,
         },
         "alpha": (
-            "no H100 skew data is public: borrowed from the RTX PRO 6000 table (skew.csv medians "
-            "per n); a GPU run of the project's profiler should replace it"
+            f"measured on H100 by l4 profile-attention ({measured}), medians per n"
+            if own_alpha
+            else "no H100 skew data is public: borrowed from the RTX PRO 6000 table (skew.csv "
+            "medians per n); a GPU run of the project's profiler should replace it"
         ),
         "cross_check_v0_eager_layers": cross,
     }
@@ -811,7 +773,7 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
         "linear": table_dict(knots, values),
         "decode_attention": decode,
         "prefill_attention": prefill,
-        "alpha": alpha_dict(alpha),
+        "alpha": alpha.table_dict(),
         "provenance": prov,
         "fit_error": fit_error,
     }

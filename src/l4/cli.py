@@ -23,6 +23,12 @@ from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
 from l4.planning_cli import add_plan_parser, run_plan
 from l4.policies.base import parse_policy_list, policy_names
+from l4.profiler.cli import (
+    add_calibrate_alpha_parser,
+    add_profile_parser,
+    run_calibrate_alpha,
+    run_profile,
+)
 from l4.report import (
     plot_latency_cdfs,
     plot_sweep,
@@ -174,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
     add_plan_parser(sub)
     add_engine_parser(sub)
+    add_profile_parser(sub)
+    add_calibrate_alpha_parser(sub)
     return parser
 
 
@@ -391,7 +399,17 @@ def cmd_plan(args: argparse.Namespace, console: Console, err: Console) -> int:
     return run_plan(args, console)
 
 
+def cmd_profile_attention(args: argparse.Namespace, console: Console, err: Console) -> int:
+    return run_profile(args, console)
+
+
+def cmd_calibrate_alpha(args: argparse.Namespace, console: Console, err: Console) -> int:
+    return run_calibrate_alpha(args, console)
+
+
 COMMANDS = {
+    "profile-attention": cmd_profile_attention,
+    "calibrate-alpha": cmd_calibrate_alpha,
     "simulate": cmd_simulate,
     "capacity": cmd_capacity,
     "plan": cmd_plan,
