@@ -56,9 +56,15 @@ def test_drop_rule_loses_messages_and_counts_them() -> None:
 
 def test_retained_topic_keeps_the_latest_per_sender() -> None:
     bus = MessageBus()
+
+    def report(sender: int, load: float, t: float) -> LoadReport:
+        return LoadReport(
+            sender=sender, stage=0, load_s=load, decode_s=load, prefill_s=0.0, kv_usage=0, sent_s=t
+        )
+
     for t, load in ((0.0, 1.0), (0.2, 2.0)):
-        bus.publish("stage/0", 3, LoadReport(sender=3, stage=0, load_s=load, kv_usage=0, sent_s=t))
-    bus.publish("stage/0", 4, LoadReport(sender=4, stage=0, load_s=9.0, kv_usage=0, sent_s=0.2))
+        bus.publish("stage/0", 3, report(3, load, t))
+    bus.publish("stage/0", 4, report(4, 9.0, 0.2))
     retained = bus.retained("stage/0")
     assert {k: v.load_s for k, v in retained.items() if isinstance(v, LoadReport)} == {
         3: 2.0,

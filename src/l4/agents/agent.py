@@ -53,7 +53,8 @@ NEVER_S = 1e9
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
     tick_s: float = 0.2  # balancing tick
-    balance_threshold: float = 0.2  # ask when load > (1 + threshold) x the stage mean
+    balance_threshold: float = 0.2  # ask when load > (1 + threshold) x the stage mean...
+    balance_persist_ticks: int = 5  # ...for this many ticks in a row (not a passing burst)
     bid_timeout_s: float = 1.0
     trade_timeout_s: float = 5.0  # a trade not seen to land by then no longer blocks the next
     release_smoothing: float = 0.3  # EMA weight of the newest release-rate sample
@@ -63,8 +64,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if not self.tick_s > 0:
             raise ValidationError("balancing tick must be > 0 s")
-        if self.balance_threshold < 0:
-            raise ValidationError("balance threshold must be >= 0")
+        if self.balance_threshold < 0 or self.balance_persist_ticks < 1:
+            raise ValidationError("balance threshold must be >= 0 and persistence >= 1 tick")
         if not (self.bid_timeout_s > 0 and self.trade_timeout_s > 0):
             raise ValidationError("timeouts must be > 0 s")
 
@@ -116,6 +117,7 @@ class InstanceAgent:
         self._bids: dict[int, list[Bid]] = {}
         self._moving: dict[int, _Move] = {}  # request id -> a move of ours in flight
         self._trade: _Move | None = None  # the one balance trade in flight
+        self._over = {True: 0, False: 0}  # ticks in a row over the threshold, by load part
         self._release_rate_tps = 0.0
         self._last_release: tuple[float, int] | None = None
         self.draining = False
@@ -176,10 +178,12 @@ class InstanceAgent:
         now = ask.sent_s
         self._expire(now)
         view = self.view()
-        load = self._load.load_s(view)
+        parts = self._load.of(view)
+        load = parts.total_s
+        mine = parts.prefill_s if ask.queued else parts.decode_s
         # Only a balance trade that lowers the pair's worse load is worth its migration.
         if ask.kind is TradeKind.BALANCE and (
-            self._trade is not None or not load + ask.delta_load_s < ask.sender_load_s
+            self._trade is not None or not mine + ask.delta_load_s < ask.sender_load_s
         ):
             return
         earliest = self.earliest_accept_s(view, ask.blocks, now)
@@ -214,13 +218,16 @@ class InstanceAgent:
                 a = self.config.release_smoothing
                 self._release_rate_tps = a * sample + (1 - a) * self._release_rate_tps
         self._last_release = (now_s, released)
+        parts = self._load.of(view)
         self._bus.publish(
             f"stage/{self.stage}",
             self.instance_id,
             LoadReport(
                 sender=self.instance_id,
                 stage=self.stage,
-                load_s=self._load.load_s(view),
+                load_s=parts.total_s,
+                decode_s=parts.decode_s,
+                prefill_s=parts.prefill_s,
                 kv_usage=view.kv_usage,
                 sent_s=now_s,
             ),
@@ -298,37 +305,56 @@ class InstanceAgent:
         }
         if len(fresh) < 2 or self.instance_id not in fresh:
             return
-        mean = sum(r.load_s for r in fresh.values()) / len(fresh)
-        mine = fresh[self.instance_id].load_s
+        # Queued prompts move for prefill imbalance (cheap: no KV), decoding requests for decode
+        # imbalance; the two are compared separately so a transient long prefill never pushes
+        # decodes around.
+        for queued in (True, False):
+            if self._balance_part(view, fresh, queued, now_s, new_ask_id):
+                return
+
+    def _balance_part(
+        self,
+        view: InstanceView,
+        fresh: dict[int, LoadReport],
+        queued: bool,
+        now_s: float,
+        new_ask_id: _AskIds,
+    ) -> bool:
+        def part(r: LoadReport) -> float:
+            return r.prefill_s if queued else r.decode_s
+
+        mean = sum(part(r) for r in fresh.values()) / len(fresh)
+        mine = part(fresh[self.instance_id])
         if not mine > mean * (1.0 + self.config.balance_threshold):
-            return
+            self._over[queued] = 0
+            return False
+        self._over[queued] += 1
+        if self._over[queued] < self.config.balance_persist_ticks:
+            return False
         gap = mine - mean
         best: tuple[float, Sequence, int, float] | None = None
-        for seq in [*view.waiting(), *view.running()]:
-            if seq.request_id in self._moving or seq.state is SeqState.PREFILL:
+        pool = view.waiting() if queued else view.running()
+        for seq in pool:
+            if seq.request_id in self._moving or (not queued and seq.state is not SeqState.DECODE):
                 continue
             length = view.length_of(seq)
-            if seq.state is SeqState.WAITING:
-                delta = self._load.queued_prefill_s(length)
-            else:
-                delta = self._load.decode_delta_s(length)
+            delta = self._load.prompt_s(length) if queued else self._load.decode_delta_s(length)
             if delta >= 2 * gap:
                 continue  # moving it would overshoot the mean by more than it closes
             score = abs(gap - delta)
             if best is None or score < best[0]:
                 best = (score, seq, length, delta)
-        if best is None:
-            return
+        peers = [i for i, r in fresh.items() if i != self.instance_id and part(r) < mean]
+        if best is None or not peers:
+            return False
         _, seq, length, delta = best
-        peers = [i for i, r in fresh.items() if i != self.instance_id and r.load_s < mean]
-        if not peers:
-            return
         self._count("asks_balance")
         won = self._trade_out(
             view, seq, length, peers, TradeKind.BALANCE, mine, delta, now_s, new_ask_id
         )
         if won is not None:
             self._trade = self._moving[seq.request_id]
+        return True
 
     # ---- trades -------------------------------------------------------------------------------
     def _blocks(self, length: int) -> int:
@@ -349,7 +375,7 @@ class InstanceAgent:
             dst = self._world.next_round_robin(target_stage)
             return self._move(seq, length, dst, kind, now_s)
         peers = self.table.members(target_stage)
-        load = self._load.load_s(view)
+        load = self._load.of(view).decode_s
         delta = self._load.decode_delta_s(length)
         return (
             self._trade_out(view, seq, length, peers, kind, load, delta, now_s, new_ask_id)
@@ -376,6 +402,7 @@ class InstanceAgent:
             request_id=seq.request_id,
             length_tokens=length,
             blocks=self._blocks(length),
+            queued=seq.state is SeqState.WAITING,
             sender_load_s=load_s,
             delta_load_s=delta_s,
             sent_s=now_s,

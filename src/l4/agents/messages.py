@@ -27,7 +27,9 @@ class LoadReport:
 
     sender: int
     stage: int
-    load_s: float
+    load_s: float  # decode_s + prefill_s (see l4.agents.load)
+    decode_s: float
+    prefill_s: float
     kv_usage: float
     sent_s: float
 
@@ -63,7 +65,8 @@ class Ask:
     request_id: int
     length_tokens: int
     blocks: int  # KV blocks the request needs at its destination
-    sender_load_s: float
+    queued: bool  # the request waits for its prefill (it moves prefill load, not decode load)
+    sender_load_s: float  # for a balance ask: the asker's load in the part the request moves
     delta_load_s: float  # the load the request adds (estimate): bids must gain from it
     sent_s: float
 

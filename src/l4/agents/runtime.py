@@ -96,7 +96,6 @@ class L4Runtime:
         load = LoadModel(
             ctx.cost,
             budget_tokens=ctx.instance_config.max_num_batched_tokens,
-            block_tokens=ctx.instance_config.block_size_tokens,
         )
         self.agents = [
             InstanceAgent(
@@ -182,6 +181,7 @@ class L4Runtime:
             request_id=request.request_id,
             length_tokens=request.input_tokens,
             blocks=-(-(request.input_tokens + 1) // self._bs),
+            queued=True,
             sender_load_s=0.0,
             delta_load_s=0.0,
             sent_s=now_s,

@@ -179,6 +179,25 @@ class Instance:
         bs = self._bs
         return sum(-(-s.prefill_target_tokens // bs) for s in self._waiting)
 
+    def pending_prefill(self) -> tuple[int, float]:
+        """(tokens, attention pairs) still to prefill: queued prompts and unfinished chunks.
+
+        Pairs are sum of ``r * (p + r / 2)`` for ``r`` tokens left after ``p`` computed: what
+        causal prefill attention scales with. A gateway knows the same from prompt lengths and
+        the tokens streamed so far.
+        """
+        tokens = 0
+        pairs = 0.0
+        for seq in self._waiting:
+            r = seq.prefill_target_tokens
+            tokens += r
+            pairs += r * r / 2
+        for seq in self._prefilling:
+            r = seq.prefill_target_tokens - seq.computed_tokens
+            tokens += r
+            pairs += r * (seq.computed_tokens + r / 2)
+        return tokens, pairs
+
     def decode_length_stats(self) -> tuple[int, int, int]:
         """(decodes, context sum, context max) of the next step, for load estimates."""
         d = self._decode
