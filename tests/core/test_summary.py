@@ -138,3 +138,35 @@ def test_histogram_document_matches_requests() -> None:
 def test_bad_histograms_raise(doc: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         summary_from_histogram(GRID, doc)
+
+
+def test_arrival_batch_excess_measures_groups_of_simultaneous_arrivals() -> None:
+    from l4.core.summary import arrival_batch_excess
+
+    assert arrival_batch_excess([0.0, 1.0, 2.0, 3.5]) == 0.0  # nobody arrives together
+    # groups of 3 and 1: E[X^2]/E[X] - 1 = (9 + 1) / 4 - 1
+    assert arrival_batch_excess([5.0, 0.0, 0.0, 0.0]) == pytest.approx(1.5)
+    assert arrival_batch_excess([0.0, 0.0004, 0.0008, 1.0], together_s=1e-3) == pytest.approx(1.5)
+
+
+def test_simultaneous_arrivals_raise_the_predicted_ttft_of_small_stages_only() -> None:
+    from dataclasses import replace
+
+    from l4.core.qoe import StageModel
+    from l4.costmodel import load_profile
+
+    profile = load_profile("h100-llama-3.2-3b")
+    grid = exponential_grid(profile.model.max_context_tokens)
+    rng = np.random.default_rng(1)
+    base = summarize_lengths(
+        grid,
+        input_tokens=rng.integers(500, 4000, 400),
+        output_tokens=rng.integers(10, 300, 400),
+        duration_s=200.0,
+    )
+    bursty = replace(base, arrival_batch_excess=6.0)
+    k = grid.num_buckets
+    calm = StageModel(profile).cost_table(base, 16).ttft_s[0, k]
+    burst = StageModel(profile).cost_table(bursty, 16).ttft_s[0, k]
+    assert burst[0] > calm[0] * 1.5  # one instance: the group queues
+    assert burst[15] == pytest.approx(calm[15])  # 16 instances absorb groups of ~7

@@ -46,7 +46,7 @@ from l4.agents.stages import StageTable, reassign
 from l4.core.grid import LengthGrid, exponential_grid
 from l4.core.planner import plan_from_costs, plan_stages
 from l4.core.qoe import MigrationModel, StageModel
-from l4.core.summary import WorkloadSummary
+from l4.core.summary import WorkloadSummary, arrival_batch_excess
 from l4.errors import InvariantError, ValidationError
 from l4.instance.sequence import Sequence
 from l4.policies.base import ClusterView, PolicyContext
@@ -118,6 +118,9 @@ class L4Runtime:
         self._next_replan_s: float | None = None
         self.boundary_moves = 0
         self.replans = 0
+        # The front door sees every arrival: it measures how many arrive together (EMA by window).
+        self._arrivals_s: list[float] = []
+        self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
 
     def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
         if workload is None:
@@ -168,6 +171,7 @@ class L4Runtime:
     # ---- Policy -------------------------------------------------------------------------------
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         self._cluster = cluster
+        self._arrivals_s.append(now_s)
         stage = self.table.stage_of(request.input_tokens)
         members = self.table.members(stage)
         if len(members) == 1:
@@ -274,6 +278,11 @@ class L4Runtime:
         return self.table.members(stage)[0]
 
     def _report(self, now_s: float, *, to_coordinator: bool) -> None:
+        if len(self._arrivals_s) >= 2:
+            weight = self.config.refinement.smoothing
+            window = arrival_batch_excess(self._arrivals_s)
+            self._batch_excess = weight * window + (1 - weight) * self._batch_excess
+        self._arrivals_s = []
         for a in self.agents:
             summary = a.observer.close(a.view(), now_s)
             if summary is None:
@@ -329,6 +338,7 @@ class L4Runtime:
             decode_length_sum=total("decode_length_sum"),
             crossings=np.concatenate(([0.0], total("crossings")[1:])),
             max_length_tokens=max(r.max_length_tokens for r in reports),
+            arrival_batch_excess=self._batch_excess,
         )
 
     def _refine(self, now_s: float) -> None:

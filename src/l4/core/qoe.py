@@ -17,7 +17,8 @@ planner's estimate; the simulator is the ground truth. The model, per instance o
 * infinite cost when ``phi + b r / n >= 1`` (no fixed point), when ``B + 1`` exceeds
   ``max_num_seqs``, or when the running contexts ``(B + 1) * l_mean`` exceed the KV capacity;
 * TTFT = queueing of prefill work (Pollaczek-Khinchine for one instance, pooled like M/G/n by
-  Sakasegawa's approximation for n, service spread from the prompt spread) + the prompt's own
+  Sakasegawa's approximation for n, service spread from the prompt spread; plus the batch term
+  of M^X/G/1 for requests arriving together, thinned to the stage's share) + the prompt's own
   chunks (one decode step each plus its prefill work);
 * migration latency at the stage's upper boundary ``g_j`` (charged to the source stage):
   kv-transfer = ``downtime_base + (tokens decoded during the background copy) * kv_bytes / bw``,
@@ -318,6 +319,14 @@ class StageModel:
             )
             pooling = np.power(util, np.sqrt(2.0 * (n + 1.0)) - 2.0) / n
             wait = (1.0 + cv2) / 2.0 * mean_work * phi * pooling / (1.0 - util)
+            # Requests arriving together wait for each other's prefill at any load (the batch
+            # term of M^X/G/1). A stage with share p of the arrivals sees groups thinned by p
+            # (binomial thinning scales E[X^2]/E[X] - 1 by p); bids spread a group over the n
+            # instances, so a request queues behind (1 + excess) / n - 1 others of its group.
+            total_rate = max(float(rt.arrival_rps[0, top]), 1e-12)
+            excess = np.minimum(lam / total_rate, 1.0) * rt.arrival_batch_excess
+            ahead = np.maximum((1.0 + excess) / n - 1.0, 0.0)
+            wait = wait + ahead / 2.0 * mean_work / (1.0 - util)
             mean_prompt = np.where(lam > 0, tokens / lam, g_lo)
             own_chunks = np.maximum(np.ceil(mean_prompt / budget), 1.0)
             mean_sq = np.where(lam > 0, tokens_sq / lam, g_lo**2)  # attention is quadratic

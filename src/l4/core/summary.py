@@ -17,7 +17,8 @@ format below), or live counts filled by instance agents (construct ``WorkloadSum
 
     {"format": "l4-length-histogram", "version": 1,
      "rate_rps": 3.4,            # or "duration_s": the window the counts were observed over
-     "bins": [{"input_tokens": 1024, "output_tokens": 256, "count": 120}, ...]}
+     "bins": [{"input_tokens": 1024, "output_tokens": 256, "count": 120}, ...],
+     "arrival_batch_excess": 0}  # optional: E[X^2]/E[X] - 1 of simultaneous-arrival groups
 
 Counts may be fractional; with ``rate_rps`` the window is ``sum(count) / rate_rps``.
 """
@@ -67,6 +68,10 @@ class WorkloadSummary:
     decode_length_sum: FloatArray  # sum of those contexts (for the step-weighted mean length)
     crossings: FloatArray  # [k]: requests reaching g_k from below; crossings[0] == 0
     max_length_tokens: float = 0.0  # largest context seen (the open last bucket's top)
+    # Requests that arrive together (a trace with coarse timestamps, a client sending a batch)
+    # wait for each other's prefill whatever the load: E[X^2] / E[X] - 1 over the sizes X of the
+    # groups of simultaneous arrivals, 0 when no two arrive at once (Poisson). TTFT uses it.
+    arrival_batch_excess: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -83,6 +88,9 @@ class WorkloadSummary:
             object.__setattr__(self, name, _frozen(getattr(self, name), k, name))
         if self.crossings[0] != 0:
             raise ValidationError("no request can cross the 0-token boundary")
+        x = self.arrival_batch_excess
+        if not (math.isfinite(x) and x >= 0):
+            raise ValidationError(f"arrival batch excess must be finite and >= 0, got {x}")
 
     @property
     def num_requests(self) -> float:
@@ -129,7 +137,26 @@ def _blend(
         decode_length_sum=mix("decode_length_sum"),
         crossings=mix("crossings"),
         max_length_tokens=max(a.max_length_tokens, b.max_length_tokens if wb else 0.0),
+        arrival_batch_excess=_weighted_excess(a, b, wa, wb),
     )
+
+
+def _weighted_excess(a: WorkloadSummary, b: WorkloadSummary, wa: float, wb: float) -> float:
+    """Arrival-weighted mean of the two batch excesses."""
+    na, nb = wa * float(a.arrivals.sum()), wb * float(b.arrivals.sum())
+    if na + nb <= 0:
+        return a.arrival_batch_excess
+    return (na * a.arrival_batch_excess + nb * b.arrival_batch_excess) / (na + nb)
+
+
+def arrival_batch_excess(arrival_s: npt.ArrayLike, *, together_s: float = 1e-3) -> float:
+    """``E[X^2] / E[X] - 1`` of the groups of arrivals less than ``together_s`` apart."""
+    t = np.sort(np.asarray(arrival_s, dtype=np.float64))
+    if t.size < 2:
+        return 0.0
+    starts = np.flatnonzero(np.diff(t, prepend=-np.inf) >= together_s)
+    sizes = np.diff(np.append(starts, t.size)).astype(np.float64)
+    return float((sizes**2).sum() / sizes.sum() - 1.0)
 
 
 def ema(previous: WorkloadSummary, current: WorkloadSummary, smoothing: float) -> WorkloadSummary:
@@ -240,6 +267,7 @@ def summarize_lengths(
     output_tokens: npt.ArrayLike,
     duration_s: float,
     weights: npt.ArrayLike | None = None,
+    arrival_batch_excess: float = 0.0,
 ) -> WorkloadSummary:
     """Summary of whole requests (prompt p, output o, weight w) seen over ``duration_s``."""
     p = np.asarray(input_tokens, dtype=np.float64)
@@ -260,6 +288,7 @@ def summarize_lengths(
         decode_length_sum=lengths,
         crossings=crossings,
         max_length_tokens=float(np.max(p + o)) if p.size else 0.0,
+        arrival_batch_excess=arrival_batch_excess,
     )
 
 
@@ -278,6 +307,7 @@ def summarize_requests(
         input_tokens=[r.input_tokens for r in requests],
         output_tokens=[r.output_tokens for r in requests],
         duration_s=duration_s,
+        arrival_batch_excess=arrival_batch_excess([r.arrival_s for r in requests]),
     )
 
 
@@ -312,7 +342,17 @@ def summary_from_histogram(grid: LengthGrid, doc: Mapping[str, Any]) -> Workload
     if not (math.isfinite(value) and value > 0):
         raise ValidationError("histogram rate_rps / duration_s must be > 0")
     duration = float(c.sum()) / value if has_rate else value
-    return summarize_lengths(grid, input_tokens=p, output_tokens=o, duration_s=duration, weights=c)
+    excess = float(doc.get("arrival_batch_excess", 0.0))
+    if not (math.isfinite(excess) and excess >= 0):
+        raise ValidationError("histogram arrival_batch_excess must be a number >= 0")
+    return summarize_lengths(
+        grid,
+        input_tokens=p,
+        output_tokens=o,
+        duration_s=duration,
+        weights=c,
+        arrival_batch_excess=excess,
+    )
 
 
 # ---- prefix sums: every stage range at once ----------------------------------------------------
@@ -333,6 +373,7 @@ class RangeTable:
     l_mean_tokens: FloatArray
     l_max_tokens: FloatArray  # at the table's l_max quantile
     crossing_rps: FloatArray = field(repr=False)
+    arrival_batch_excess: float = 0.0  # of the whole stream; a stage sees a thinned part
     # l_max at several quantiles (ascending, the last one is the table's), shape (Q, K+1, K+1):
     # the expected longest context of a batch of m requests sits near quantile m / (m + 1).
     lmax_quantiles: tuple[float, ...] = field(default=(), repr=False)
@@ -376,6 +417,7 @@ def range_table(
         l_mean_tokens=l_mean,
         l_max_tokens=l_max,
         crossing_rps=crossing,
+        arrival_batch_excess=summary.arrival_batch_excess,
         lmax_quantiles=qs,
         l_max_by_quantile=by_q,
     )
