@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 
 from l4.engine.cli import add_engine_parser, engine_targets
+from l4.engine.faults import FaultConfig
 from l4.errors import ConfigError, UnknownNameError, ValidationError
 
 
@@ -30,6 +37,19 @@ def test_k_instances_on_consecutive_ports() -> None:
     assert {t.config.served_model_name for t in targets} == {"m"}
 
 
+def test_fault_flags_reach_the_chosen_instances() -> None:
+    targets = engine_targets(
+        parse("--instances", "3", "--base-port", "9000", "--error-rate", "0.25",
+              "--error-status", "503", "--crash-after-tokens", "500", "--slowdown", "2",
+              "--fault-instances", "0,2")
+    )  # fmt: skip
+    faulty = FaultConfig(error_rate=0.25, error_status=503, crash_after_tokens=500, slowdown=2.0)
+    assert [t.config.faults for t in targets] == [faulty, FaultConfig(), faulty]
+    assert not FaultConfig().active and faulty.active
+    (one,) = engine_targets(parse("--port", "1", "--slowdown", "3"))
+    assert one.config.faults == FaultConfig(slowdown=3.0)
+
+
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
@@ -42,8 +62,46 @@ def test_k_instances_on_consecutive_ports() -> None:
         (("--port", "1", "--max-num-seqs", "0"), ValidationError),
         (("--port", "1", "--kv-capacity-tokens", "1000"), ValidationError),
         (("--port", "1", "--profile", "nope"), UnknownNameError),
+        (("--port", "1", "--error-rate", "2"), ValidationError),
+        (("--port", "1", "--crash-after-tokens", "0"), ValidationError),
+        (("--port", "1", "--slowdown", "-1"), ValidationError),
+        (("--port", "1", "--fault-instances", "1"), ValidationError),
+        (("--port", "1", "--fault-instances", "x"), ValidationError),
     ],
 )
 def test_bad_options_are_config_errors(argv: tuple[str, ...], error: type[Exception]) -> None:
     with pytest.raises(error):
         engine_targets(parse(*argv))
+
+
+def test_l4_engine_process_dies_after_the_injected_crash() -> None:
+    """The real command: one instance crashes, the process reports it and exits; the other lives."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as s:
+        s.bind(("127.0.0.1", 0))
+        base = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "l4", "engine", "--instances", "2", "--base-port", str(base),
+           "--time-scale", "100", "--crash-after-tokens", "5",
+           "--fault-instances", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with httpx.Client(timeout=5) as c:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if c.get(f"http://127.0.0.1:{base + 1}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.02)
+            req = {"prompt": "hi", "max_tokens": 50, "ignore_eos": True}
+            with pytest.raises(httpx.RemoteProtocolError):
+                c.post(f"http://127.0.0.1:{base}/v1/completions", json=req)
+            assert c.post(f"http://127.0.0.1:{base + 1}/v1/completions", json=req).is_success
+            with pytest.raises(httpx.ConnectError):
+                c.get(f"http://127.0.0.1:{base}/health")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "instance 0 crashed after 5 tokens" in err
+    assert proc.returncode == 0 and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from l4.costmodel.profile import load_profile
 from l4.costmodel.step import StepCostModel
 from l4.engine.core import EngineCore, Handle
+from l4.engine.faults import SlowedStepCost
 from l4.engine.metrics import EngineMetrics
 from l4.instance import Instance, InstanceConfig, Sequence
 from l4.request import RequestSpec
@@ -20,11 +22,12 @@ COST = StepCostModel(PROFILE)
 CONFIG = InstanceConfig.from_profile(PROFILE)
 
 
-def make_core(clock: Any, *, time_scale: float = 1.0) -> EngineCore:
-    instance = Instance(0, CONFIG, COST)
+def make_core(clock: Any, *, time_scale: float = 1.0, **options: Any) -> EngineCore:
+    cost = options.pop("cost", COST)
+    instance = Instance(0, CONFIG, cost)
     metrics = EngineMetrics("m")
     return EngineCore(
-        instance, time_scale=time_scale, clock=clock, sleep=clock.sleep, metrics=metrics
+        instance, time_scale=time_scale, clock=clock, sleep=clock.sleep, metrics=metrics, **options
     )
 
 
@@ -40,9 +43,13 @@ async def token_times(handle: Handle) -> list[float]:
 
 
 def run_with_core(
-    clock: Any, body: Callable[[EngineCore], Awaitable[None]], *, time_scale: float = 1.0
+    clock: Any,
+    body: Callable[[EngineCore], Awaitable[None]],
+    *,
+    time_scale: float = 1.0,
+    **options: Any,
 ) -> EngineCore:
-    core = make_core(clock, time_scale=time_scale)
+    core = make_core(clock, time_scale=time_scale, **options)
 
     async def main() -> None:
         async with asyncio.TaskGroup() as tg:
@@ -85,7 +92,7 @@ def test_tokens_arrive_at_the_cost_models_step_ends(fake_clock: Any, time_scale:
     m = core._metrics
     assert m is not None
     itl_sum = m.registry.get_sample_value(
-        "vllm:inter_token_latency_seconds_sum", {"model_name": "m"}
+        "vllm:inter_token_latency_seconds_sum", {"model_name": "m", "engine": "0"}
     )
     assert itl_sum == pytest.approx(expected[-1] - expected[0], rel=1e-9)
 
@@ -139,3 +146,51 @@ def test_stop_ends_waiting_requests_as_aborted(fake_clock: Any) -> None:
 
     run_with_core(fake_clock, body)
     assert handles[0].aborted and not handles[0].finished
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 250.0])
+def test_every_step_is_logged_on_time_against_a_fake_clock(
+    fake_clock: Any, time_scale: float
+) -> None:
+    async def body(core: EngineCore) -> None:
+        await token_times(core.submit(prompt_tokens=300, output_tokens=40))
+
+    core = run_with_core(fake_clock, body, time_scale=time_scale)
+    ends = reference_times(300, 40)
+    steps = list(core.step_log)
+    assert len(steps) == core.num_steps == len(ends)
+    durations = [ends[0]] + [b - a for a, b in itertools.pairwise(ends)]
+    assert [s.predicted_s for s in steps] == pytest.approx(
+        [d / time_scale for d in durations], rel=1e-9
+    )
+    assert [s.measured_s for s in steps] == pytest.approx([s.predicted_s for s in steps])
+    assert all(s.late_s == pytest.approx(0.0, abs=1e-12) and s.num_seqs == 1 for s in steps)
+    assert core.num_resyncs == 0
+
+
+def test_slowdown_multiplies_every_token_time(fake_clock: Any) -> None:
+    seen: list[float] = []
+
+    async def body(core: EngineCore) -> None:
+        seen.extend(await token_times(core.submit(prompt_tokens=300, output_tokens=40)))
+
+    run_with_core(fake_clock, body, cost=SlowedStepCost(PROFILE, 2.5))
+    assert seen == pytest.approx([2.5 * t for t in reference_times(300, 40)], rel=1e-9)
+
+
+@pytest.mark.parametrize("limit", [1, 7, 61, 89])
+def test_crash_emits_exactly_n_tokens_then_stops(fake_clock: Any, limit: int) -> None:
+    handles: list[Handle] = []
+
+    async def body(core: EngineCore) -> None:
+        handles.extend(core.submit(prompt_tokens=50 + 10 * i, output_tokens=30) for i in range(3))
+        await core.wait_crashed()
+
+    core = run_with_core(fake_clock, body, crash_after_tokens=limit)
+    assert core.crashed and core.tokens_emitted == limit
+    assert sum(h.produced for h in handles) == limit
+    # A request whose every token came out finished; every other one crashed, without finishing.
+    for h in handles:
+        assert h.finished != h.crashed
+        assert h.finished == (h.produced == 30)
+    assert any(h.crashed for h in handles)

@@ -182,9 +182,11 @@ def test_models_health_and_metrics(config: EngineConfig) -> None:
             "vllm:prompt_tokens_total",
             "vllm:generation_tokens_total",
         ):
-            assert f'{name}{{model_name="test-model"}}' in text or (
-                f"{name}{{" in text and 'model_name="test-model"' in text
-            )
-        assert 'vllm:prompt_tokens_total{model_name="test-model"} 3.0' in text
+            assert f"{name}{{" in text
+        assert 'vllm:prompt_tokens_total{engine="0",model_name="test-model"} 3.0' in text
+        # Every series of every family carries vLLM's two labels.
+        for line in text.splitlines():
+            if line.startswith(("vllm:", "l4:")):
+                assert 'engine="0"' in line and 'model_name="test-model"' in line, line
 
     with_client(config, body)

@@ -4,55 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import httpx
 import pytest
-import uvicorn
 
-from l4.costmodel.step import StepCostModel
-from l4.engine.server import EngineConfig, build_app
-from l4.instance import Instance, Sequence
-from l4.request import RequestSpec
-
-
-@asynccontextmanager
-async def serving(config: EngineConfig) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(build_app(config), log_level="warning", lifespan="on"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        async with _serve(server, sock):
-            yield f"http://127.0.0.1:{port}"
-
-
-@asynccontextmanager
-async def _serve(server: uvicorn.Server, sock: socket.socket) -> AsyncIterator[None]:
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(server.serve(sockets=[sock]))
-        try:
-            async with asyncio.timeout(5):
-                while not server.started:
-                    await asyncio.sleep(0.005)
-            yield
-        finally:
-            server.should_exit = True
-
-
-def decode_span_s(config: EngineConfig, input_tokens: int, output_tokens: int) -> float:
-    """Emulated seconds from the first to the last token of a lone request (offline stepping)."""
-    inst = Instance(0, config.instance_config, StepCostModel(config.profile))
-    inst.admit(Sequence(RequestSpec(request_id=0, arrival_s=0.0, input_tokens=input_tokens,
-                                    output_tokens=output_tokens)))  # fmt: skip
-    t, ends = 0.0, []
-    while (plan := inst.plan(t, 1)) is not None:
-        t = plan.end_s
-        inst.complete(t)
-        ends.append(t)
-    return ends[-1] - ends[0]
+from engine.sockets import decode_span_s, serving
+from l4.engine.server import EngineConfig
 
 
 def running(metrics: str) -> float:

@@ -1,20 +1,23 @@
 """`l4 engine`: serve one or more emulated vLLM instances over HTTP (uvicorn, one process).
 
 `add_engine_parser(subparsers)` registers the sub-command; `run_engine(args)` runs it until
-interrupted. Bad options raise `ConfigError`/`ValidationError` (one line) before anything binds.
+interrupted, or until every instance crashed (`--crash-after-tokens`). Bad options raise
+`ConfigError`/`ValidationError` (one line) before anything binds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
-
 from l4.costmodel.profile import available_profiles, load_profile
-from l4.engine.server import EngineConfig, build_app
+from l4.engine.faults import FaultConfig
+from l4.engine.server import EngineConfig
+from l4.engine.serving import EngineServer
 from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 
@@ -48,7 +51,38 @@ def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, help="vLLM token budget per step")
     p.add_argument("--kv-capacity-tokens", type=int, help="KV cache size per instance")
     p.add_argument("--served-model-name", help="model name in the API (default: the profile's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of output lengths and text")
+    p.add_argument("--seed", type=int, default=0, help="seed of output lengths, text and faults")
+    f = p.add_argument_group("fault injection (for testing clients and gateways)")
+    f.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        help="fraction of valid generation requests answered with an HTTP error, drawn from "
+        "--seed (default: %(default)s)",
+    )
+    f.add_argument(
+        "--error-status",
+        type=int,
+        default=500,
+        choices=(500, 503),
+        help="status code of those errors (default: %(default)s)",
+    )
+    f.add_argument(
+        "--crash-after-tokens",
+        type=int,
+        help="crash once the instance emitted this many tokens in total: streams are cut, "
+        "connections dropped, the port closed (/health fails)",
+    )
+    f.add_argument(
+        "--slowdown",
+        type=float,
+        default=1.0,
+        help="multiply every step time by this factor (default: %(default)s)",
+    )
+    f.add_argument(
+        "--fault-instances",
+        help="comma-separated instance indices the faults apply to (default: all)",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +100,21 @@ def _check_port(port: int, what: str) -> None:
 def _positive(value: int | None, flag: str) -> None:
     if value is not None and value < 1:
         raise ValidationError(f"{flag} must be >= 1, got {value}")
+
+
+def _fault_instances(value: str | None, instances: int) -> set[int]:
+    if value is None:
+        return set(range(instances))
+    try:
+        chosen = {int(v) for v in value.split(",")}
+    except ValueError:
+        raise ValidationError(
+            f"--fault-instances must be comma-separated indices, got {value!r}"
+        ) from None
+    bad = sorted(i for i in chosen if not 0 <= i < instances)
+    if bad:
+        raise ValidationError(f"--fault-instances {bad} out of range 0..{instances - 1}")
+    return chosen
 
 
 def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
@@ -96,6 +145,13 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
         max_num_batched_tokens=args.max_num_batched_tokens,
     )
     name = args.served_model_name or profile.model.name
+    faults = FaultConfig(
+        error_rate=args.error_rate,
+        error_status=args.error_status,
+        crash_after_tokens=args.crash_after_tokens,
+        slowdown=args.slowdown,
+    )
+    faulty = _fault_instances(args.fault_instances, args.instances)
     return [
         ServeTarget(
             host=args.host,
@@ -107,6 +163,7 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
                 time_scale=args.time_scale,
                 seed=args.seed,
                 instance_id=i,
+                faults=faults if i in faulty else FaultConfig(),
             ),
         )
         for i, port in enumerate(ports)
@@ -114,24 +171,50 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
 
 
 async def serve(targets: list[ServeTarget]) -> None:
-    """Run one uvicorn server per target in this event loop until they all stop."""
-    servers = [
-        uvicorn.Server(
-            uvicorn.Config(build_app(t.config), host=t.host, port=t.port, log_level="warning")
-        )
-        for t in targets
-    ]
-    async with asyncio.TaskGroup() as tg:
+    """Serve every target in this event loop until all stop (interrupted or crashed).
+
+    The first SIGINT/SIGTERM stops every instance gracefully, a second one at once.
+    """
+    servers = [EngineServer(t.config, host=t.host, port=t.port) for t in targets]
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
         for server in servers:
-            tg.create_task(server.serve())
+            server.stop(force=signals > 1)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    async def one(target: ServeTarget, server: EngineServer) -> None:
+        await server.serve()
+        if server.crashed:
+            print(
+                f"l4 engine: instance {target.config.instance_id} crashed after "
+                f"{server.engine.core.tokens_emitted} tokens (--crash-after-tokens)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for target, server in zip(targets, servers, strict=True):
+                tg.create_task(one(target, server))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def run_engine(args: argparse.Namespace) -> int:
     targets = engine_targets(args)
     for t in targets:
+        faults = t.config.faults
+        note = " with faults" if faults.active else ""
         print(
             f"l4 engine: instance {t.config.instance_id} ({t.config.profile.name}, "
-            f"x{t.config.time_scale:g}) on http://{t.host}:{t.port}",
+            f"x{t.config.time_scale:g}{note}) on http://{t.host}:{t.port}",
             flush=True,
         )
     asyncio.run(serve(targets))

@@ -8,17 +8,33 @@ Guarantees:
   predicted end, not when the loop woke up, so sleep overshoot does not accumulate (unless the
   loop falls more than `resync_lag_s` behind, e.g. on an overloaded CPU; then it restarts from
   now, as a GPU that finished late would).
-* A request submitted at any time is admitted at once and scheduled at the next step boundary;
-  an abort removes the sequence (and frees its KV) at the next step boundary. Nothing leaks: a
-  handle leaves the loop when it finishes or is aborted.
+* A request submitted at any time joins the instance at the first step boundary at or after its
+  arrival (in emulated time), as in the simulator: when the loop runs late, a request that
+  arrived after the deadline of the step just finished waits for the next boundary rather than
+  joining a step that, in emulated time, started before it arrived. An abort removes the
+  sequence (and frees its KV) at the next step boundary. Nothing leaks: a handle leaves the
+  loop when it finishes or is aborted.
 * Time inside the loop is emulated time: (clock() - start) * time_scale. The clock and the sleep
   are injected, so tests can run the loop against a fake clock.
+* With `spin_s` > 0 the loop sleeps until `spin_s` before a deadline, then yields to the event
+  loop until the deadline passes: asyncio rounds timer waits up to the millisecond, which at a
+  high time scale would deliver every token up to 1 ms (wall) late. Spinning yields, so HTTP
+  work still runs; it costs CPU only while a step is in flight. Keep it 0 with a fake clock.
+* Every step's timing is recorded (`step_log`, the last `step_log_size` steps): its predicted
+  wall duration, its measured one (from the loop waking after the previous step, or from the
+  plan when the loop was idle or resynchronised, to waking after this one) and its lateness
+  (wake minus deadline).
+* With `crash_after_tokens`, the loop stops for good once exactly that many tokens were emitted
+  in total (a step that crosses the threshold delivers only the tokens up to it): every
+  unfinished handle is marked `crashed` and `crashed` is set. Nothing steps afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from l4.engine.metrics import EngineMetrics
 from l4.errors import InvariantError, ValidationError
@@ -29,6 +45,16 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepTiming:
+    """Wall-clock timing of one engine step (seconds)."""
+
+    predicted_s: float  # the cost model's step time / time scale
+    measured_s: float  # from the previous wake (or the plan, after idling) to this wake
+    late_s: float  # this wake minus the step's deadline (>= 0 unless the sleep woke early)
+    num_seqs: int  # sequences in the step's batch
+
+
 class Handle:
     """One request as the HTTP side sees it: a count of tokens produced so far, and an event."""
 
@@ -36,7 +62,10 @@ class Handle:
         "_event",
         "aborted",
         "arrival_s",
+        "crashed",
         "finished",
+        "first_seen_s",
+        "last_seen_s",
         "last_token_s",
         "produced",
         "seq",
@@ -48,6 +77,11 @@ class Handle:
         self.produced = 0
         self.finished = False
         self.aborted = False
+        self.crashed = False  # the engine died under it: no finish reason will ever come
+        # Emulated times the loop actually delivered its first and latest tokens (late wakes
+        # included), as opposed to `last_token_s`, the step end the cost model predicted.
+        self.first_seen_s = arrival_s
+        self.last_seen_s = arrival_s
         self.last_token_s = arrival_s
         self._event = asyncio.Event()
 
@@ -78,9 +112,14 @@ class EngineCore:
         sleep: Sleep = asyncio.sleep,
         metrics: EngineMetrics | None = None,
         resync_lag_s: float = 0.05,
+        spin_s: float = 0.0,
+        crash_after_tokens: int | None = None,
+        step_log_size: int = 65536,
     ) -> None:
         if not time_scale > 0:
             raise ValidationError(f"--time-scale must be > 0, got {time_scale}")
+        if crash_after_tokens is not None and crash_after_tokens < 1:
+            raise ValidationError(f"--crash-after-tokens must be >= 1, got {crash_after_tokens}")
         self.instance = instance
         self.time_scale = time_scale
         self._clock = clock
@@ -90,11 +129,18 @@ class EngineCore:
         self._start_wall = clock()
         self._wake = asyncio.Event()
         self._handles: dict[int, Handle] = {}
+        self._inbox: deque[Handle] = deque()  # submitted, not yet admitted (arrival order)
         self._aborts: list[Handle] = []
         self._next_id = 0
         self._stopping = False
+        self._spin_s = spin_s
+        self._crash_after = crash_after_tokens
+        self._crashed = asyncio.Event()
         self.num_steps = 0
+        self.num_resyncs = 0  # steps started from "now" because the loop fell too far behind
+        self.tokens_emitted = 0
         self.lateness_s = 0.0  # emulated seconds the loop woke after its deadlines, summed
+        self.step_log: deque[StepTiming] = deque(maxlen=step_log_size)
 
     # ---- inputs (any time) --------------------------------------------------------------------
     def now_s(self) -> float:
@@ -114,7 +160,7 @@ class EngineCore:
         self._next_id += 1
         handle = Handle(Sequence(spec), now)
         self._handles[spec.request_id] = handle
-        self.instance.admit(handle.seq)
+        self._inbox.append(handle)
         self._update_gauges()
         self._wake.set()
         return handle
@@ -133,6 +179,13 @@ class EngineCore:
         self._wake.set()
 
     @property
+    def crashed(self) -> bool:
+        return self._crashed.is_set()
+
+    async def wait_crashed(self) -> None:
+        await self._crashed.wait()
+
+    @property
     def num_tracked(self) -> int:
         """Requests submitted and neither finished nor removed after an abort."""
         return len(self._handles)
@@ -141,21 +194,46 @@ class EngineCore:
     async def run(self) -> None:
         inst = self.instance
         last_end: float | None = None
+        woke_wall = 0.0
         try:
             while not self._stopping:
                 self._apply_aborts()
-                now = self.now_s()
+                now_wall = self._clock()
+                now = (now_wall - self._start_wall) * self.time_scale
                 back_to_back = last_end is not None and now <= last_end + self._resync_s
+                if last_end is not None and not back_to_back:
+                    self.num_resyncs += 1
                 start = last_end if back_to_back and last_end is not None else now
+                self._admit_arrived(start)
                 plan = inst.plan(start, 1)
+                if plan is None and self._inbox:
+                    # Only requests that arrived after `start` are left: the GPU would have
+                    # idled until them, so the next step starts now.
+                    back_to_back, start = False, now
+                    self._admit_arrived(start)
+                    plan = inst.plan(start, 1)
                 if plan is None:
                     last_end = None
                     self._update_gauges()
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                if not back_to_back:
+                    woke_wall = now_wall
                 self._update_gauges()
-                await self._sleep_until(plan.end_s)
+                late_s = await self._sleep_until(plan.end_s)
+                wall = self._clock()
+                self.step_log.append(
+                    StepTiming(
+                        predicted_s=(plan.end_s - start) / self.time_scale,
+                        measured_s=wall - woke_wall,
+                        late_s=late_s,
+                        num_seqs=plan.num_decodes + len(plan.chunks),
+                    )
+                )
+                if self._metrics is not None:
+                    self._metrics.step_lateness.observe(max(0.0, late_s))
+                woke_wall = wall
                 result = inst.complete(plan.end_s)
                 last_end = result.end_s
                 self.num_steps += 1
@@ -165,13 +243,24 @@ class EngineCore:
                 handle.aborted = True
                 handle.notify()
 
-    async def _sleep_until(self, end_s: float) -> None:
+    async def _sleep_until(self, end_s: float) -> float:
+        """Sleep until emulated time `end_s`; return how late (wall seconds) the loop woke."""
         delay = (end_s - self.now_s()) / self.time_scale
-        if delay > 0:
-            await self._sleep(delay)
+        if delay > self._spin_s:
+            await self._sleep(delay - self._spin_s)
         else:
             await self._sleep(0)  # let the HTTP side run even when the loop is late
-        self.lateness_s += max(0.0, self.now_s() - end_s)
+        if self._spin_s > 0:
+            while self.now_s() < end_s:
+                await asyncio.sleep(0)
+        late = self.now_s() - end_s
+        self.lateness_s += max(0.0, late)
+        return late / self.time_scale
+
+    def _admit_arrived(self, start_s: float) -> None:
+        inbox = self._inbox
+        while inbox and inbox[0].arrival_s <= start_s:
+            self.instance.admit(inbox.popleft().seq)
 
     def _apply_aborts(self) -> None:
         if not self._aborts:
@@ -179,7 +268,9 @@ class EngineCore:
         aborts, self._aborts = self._aborts, []
         for handle in aborts:
             seq = handle.seq
-            if seq.state not in (SeqState.FINISHED, SeqState.DETACHED):
+            if handle in self._inbox:
+                self._inbox.remove(handle)  # never admitted: nothing to free
+            elif seq.state not in (SeqState.FINISHED, SeqState.DETACHED):
                 self.instance.detach(seq)
             self._handles.pop(seq.request_id, None)
         self._update_gauges()
@@ -187,31 +278,57 @@ class EngineCore:
     def _deliver(self, end_s: float, finished: tuple[Sequence, ...]) -> None:
         inst = self.instance
         m = self._metrics
+        limit = self._crash_after
+        # Latency metrics are measured: the time the loop actually hands the tokens over.
+        seen_s = self.now_s()
         for handle in self._handles.values():
             seq = handle.seq
             count = inst.generated_of(seq) if seq.state is SeqState.DECODE else seq.generated_tokens
             new = count - handle.produced
             if new <= 0:
                 continue
-            if m is not None:
-                if handle.produced == 0:
-                    m.ttft.observe(end_s - handle.arrival_s)
+            if limit is not None:
+                new = min(new, limit - self.tokens_emitted)
+                if new <= 0:
+                    break
+            if handle.produced == 0:
+                handle.first_seen_s = seen_s
+                if m is not None:
+                    m.ttft.observe(seen_s - handle.arrival_s)
                     m.prompt_tokens.inc(seq.spec.input_tokens)
-                else:
-                    m.itl.observe(end_s - handle.last_token_s)
+            elif m is not None:
+                m.itl.observe(seen_s - handle.last_seen_s)
+            if m is not None:
                 m.generation_tokens.inc(new)
-            handle.produced = count
+            handle.produced += new
+            self.tokens_emitted += new
             handle.last_token_s = end_s
+            handle.last_seen_s = seen_s
             handle.notify()
         for seq in finished:
-            gone = self._handles.pop(seq.request_id, None)
+            gone = self._handles.get(seq.request_id)
             if gone is None:
                 raise InvariantError(f"request {seq.request_id} finished but was not tracked")
+            if gone.produced < seq.generated_tokens:
+                continue  # the crash threshold cut its last tokens: it never finishes
+            del self._handles[seq.request_id]
             gone.finished = True
             gone.notify()
             if m is not None:
-                m.e2e.observe(end_s - gone.arrival_s)
+                m.e2e.observe(seen_s - gone.arrival_s)
+                if gone.produced > 1:
+                    m.tpot.observe((seen_s - gone.first_seen_s) / (gone.produced - 1))
+        if limit is not None and self.tokens_emitted >= limit:
+            self._crash()
         self._update_gauges()
+
+    def _crash(self) -> None:
+        self._stopping = True
+        for handle in self._handles.values():
+            handle.crashed = True
+            handle.aborted = True
+            handle.notify()
+        self._crashed.set()
 
     def _update_gauges(self) -> None:
         m = self._metrics
@@ -219,5 +336,5 @@ class EngineCore:
             return
         inst = self.instance
         m.running.set(inst.num_running)
-        m.waiting.set(inst.num_waiting)
+        m.waiting.set(inst.num_waiting + len(self._inbox))
         m.kv_usage.set(inst.kv_usage)

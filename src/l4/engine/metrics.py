@@ -1,8 +1,12 @@
 """Prometheus metrics of one emulated engine, under vLLM's (V1) names, in a registry of its own.
 
-Every series carries a `model_name` label, as vLLM's do. Latencies are in emulated seconds (wall
-seconds times the time scale), so that they compare with `l4 simulate` and with a real GPU whatever
-`--time-scale` the engine runs at.
+Every series carries the labels vLLM's (V1) carry: `model_name` (the served model name) and
+`engine` (the engine index as a string; here the instance index under `--instances K`).
+Latencies are measured when the step loop hands tokens over (so a late loop shows), in emulated
+seconds (wall seconds times the time scale), so that they compare with `l4 simulate` and with a
+real GPU whatever `--time-scale` the engine runs at. One metric is L4's own:
+`l4:step_lateness_seconds`, how late (wall seconds) the step loop woke after each step's
+deadline, which says whether the CPU keeps up with the time scale.
 """
 
 from __future__ import annotations
@@ -22,14 +26,18 @@ _E2E_BUCKETS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
     240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
+# Wall-clock lateness of the step loop: from well under a timer tick to a stalled loop.
+_LATENESS_BUCKETS = (
+    0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+)  # fmt: skip
 
 
 class EngineMetrics:
     """The metric objects of one engine; `registry` is what `/metrics` renders."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, engine: int = 0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["model_name"]
+        labels = ["model_name", "engine"]
         r = self.registry
         self._running = Gauge(
             "vllm:num_requests_running", "Requests in model execution batches.", labels, registry=r
@@ -54,6 +62,13 @@ class EngineMetrics:
             buckets=_ITL_BUCKETS,
             registry=r,
         )
+        self._tpot = Histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "Histogram of time_per_output_token_seconds per request.",
+            labels,
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
         self._e2e = Histogram(
             "vllm:e2e_request_latency_seconds",
             "End-to-end request latency in seconds.",
@@ -68,11 +83,21 @@ class EngineMetrics:
         self._generation = Counter(
             "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=r
         )
-        self.running = self._running.labels(model_name)
-        self.waiting = self._waiting.labels(model_name)
-        self.kv_usage = self._kv.labels(model_name)
-        self.ttft = self._ttft.labels(model_name)
-        self.itl = self._itl.labels(model_name)
-        self.e2e = self._e2e.labels(model_name)
-        self.prompt_tokens = self._prompt.labels(model_name)
-        self.generation_tokens = self._generation.labels(model_name)
+        self._lateness = Histogram(
+            "l4:step_lateness_seconds",
+            "Wall seconds the emulated engine's step loop woke after a step's deadline.",
+            labels,
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        values = (model_name, str(engine))
+        self.running = self._running.labels(*values)
+        self.waiting = self._waiting.labels(*values)
+        self.kv_usage = self._kv.labels(*values)
+        self.ttft = self._ttft.labels(*values)
+        self.itl = self._itl.labels(*values)
+        self.tpot = self._tpot.labels(*values)
+        self.e2e = self._e2e.labels(*values)
+        self.prompt_tokens = self._prompt.labels(*values)
+        self.generation_tokens = self._generation.labels(*values)
+        self.step_lateness = self._lateness.labels(*values)

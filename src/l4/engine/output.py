@@ -5,7 +5,9 @@ the last delta carries the finish reason ("length", "stop" or "abort"). A stop s
 once `min_tokens` tokens exist, as vLLM does) ends generation with the text cut before it and
 `stop_reason` set to it; while stop strings are active, the last `len(longest stop) - 1`
 characters are held back so no part of a stop string is ever streamed. When the generator is
-closed before its end (client gone, stop string hit), the request is aborted in the engine.
+closed before its end (client gone, stop string hit), the request is aborted in the engine. When
+the engine crashes (fault injection), the deltas end without a finish reason after the text of
+the tokens emitted before the crash: the caller then cuts the response instead of completing it.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ async def deltas(
                         break
             if finish is None and handle.finished and have >= plan.output_tokens:
                 finish = plan.finish_reason
-            elif finish is None and handle.done:
+            elif finish is None and handle.done and not handle.crashed:
                 finish = "abort"
             end = len(text) if finish is not None else max(sent, len(text) - hold)
             if end > sent or finish is not None:
@@ -85,7 +87,7 @@ async def deltas(
                 )
                 sent = end
                 pending = []
-            if finish is not None:
+            if finish is not None or handle.crashed:
                 return
     finally:
         if not handle.finished:

@@ -11,6 +11,11 @@ Guarantees:
 * A client that disconnects, streaming or not, aborts its request: the sequence leaves the
   instance (and frees its KV) at the next step boundary.
 * The step loop runs as one task of a TaskGroup opened in the app's lifespan and stopped on exit.
+* Faults (`EngineConfig.faults`, all off by default): a seeded fraction of valid generation
+  requests is answered with a 500 or 503 error body; a crash after N emitted tokens makes the
+  engine stop answering (streams in flight get the tokens emitted before the crash and are never
+  completed, other requests are never answered, /health is 503; `serving.EngineServer` then
+  closes the port and drops every connection); a slow-down multiplies every step time.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,8 +37,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from l4.costmodel.profile import Profile
-from l4.costmodel.step import StepCostModel
 from l4.engine.core import Clock, EngineCore, Sleep
+from l4.engine.faults import ERROR_TYPES, ErrorDraws, FaultConfig, step_cost
 from l4.engine.generation import OutputModel, request_key
 from l4.engine.metrics import EngineMetrics
 from l4.engine.output import Delta, deltas
@@ -43,6 +48,11 @@ from l4.errors import ConfigError, UnknownNameError, ValidationError
 from l4.instance import Instance, InstanceConfig
 
 Json = dict[str, Any]
+
+# Spin (yield) for the last millisecond before a step deadline: asyncio's timers wake up to 1 ms
+# late (epoll's resolution), which a high time scale would magnify into the token timings.
+WAKE_SPIN_S = 0.001
+_DONE_EVENT = "data: [DONE]\n\n"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +65,7 @@ class EngineConfig:
     time_scale: float = 1.0
     seed: int = 0
     instance_id: int = 0
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     @property
     def max_model_len(self) -> int:
@@ -71,34 +82,84 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+class _Liveness:
+    """Whether the engine still answers, and how many responses are still being written."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self._core = core
+        self._writing = 0
+        self._quiet = asyncio.Event()
+
+    @property
+    def dead(self) -> bool:
+        return self._core.crashed
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.dead and self._writing == 0:
+            self._quiet.set()
+
+    async def wait_quiet(self) -> None:
+        """Return once the engine crashed and every response wrote what it ever will."""
+        await self._core.wait_crashed()
+        self._settle()
+        await self._quiet.wait()
+
+
 class _EventStream(StreamingResponse):
     """Server-sent events from an async generator, closed (so it aborts) if the client leaves.
 
     Unlike Starlette's own, it always listens for the disconnect while streaming (ASGI 2.4
     servers would otherwise only notice at the next send, which may be far off for a queued
-    request) and always closes the generator.
+    request) and always closes the generator. A stream the engine's crash cut short (no
+    `[DONE]`) never ends its body: it waits for the server to drop the connection.
     """
 
-    def __init__(self, events: AsyncGenerator[str, None]) -> None:
+    def __init__(self, events: AsyncGenerator[str, None], live: _Liveness) -> None:
         super().__init__(
             events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
         )
         self._events = events
+        self._live = live
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def pump() -> None:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for event in self._events:
+        async def pump() -> bool:
+            with self._live.writing():
                 await send(
-                    {"type": "http.response.body", "body": event.encode(), "more_body": True}
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
+                last = ""
+                async for event in self._events:
+                    last = event
+                    await send(
+                        {"type": "http.response.body", "body": event.encode(), "more_body": True}
+                    )
+                if last != _DONE_EVENT:
+                    return False
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
 
         try:
             async with asyncio.TaskGroup() as tg:
                 streaming = tg.create_task(pump())
                 watching = tg.create_task(_until_disconnect(receive))
                 await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
+                cut = (
+                    streaming.done()
+                    and not streaming.cancelled()
+                    and streaming.exception() is None
+                    and streaming.result() is False
+                )
+                if cut:
+                    await watching
                 streaming.cancel()
                 watching.cancel()
         except* OSError:
@@ -120,18 +181,35 @@ class EmulatedEngine:
     """Tokenizer, output model, metrics, instance and step loop of one emulated vLLM server."""
 
     def __init__(
-        self, config: EngineConfig, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+        self,
+        config: EngineConfig,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        spin_s: float = WAKE_SPIN_S,
     ) -> None:
+        """`spin_s`: see `EngineCore`; pass 0 with a fake clock."""
         self.config = config
         self.tokenizer = Tokenizer()
         self.outputs = OutputModel(self.tokenizer)
-        self.metrics = EngineMetrics(config.served_model_name)
+        self.metrics = EngineMetrics(config.served_model_name, config.instance_id)
+        faults = config.faults
         instance = Instance(
-            config.instance_id, config.instance_config, StepCostModel(config.profile)
+            config.instance_id, config.instance_config, step_cost(config.profile, faults)
         )
         self.core = EngineCore(
-            instance, time_scale=config.time_scale, clock=clock, sleep=sleep, metrics=self.metrics
+            instance,
+            time_scale=config.time_scale,
+            clock=clock,
+            sleep=sleep,
+            metrics=self.metrics,
+            spin_s=spin_s,
+            crash_after_tokens=faults.crash_after_tokens,
         )
+        self._errors = ErrorDraws(
+            faults.error_rate, seed=config.seed, instance_id=config.instance_id
+        )
+        self._live = _Liveness(self.core)
 
     # ---- app ----------------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -157,13 +235,19 @@ class EmulatedEngine:
         app.state.engine = self
         return app
 
-    @staticmethod
+    async def wait_quiet(self) -> None:
+        """Return once the engine crashed and every response wrote what it ever will."""
+        await self._live.wait_quiet()
+
     def _guard(
+        self,
         handler: Callable[[Request], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         """Map the project's errors to HTTP errors; only here do errors become status codes."""
 
         async def guarded(request: Request) -> Response:
+            if self._live.dead:
+                return await _never_answer(request)
             try:
                 return await handler(request)
             except UnknownNameError as exc:
@@ -182,7 +266,8 @@ class EmulatedEngine:
 
     # ---- simple routes ------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
-        return Response(status_code=200)
+        # vLLM answers 503 once its engine core is dead.
+        return Response(status_code=503 if self._live.dead else 200)
 
     async def models(self, request: Request) -> Response:
         name = self.config.served_model_name
@@ -270,6 +355,13 @@ class EmulatedEngine:
         max_tokens = self._max_tokens(req)
         if req.min_tokens > max_tokens:
             raise ValidationError(f"'min_tokens' ({req.min_tokens}) exceeds the tokens left")
+        if self._errors.fail_next():
+            status = self.config.faults.error_status
+            return error_response(
+                status,
+                f"injected failure (l4 engine --error-rate {self.config.faults.error_rate:g})",
+                ERROR_TYPES[status],
+            )
         key = request_key(self.config.seed, req.prompt_ids)
         plan = self.outputs.plan(
             key, max_tokens=max_tokens, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos
@@ -298,19 +390,29 @@ class EmulatedEngine:
             "model": self.config.served_model_name,
         }
         if req.stream:
-            return _EventStream(_sse(stream, req, head, chat=chat))
-        try:
-            async with asyncio.TaskGroup() as tg:
-                collecting = tg.create_task(_collect(stream))
-                watching = tg.create_task(_until_disconnect(request.receive))
-                await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
-                collecting.cancel()
-                watching.cancel()
-        finally:
-            await stream.aclose()
+            return _EventStream(_sse(stream, req, head, chat=chat), self._live)
+        with self._live.writing():
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    collecting = tg.create_task(_collect(stream))
+                    watching = tg.create_task(_until_disconnect(request.receive))
+                    await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+                    collecting.cancel()
+                    watching.cancel()
+            finally:
+                await stream.aclose()
         if collecting.cancelled():
             return Response(status_code=499)  # nobody is listening; nginx's "client closed"
-        return JSONResponse(_full_response(collecting.result(), req, head, chat=chat))
+        parts = collecting.result()
+        if not parts or parts[-1].finish_reason is None:
+            return await _never_answer(request)  # the engine crashed under this request
+        return JSONResponse(_full_response(parts, req, head, chat=chat))
+
+
+async def _never_answer(request: Request) -> Response:
+    """A dead engine's answer: none. Wait until the client (or the server) drops the connection."""
+    await _until_disconnect(request.receive)
+    return Response(status_code=499)
 
 
 async def _collect(stream: AsyncGenerator[Delta, None]) -> list[Delta]:
@@ -338,8 +440,10 @@ async def _sse(
     p = len(req.prompt_ids)
     generated = 0
     first = True
+    finish: str | None = None
     async with aclosing(stream) as deltas_:
         async for d in deltas_:
+            finish = d.finish_reason
             chunk: Json = {
                 **head,
                 "choices": [_choice(d, req, chat=chat, first=first)],
@@ -351,6 +455,8 @@ async def _sse(
             first = False
             generated = d.num_generated
             yield f"data: {json.dumps(chunk)}\n\n"
+    if finish is None:
+        return  # the engine crashed: no usage, no [DONE]
     if req.include_usage:
         final = {**head, "choices": [], "usage": _usage(p, generated)}
         yield f"data: {json.dumps(final)}\n\n"
@@ -380,7 +486,11 @@ def _full_response(parts: list[Delta], req: GenerateRequest, head: Json, *, chat
 
 
 def build_app(
-    config: EngineConfig, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    config: EngineConfig,
+    *,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    spin_s: float = WAKE_SPIN_S,
 ) -> Starlette:
     """A Starlette app serving one emulated instance; `app.state.engine` is the EmulatedEngine."""
-    return EmulatedEngine(config, clock=clock, sleep=sleep).app()
+    return EmulatedEngine(config, clock=clock, sleep=sleep, spin_s=spin_s).app()

@@ -110,6 +110,11 @@ class Instance:
         self._step = 0
         self._last_step_end_s = 0.0
         self._waiting: deque[Sequence] = deque()
+        # Sums over the waiting queue (blocks, tokens, tokens^2 / 2), kept as it changes: policies
+        # read them at every arrival and tick, and queues grow long past saturation.
+        self._wait_blocks = 0
+        self._wait_tokens = 0
+        self._wait_pairs = 0.0
         self._running: dict[int, Sequence] = {}  # admission order
         self._prefilling: list[Sequence] = []
         self._decode = DecodeSet(self._bs)
@@ -176,8 +181,7 @@ class Instance:
 
     def waiting_demand_blocks(self) -> int:
         """Blocks the waiting queue will need for its prompts (Llumnix counts queued demand)."""
-        bs = self._bs
-        return sum(-(-s.prefill_target_tokens // bs) for s in self._waiting)
+        return self._wait_blocks
 
     def pending_prefill(self) -> tuple[int, float]:
         """(tokens, attention pairs) still to prefill: queued prompts and unfinished chunks.
@@ -186,12 +190,8 @@ class Instance:
         causal prefill attention scales with. A gateway knows the same from prompt lengths and
         the tokens streamed so far.
         """
-        tokens = 0
-        pairs = 0.0
-        for seq in self._waiting:
-            r = seq.prefill_target_tokens
-            tokens += r
-            pairs += r * r / 2
+        tokens = self._wait_tokens
+        pairs = self._wait_pairs
         for seq in self._prefilling:
             r = seq.prefill_target_tokens - seq.computed_tokens
             tokens += r
@@ -213,6 +213,7 @@ class Instance:
         seq.order = self._next_order()
         seq.instances.append(self.instance_id)
         self._waiting.append(seq)
+        self._count_waiting(seq, 1)
 
     def reserve(self, blocks: int, *, slot: bool = True) -> bool:
         """Hold `blocks` (and a sequence slot) for an incoming KV migration; False if no room."""
@@ -258,6 +259,7 @@ class Instance:
         self._require_boundary("detach")
         if seq.state is SeqState.WAITING:
             self._waiting.remove(seq)
+            self._count_waiting(seq, -1)
         else:
             self._drop_running(seq)
         seq.state = SeqState.DETACHED
@@ -308,6 +310,7 @@ class Instance:
                 if blocks > free:
                     break  # head-of-line: FCFS never skips the head
                 self._waiting.popleft()
+                self._count_waiting(seq, -1)
                 free -= blocks
                 seq.blocks = blocks
                 self._explicit_blocks += blocks
@@ -399,7 +402,23 @@ class Instance:
             self._finish(seq, end, finished)
         return StepResult(end_s=end, first_tokens=tuple(first_tokens), finished=tuple(finished))
 
+    def check_counters(self) -> None:
+        """The waiting-queue sums equal a recount (the simulator's invariant check calls it)."""
+        q = list(self._waiting)
+        blocks = sum(-(-s.prefill_target_tokens // self._bs) for s in q)
+        tokens = sum(s.prefill_target_tokens for s in q)
+        pairs = sum(s.prefill_target_tokens**2 / 2 for s in q)
+        if (blocks, tokens) != (self._wait_blocks, self._wait_tokens) or abs(
+            pairs - self._wait_pairs
+        ) > 1e-6 * (1.0 + pairs):
+            raise InvariantError(f"instance {self.instance_id}: waiting-queue sums drifted")
+
     # ---- internals --------------------------------------------------------------------------
+    def _count_waiting(self, seq: Sequence, sign: int) -> None:
+        r = seq.prefill_target_tokens
+        self._wait_blocks += sign * -(-r // self._bs)
+        self._wait_tokens += sign * r
+        self._wait_pairs += sign * r * r / 2
     def _next_order(self) -> int:
         self._order += 1
         return self._order
@@ -497,4 +516,5 @@ class Instance:
         seq.preemptions += 1
         self.num_preemptions += 1
         self._waiting.appendleft(seq)
+        self._count_waiting(seq, 1)
         return freed

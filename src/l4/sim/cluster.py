@@ -318,6 +318,7 @@ class Simulation:
         for inst in self.instances:
             if inst.free_blocks() < 0:
                 raise InvariantError(f"instance {inst.instance_id} holds more KV than it has")
+            inst.check_counters()
             for seq in inst.waiting():
                 place(seq, f"waiting at {inst.instance_id}")
             for seq in inst.running():

@@ -1,0 +1,199 @@
+"""The experiment suite's harness on a tiny configuration: the report's tables hold the numbers
+of the runs, every table is captioned, a rerun is served from the cache, bad arguments exit 2."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from l4.report import format_seconds
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _import(name: str) -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+lib = _import("_experiments_lib")
+experiments = _import("experiments")
+
+# Two instances of the 8B profile serve the Azure chat trace up to a few times its own rate, so
+# the capacity search starting at x4 brackets quickly; both roles are played by baselines.
+TINY = lib.Scenario(
+    name="tiny",
+    title="Tiny: Azure chat on 2 x Llama-3.1-8B",
+    trace="azure-conv",
+    profile="h100-llama-3.1-8b",
+    num_instances=2,
+    rate_scales=(2.0,),
+    quick_rate_scales=(2.0,),
+    capacity_start_scale=4.0,
+    extra_mechanisms=(lib.REPLAY,),
+)
+ROLES = lib.Roles(
+    subject="least_load",
+    baselines=("round_robin", "random"),
+    balance_pair=("least_load", "round_robin"),
+    refinement=("least_load", "round_robin"),
+    migrating=("least_load",),
+)
+
+
+def _plan() -> Any:
+    return lib.Plan(
+        scenarios=(TINY,),
+        policies=("round_robin", "random", "least_load"),
+        missing_policies=("l4",),
+        roles=ROLES,
+        seeds=(0,),
+        alphas=(None, 0.0),
+        duration_s=10.0,
+        quick=True,
+        capacity=True,
+        capacity_iterations=1,
+        goodput_target=0.9,
+        slo_scale=5.0,
+        code="test",
+    )
+
+
+def _run(cache_path: Path) -> Any:
+    plan = _plan()
+    return lib.execute(plan, lib.RunCache(cache_path), 1, lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, str, Any]:
+    root = tmp_path_factory.mktemp("suite")
+    data = _run(root / "runs.jsonl")
+    out = root / "results.md"
+    # Plots are left out: matplotlib would take most of the test's time (plot_sweep is tested
+    # in test_report.py).
+    experiments.write_report(data, out, {"command": "test"}, plots=False)
+    report = json.loads((root / "results" / "results.json").read_text())
+    return data, root, out.read_text(), report
+
+
+def _e2e_mean(data: Any, policy: str, alpha: float | None) -> float:
+    plan = data.plan
+    cell = lib.Cell(scenario=TINY, alpha=alpha, mechanism=lib.KV_TRANSFER, policy=policy)
+    record = data.records[plan.spec(cell, 2.0, 0).key_id()]
+    value = record["summary"]["e2e_s"]["mean"]
+    assert isinstance(value, float)
+    return value
+
+
+def test_versus_table_holds_the_runs_numbers(suite: Any) -> None:
+    data, _, md, _ = suite
+    assert not data.failures
+    for alpha, label in ((None, "calibrated"), (0.0, "0")):
+        ll = _e2e_mean(data, "least_load", alpha)
+        best, name = min((_e2e_mean(data, b, alpha), b) for b in ("round_robin", "random"))
+        section = md.split(f"#### least_load vs the best baseline (alpha={label})")[1]
+        row = next(line for line in section.splitlines() if line.startswith("| x2 |"))
+        mean_e2e = row.split(" | ")[2]
+        assert mean_e2e == (
+            f"{(ll / best - 1) * 100:+.1f}% ({format_seconds(ll)} vs {format_seconds(best)} {name})"
+        )
+
+
+def test_capacity_is_the_bracketed_rate(suite: Any) -> None:
+    _, _, md, report = suite
+    (scenario,) = report["scenarios"]
+    rows = {(c["policy"], c["alpha"], c["mechanism"]): c for c in scenario["capacity"]}
+    assert set(rows) == {
+        ("round_robin", "calibrated", "kv-transfer"),
+        ("random", "calibrated", "kv-transfer"),
+        ("random", "0", "kv-transfer"),
+        ("least_load", "calibrated", "kv-transfer"),
+        ("least_load", "calibrated", "replay"),
+        ("round_robin", "0", "kv-transfer"),
+        ("least_load", "0", "kv-transfer"),
+        ("least_load", "0", "replay"),
+    }
+    for row in rows.values():
+        (found,) = row["per_seed"]
+        capacity = found["rate_scale"]
+        probes = dict(found["probes"])
+        assert probes[capacity] >= 0.9
+        assert any(s > capacity and a < 0.9 for s, a in probes.items())
+        assert row["rate_scale"]["median"] == capacity
+    capacity = rows[("least_load", "calibrated", "kv-transfer")]["rate_scale"]["median"]
+    table = md.split("#### Capacity")[1]
+    assert re.search(rf"\| least_load \| x{capacity:.3g} \|", table)
+
+
+def test_every_section_and_every_table_captioned(suite: Any) -> None:
+    _, _, md, report = suite
+    for heading in (
+        "## The paper's claims next to our measurements",
+        "## Scenario 1: Tiny",
+        "#### Balance: output-token CV",
+        "#### Refinement ablation",
+        "#### Migration mechanisms: kv-transfer, replay",
+        "Not registered in this build, so not measured:** `l4`",
+    ):
+        assert heading in md
+    lines = md.splitlines()
+    tables = [i for i, line in enumerate(lines) if line.startswith("|---")]
+    assert len(tables) > 20
+    for i in tables:
+        end = next(j for j in range(i, len(lines)) if not lines[j].startswith("|"))
+        assert lines[end] == ""
+        caption = lines[end + 1]
+        for key in ("trace=azure-conv", "instances=2", "profile=h100-llama-3.1-8b", "alpha="):
+            assert key in caption
+        assert "seeds=0" in caption and "duration=" in caption and "rate=" in caption
+    claims = {c["key"]: c for c in report["claims"]["rows"]}
+    assert claims["e2e_mean"]["paper"].startswith("67%")
+    ll = _e2e_mean(suite[0], "least_load", None)
+    best = min(_e2e_mean(suite[0], b, None) for b in ("round_robin", "random"))
+    assert claims["e2e_mean"]["values"]["calibrated"]["median"] == pytest.approx(ll / best - 1)
+
+
+def test_rerun_is_served_from_the_cache(suite: Any) -> None:
+    data, root, _, _ = suite
+    again = _run(root / "runs.jsonl")
+    assert again.simulated == 0
+    assert again.records == data.records
+    assert again.capacity == data.capacity
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert experiments.main(["--scenarios", "nope", "--out", str(tmp_path / "r.md")]) == 2
+    assert "unknown scenario 'nope'" in capsys.readouterr().err
+    assert experiments.main(["--out", str(tmp_path / "r.txt")]) == 2
+    assert ".md" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        experiments.main(["--jobs", "0"])
+    assert exit_.value.code == 2
+    assert "--jobs" in capsys.readouterr().err
+
+
+def test_a_run_past_the_wall_limit_is_reported_and_retried_with_more_time(tmp_path: Path) -> None:
+    plan = replace(_plan(), capacity=False, policies=("round_robin",), alphas=(None,))
+    cache = tmp_path / "runs.jsonl"
+    slow = lib.execute(plan, lib.RunCache(cache), 1, lambda *_: None, timeout_s=1e-9)
+    assert slow.records == {}
+    assert [error for _, error in slow.failures] == [
+        "RunTooSlowError: stopped after 1e-09 s of wall time (--run-timeout)"
+    ]
+    same = lib.execute(plan, lib.RunCache(cache), 1, lambda *_: None, timeout_s=1e-9)
+    assert same.simulated == 0 and same.failures == slow.failures
+    experiments.write_report(same, tmp_path / "r.md", {}, plots=False)
+    md = (tmp_path / "r.md").read_text()
+    assert "| round_robin | failed (see Failed runs) |" in md
+    assert "* `tiny round_robin x2 seed=0 alpha=calibrated kv-transfer`: RunTooSlowError" in md
+    more = lib.execute(plan, lib.RunCache(cache), 1, lambda *_: None, timeout_s=None)
+    assert more.simulated == 1 and not more.failures and len(more.records) == 1
