@@ -419,6 +419,7 @@ class Instance:
         self._wait_blocks += sign * -(-r // self._bs)
         self._wait_tokens += sign * r
         self._wait_pairs += sign * r * r / 2
+
     def _next_order(self) -> int:
         self._order += 1
         return self._order
