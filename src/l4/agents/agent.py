@@ -267,6 +267,9 @@ class InstanceAgent:
         n, _, longest = view.decode_length_stats()
         if n == 0 or longest - 1 < hi:  # the stats count the token the next step adds
             return
+        # A stage that could not take a request this tick cannot take a longer one either: past
+        # saturation, asking it again for each waiting hand-off only burns messages.
+        refused: dict[int, int] = {}  # stage -> shortest length it refused this tick
         for seq in view.running():
             if seq.state is not SeqState.DECODE or seq.request_id in self._moving:
                 continue
@@ -274,7 +277,10 @@ class InstanceAgent:
             if length < hi:
                 continue
             target = self.table.stage_of(length)
-            self._hand_off(view, seq, length, target, TradeKind.CASCADE, now_s, new_ask_id)
+            if length >= refused.get(target, 1 << 62):
+                continue
+            if not self._hand_off(view, seq, length, target, TradeKind.CASCADE, now_s, new_ask_id):
+                refused[target] = min(length, refused.get(target, 1 << 62))
 
     def _drain(self, view: InstanceView, now_s: float, new_ask_id: _AskIds) -> None:
         mine = self.stage

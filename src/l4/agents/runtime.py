@@ -131,20 +131,9 @@ class L4Runtime:
         # The count and memory ablations keep the DP's stage sizes but place the boundaries by
         # their own rule from the start, so they differ from l4 only in where boundaries sit.
         for k in range(1, table.num_stages):
-            lo, cur, hi = self._indices(table, k)
-            target = next_boundary(
-                workload,
-                self.model,
-                self.config.rule,
-                self.config.refinement,
-                lo=lo,
-                current=cur,
-                hi=hi,
-                n_lo=len(table.members(k - 1)),
-                n_hi=len(table.members(k)),
-                requests_seen=0,
-                unlimited=True,
-            )
+            target = self._boundary_target(workload, table, k, requests_seen=0, unlimited=True)
+            if target is None:
+                continue
             moved = table.with_move(k, self.grid.edges_tokens[target])
             table = moved if moved is not None else table
         return table
@@ -310,6 +299,33 @@ class L4Runtime:
                 self.bus.send(d_, report)
         self.bus.flush()
 
+    def _boundary_target(
+        self,
+        summary: WorkloadSummary,
+        table: StageTable,
+        k: int,
+        *,
+        requests_seen: int,
+        unlimited: bool = False,
+    ) -> int | None:
+        """Grid index boundary k should take under the configured rule; None if off the grid."""
+        lo, cur, hi = self._indices(table, k)
+        if not lo < cur < hi:
+            return None  # a boundary off the grid (set by hand): refinement leaves it alone
+        return next_boundary(
+            summary,
+            self.model,
+            self.config.rule,
+            self.config.refinement,
+            lo=lo,
+            current=cur,
+            hi=hi,
+            n_lo=len(table.members(k - 1)),
+            n_hi=len(table.members(k)),
+            requests_seen=requests_seen,
+            unlimited=unlimited,
+        )
+
     def _indices(self, table: StageTable, k: int) -> tuple[int, int, int]:
         """Grid indices of boundaries k-1, k and k+1 (0 and K at the ends)."""
         b = table.boundaries_tokens
@@ -355,22 +371,9 @@ class L4Runtime:
             summary = self._combined(reports)
             if summary is None or not summary.decode_steps.sum() > 0:
                 continue
-            lo, cur, hi = self._indices(table, k)
-            if not lo < cur < hi:
-                continue  # a boundary off the grid (set by hand): refinement leaves it alone
-            target = next_boundary(
-                summary,
-                self.model,
-                self.config.rule,
-                self.config.refinement,
-                lo=lo,
-                current=cur,
-                hi=hi,
-                n_lo=len(table.members(k - 1)),
-                n_hi=len(table.members(k)),
-                requests_seen=sum(r.requests_seen for r in reports),
-            )
-            if target == cur:
+            seen = sum(r.requests_seen for r in reports)
+            target = self._boundary_target(summary, table, k, requests_seen=seen)
+            if target is None or target == self._indices(table, k)[1]:
                 continue
             move = BoundaryMove(
                 index=k,
