@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from _experiments_lib import (
     ALPHAS,
@@ -50,6 +49,7 @@ from _experiments_lib import (
     metric,
     stat,
 )
+from l4.cliargs import OneLineParser, non_negative_float, positive_float, positive_int
 from l4.errors import L4Error, UnknownNameError, ValidationError
 from l4.policies.base import policy_names
 from l4.report import format_seconds, plot_sweep
@@ -65,43 +65,8 @@ GOODPUT_TARGET = 0.9
 SLO_SCALE = 5.0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="experiments.py",
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -113,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{QUICK['capacity_iterations']} bisection steps (default: 3 seeds, 1200 s, 5 steps)",
     )
     p.add_argument(
-        "--jobs", type=_positive_int, default=os.cpu_count() or 1, help="worker processes"
+        "--jobs", type=positive_int, default=os.cpu_count() or 1, help="worker processes"
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report path (.md)")
     p.add_argument(
@@ -125,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of: {', '.join(Roles().wanted())} "
         "(default: every one of them that is registered)",
     )
-    p.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
-    p.add_argument("--duration", type=_positive_float, help="keep arrivals in the first S s")
-    p.add_argument("--capacity-iterations", type=_positive_int, help="bisection steps")
+    p.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
+    p.add_argument("--duration", type=positive_float, help="keep arrivals in the first S s")
+    p.add_argument("--capacity-iterations", type=positive_int, help="bisection steps")
     p.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     p.add_argument(
         "--run-timeout",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_RUN_TIMEOUT_S,
         help="give up on one run after S s of wall time and report it as failed; "
         "0 = no limit (default: %(default)g)",

@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from l4 import __version__
+from l4.cliargs import OneLineParser, positive_float, positive_int
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile, available_profiles, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
@@ -52,33 +53,6 @@ DEFAULT_DURATION_S = 1200.0
 DEFAULT_RATE_SCALE = 4.0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the full usage is one `--help` away)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def _add_workload_options(p: argparse.ArgumentParser) -> None:
     w = p.add_argument_group("workload")
     w.add_argument(
@@ -87,23 +61,23 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         help=f"bundled trace ({', '.join(bundled_traces())}) or a JSONL/CSV path with "
         "arrival_s,input_tokens,output_tokens (default: %(default)s)",
     )
-    w.add_argument("--rate", type=_positive_float, help="mean arrival rate in requests/s")
+    w.add_argument("--rate", type=positive_float, help="mean arrival rate in requests/s")
     w.add_argument(
         "--rate-scale",
-        type=_positive_float,
+        type=positive_float,
         help="multiply the arrival rate (the trace's own, or --rate) by this factor "
         f"(default: {DEFAULT_RATE_SCALE:g} when neither --rate nor --rate-scale is given, else 1)",
     )
     w.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         help="keep arrivals in the first S seconds "
         f"(default: {DEFAULT_DURATION_S:g} unless --num-requests is given)",
     )
-    w.add_argument("--num-requests", type=_positive_int, help="keep the first N requests")
+    w.add_argument("--num-requests", type=positive_int, help="keep the first N requests")
     w.add_argument(
         "--burstiness",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="Gamma shape of generated inter-arrivals for traces without timestamps "
         "(1 = Poisson, <1 burstier; default: %(default)s)",
@@ -116,7 +90,7 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         help=f"calibration profile ({', '.join(available_profiles())}) or a profile JSON path "
         "(default: %(default)s)",
     )
-    c.add_argument("--instances", type=_positive_int, default=DEFAULT_INSTANCES)
+    c.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES)
     c.add_argument(
         "--alpha",
         type=float,
@@ -129,22 +103,22 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         default=MigrationMechanism.KV_TRANSFER.value,
         help="how policies move running requests (default: %(default)s)",
     )
-    c.add_argument("--max-num-seqs", type=_positive_int, help="vLLM max_num_seqs")
-    c.add_argument("--max-num-batched-tokens", type=_positive_int, help="vLLM token budget/step")
-    c.add_argument("--kv-capacity-tokens", type=_positive_int, help="KV cache size per instance")
+    c.add_argument("--max-num-seqs", type=positive_int, help="vLLM max_num_seqs")
+    c.add_argument("--max-num-batched-tokens", type=positive_int, help="vLLM token budget/step")
+    c.add_argument("--kv-capacity-tokens", type=positive_int, help="KV cache size per instance")
     s = p.add_argument_group("service-level objectives")
     s.add_argument(
         "--slo-scale",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="a request meets its SLOs within S x its unloaded TTFT and TPOT (default: 5)",
     )
-    s.add_argument("--slo-ttft", type=_positive_float, help="absolute TTFT SLO in seconds")
-    s.add_argument("--slo-tpot", type=_positive_float, help="absolute TPOT SLO in seconds")
+    s.add_argument("--slo-ttft", type=positive_float, help="absolute TTFT SLO in seconds")
+    s.add_argument("--slo-tpot", type=positive_float, help="absolute TPOT SLO in seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="l4",
         description="L4: length-aware scheduling for multi-instance LLM serving.",
     )
@@ -175,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workload_options(cap)
     cap.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated policies")
     cap.add_argument("--goodput-target", type=float, default=0.9, help="default: %(default)s")
-    cap.add_argument("--iterations", type=_positive_int, default=6, help="bisection steps")
+    cap.add_argument("--iterations", type=positive_int, default=6, help="bisection steps")
     cap.add_argument("--json", type=Path, help="write the JSON result here")
     cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
     add_plan_parser(sub)

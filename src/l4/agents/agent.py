@@ -163,9 +163,6 @@ class InstanceAgent:
             )
             self.draining = self.draining or self.stage != old
 
-    def load_s(self) -> float:
-        return self._load.load_s(self.view())
-
     def earliest_accept_s(self, view: InstanceView, blocks: int, now_s: float) -> float:
         free = view.free_blocks() - view.waiting_demand_blocks() - self.reserved_blocks()
         if free >= blocks:

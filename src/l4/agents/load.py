@@ -8,7 +8,7 @@ Two parts, both in seconds:
   chunks of prompts being prefilled (a 100K-token prompt half done is most of an instance's
   near future), linear and causal-attention terms both.
 
-``load_s`` = their sum: roughly how long a newcomer waits for its first token. Bids rank by it;
+``Load.total_s`` = their sum: roughly how long a newcomer waits for its first token. Bids rank by it;
 balancing compares the parts separately (queued requests move for ``prefill_s``, decoding ones
 for ``decode_s``).
 """
@@ -61,9 +61,6 @@ class LoadModel:
         )
         tokens, pairs = view.pending_prefill()
         return Load(decode_s=step, prefill_s=self.prefill_s(tokens, pairs))
-
-    def load_s(self, view: InstanceView) -> float:
-        return self.of(view).total_s
 
     def prefill_s(self, tokens: float, pairs: float) -> float:
         return tokens * self._prefill_per_token_s + pairs * self._pair_s

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from l4.core.grid import LengthGrid
-from l4.core.summary import WorkloadSummary, arrival_counts, ema, interval_counts
+from l4.core.summary import WorkloadSummary, ema, summary_from_counts
 from l4.instance.sequence import SeqState, Sequence
 from l4.policies.base import InstanceView
 
@@ -90,23 +90,13 @@ class WindowObserver:
         for rid in gone:
             del self._tracked[rid]
         grid = self.grid
-        arrivals, tokens, tokens_sq = arrival_counts(grid, np.asarray(self._prompts, np.float64))
-        steps, lengths, crossings = interval_counts(
+        window = summary_from_counts(
             grid,
-            np.asarray(starts, np.float64),
-            np.asarray(ends, np.float64),
-            starts_at_prompt=np.asarray(fresh, dtype=bool),
-        )
-        window = WorkloadSummary(
-            grid=grid,
             duration_s=duration,
-            arrivals=arrivals,
-            prompt_tokens=tokens,
-            prompt_tokens_sq=tokens_sq,
-            decode_steps=steps,
-            decode_length_sum=lengths,
-            crossings=crossings,
-            max_length_tokens=float(max(ends, default=0)),
+            prompts=np.asarray(self._prompts, np.float64),
+            starts=np.asarray(starts, np.float64),
+            ends=np.asarray(ends, np.float64),
+            starts_at_prompt=np.asarray(fresh, dtype=bool),
         )
         self._prompts = []
         self._window_start_s = now_s

@@ -276,8 +276,38 @@ def summarize_lengths(
         raise ValidationError("input and output token arrays must be 1-d of equal length")
     if np.any(p < 0) or np.any(o < 0):
         raise ValidationError("token counts must be >= 0")
-    arrivals, tokens, tokens_sq = arrival_counts(grid, p, weights)
-    steps, lengths, crossings = interval_counts(grid, p, p + o, weights)
+    return summary_from_counts(
+        grid,
+        duration_s=duration_s,
+        prompts=p,
+        starts=p,
+        ends=p + o,
+        weights=weights,
+        arrival_batch_excess=arrival_batch_excess,
+    )
+
+
+def summary_from_counts(
+    grid: LengthGrid,
+    *,
+    duration_s: float,
+    prompts: npt.ArrayLike,
+    starts: npt.ArrayLike,
+    ends: npt.ArrayLike,
+    weights: npt.ArrayLike | None = None,
+    starts_at_prompt: npt.ArrayLike | None = None,
+    arrival_batch_excess: float = 0.0,
+) -> WorkloadSummary:
+    """Summary of arrivals with these prompts and of decodes at contexts ``[start, end)``.
+
+    Whole requests pass their prompts as ``starts``; a live window passes what each request
+    decoded in it (``interval_counts`` explains ``starts_at_prompt``). ``weights`` apply to both.
+    """
+    arrivals, tokens, tokens_sq = arrival_counts(grid, prompts, weights)
+    steps, lengths, crossings = interval_counts(
+        grid, starts, ends, weights, starts_at_prompt=starts_at_prompt
+    )
+    e = np.asarray(ends, dtype=np.float64)
     return WorkloadSummary(
         grid=grid,
         duration_s=duration_s,
@@ -287,7 +317,7 @@ def summarize_lengths(
         decode_steps=steps,
         decode_length_sum=lengths,
         crossings=crossings,
-        max_length_tokens=float(np.max(p + o)) if p.size else 0.0,
+        max_length_tokens=float(e.max()) if e.size else 0.0,
         arrival_batch_excess=arrival_batch_excess,
     )
 
