@@ -8,9 +8,9 @@ Two parts, both in seconds:
   chunks of prompts being prefilled (a 100K-token prompt half done is most of an instance's
   near future), linear and causal-attention terms both.
 
-``Load.total_s`` = their sum: roughly how long a newcomer waits for its first token. Bids rank by it;
-balancing compares the parts separately (queued requests move for ``prefill_s``, decoding ones
-for ``decode_s``).
+``Load.total_s`` = their sum: roughly how long a newcomer waits for its first token. Bids rank
+by it; balancing compares the parts separately (queued requests move for ``prefill_s``, decoding
+ones for ``decode_s``).
 """
 
 from __future__ import annotations
