@@ -38,10 +38,15 @@ from l4.metrics import SloConfig
 from l4.sim.capacity import attainment, find_capacity
 from l4.sim.runner import SimConfig, run_policy
 from l4.workload import WorkloadSpec, build_workload
+from l4.workload.traces import resolve_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bump when the way a run is built from its spec changes (the key then changes with it).
-HARNESS_VERSION = 1
+HARNESS_VERSION = 2
+# Seeds of a timestamped trace replay different windows of it (``WorkloadSpec.offset_s``):
+# seed k starts at fraction k * WINDOW_STRIDE (mod 1) of the trace's span. The golden-section
+# stride spreads any number of seeds over the trace, and adding seeds leaves earlier ones alone.
+WINDOW_STRIDE = 0.381966
 
 KV_TRANSFER = MigrationMechanism.KV_TRANSFER.value
 REPLAY = MigrationMechanism.REPLAY.value
@@ -295,6 +300,17 @@ class Plan:
 
 
 @lru_cache(maxsize=16)
+def window_offset_s(trace: str, seed: int) -> float:
+    """Where in a timestamped trace (its own seconds) seed ``seed`` starts; 0 for untimed ones,
+    whose seed draws the arrivals instead."""
+    arrival_s = resolve_trace(trace)[1].arrival_s
+    if arrival_s is None or len(arrival_s) < 2:
+        return 0.0
+    span_s = float(arrival_s[-1] - arrival_s[0])
+    return span_s * ((seed * WINDOW_STRIDE) % 1.0)
+
+
+@lru_cache(maxsize=16)
 def _profile(name: str, alpha: float | None) -> Profile:
     return load_profile(name).with_overrides(alpha=alpha)
 
@@ -324,6 +340,7 @@ def run_spec(spec: RunSpec, timeout_s: float | None = None) -> Record:
                 rate_scale=spec.rate_scale,
                 duration_s=spec.duration_s,
                 seed=spec.seed,
+                offset_s=window_offset_s(sc.trace, spec.seed),
             )
         )
         cfg = SimConfig(

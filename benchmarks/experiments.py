@@ -31,6 +31,7 @@ from _experiments_lib import (
     METRICS,
     ROOT,
     SCENARIOS,
+    WINDOW_STRIDE,
     WORKLOAD_METRICS,
     Cell,
     Plan,
@@ -983,10 +984,12 @@ def section_notes(results: Results) -> list[str]:
     timestamped = [sc.name for sc in plan.scenarios if _timestamped(data, sc)]
     if timestamped and len(plan.seeds) > 1:
         out.append(
-            f"* {', '.join(timestamped)} replay the trace's own timestamps: there the seed "
-            "changes only randomised choices (the `random` policy, seeded tie-breaks), so "
-            "[min–max] shows only their effect. Traces without timestamps draw Poisson "
-            "arrivals from the seed."
+            f"* {', '.join(timestamped)} replay the trace's own timestamps: seed k replays the "
+            f"trace from {WINDOW_STRIDE:g} x k (mod 1) of its span on, wrapping around at its "
+            "end (`l4 simulate --offset`), so seeds are different windows of the trace; where "
+            "the rate multiplier compresses the whole trace into the cut, they are the same "
+            "requests in another order. Traces without timestamps draw Poisson arrivals from "
+            "the seed."
         )
     out.append(
         "* Latencies are over finished requests; the `unfinished requests` tables show where "

@@ -197,3 +197,11 @@ def test_a_run_past_the_wall_limit_is_reported_and_retried_with_more_time(tmp_pa
     assert "* `tiny round_robin x2 seed=0 alpha=calibrated kv-transfer`: RunTooSlowError" in md
     more = lib.execute(plan, lib.RunCache(cache), 1, lambda *_: None, timeout_s=None)
     assert more.simulated == 1 and not more.failures and len(more.records) == 1
+
+
+def test_seeds_of_a_timestamped_trace_are_distinct_windows() -> None:
+    offsets = [lib.window_offset_s("mooncake", seed) for seed in range(4)]
+    assert offsets[0] == 0.0
+    assert len(set(offsets)) == 4 and all(0.0 <= o < 3600.0 for o in offsets)
+    # Untimed traces draw their arrivals from the seed instead.
+    assert lib.window_offset_s("sharegpt", 3) == 0.0

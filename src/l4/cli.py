@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from l4 import __version__
-from l4.cliargs import OneLineParser, positive_float, positive_int
+from l4.cliargs import OneLineParser, non_negative_float, positive_float, positive_int
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile, available_profiles, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
@@ -81,6 +81,14 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         default=1.0,
         help="Gamma shape of generated inter-arrivals for traces without timestamps "
         "(1 = Poisson, <1 burstier; default: %(default)s)",
+    )
+    w.add_argument(
+        "--offset",
+        type=non_negative_float,
+        default=0.0,
+        help="start a timestamped trace S seconds into it (its own time, before --rate-scale) "
+        "and wrap around at its end; windows of a trace are its independent samples "
+        "(default: %(default)s)",
     )
     w.add_argument("--seed", type=int, default=0, help="seed for arrivals and random choices")
     c = p.add_argument_group("cluster")
@@ -200,6 +208,7 @@ def _workload(args: argparse.Namespace, profile: Profile, rate_scale: float | No
             num_requests=args.num_requests,
             seed=args.seed,
             burstiness=args.burstiness,
+            offset_s=args.offset,
         )
     )
 
@@ -214,6 +223,7 @@ def _config(args: argparse.Namespace, cfg: SimConfig, workload: Workload) -> dic
         "profile": cfg.profile.name,
         "alpha": "profile" if args.alpha is None else args.alpha,
         "seed": cfg.seed,
+        "offset_s": args.offset,
         "duration": described.get("duration_s"),
         "requests": len(workload.requests),
         "migration": args.migration,

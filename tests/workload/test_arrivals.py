@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from l4.workload.arrivals import clip_lengths, cut_length, gamma_arrivals, mean_rate_rps, rescale
+from l4.workload.arrivals import (
+    clip_lengths,
+    cut_length,
+    gamma_arrivals,
+    mean_rate_rps,
+    rescale,
+    rotate,
+)
 
 
 def cv(arrivals: np.ndarray) -> float:
@@ -94,3 +101,38 @@ def test_cut_keeps_a_prefix_below_duration(
             assert arrivals[keep] >= duration
     elif count is not None:
         assert keep == min(count, len(arrivals))
+
+
+@given(
+    gaps=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=40),
+    offset=st.floats(0.0, 1000.0),
+)
+def test_rotate_is_a_wrapped_window(gaps: list[float], offset: float) -> None:
+    times = np.cumsum([0.0, *gaps]) + 5.0
+    shifted, order = rotate(times, offset)
+    # A permutation that keeps the trace's cyclic order, from 0 and never going back in time.
+    assert sorted(order.tolist()) == list(range(len(times)))
+    start = int(order[0])
+    assert order.tolist() == [*range(start, len(times)), *range(start)]
+    assert shifted[0] == 0.0 and bool(np.all(np.diff(shifted) >= -1e-9))
+    # Gaps inside the trace are kept; the wrap adds one mean gap.
+    inner = [i for i in range(1, len(order)) if order[i] == order[i - 1] + 1]
+    for i in inner:
+        assert shifted[i] - shifted[i - 1] == pytest.approx(
+            times[order[i]] - times[order[i - 1]], abs=1e-9
+        )
+
+
+def test_rotate_by_zero_or_a_period_is_the_identity() -> None:
+    times = np.array([2.0, 3.0, 3.0, 7.0])
+    period = 5.0 * 4 / 3  # span plus one mean gap
+    for offset in (0.0, period, 2 * period):
+        shifted, order = rotate(times, offset)
+        assert order.tolist() == [0, 1, 2, 3]
+        assert shifted == pytest.approx([0.0, 1.0, 1.0, 5.0])
+
+
+def test_rotate_wraps_with_one_mean_gap() -> None:
+    shifted, order = rotate(np.array([0.0, 1.0, 4.0]), 2.0)  # period 6
+    assert order.tolist() == [2, 0, 1]
+    assert shifted == pytest.approx([0.0, 2.0, 3.0])

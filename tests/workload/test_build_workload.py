@@ -40,6 +40,8 @@ def arrivals(work: Workload) -> np.ndarray:
         ({"num_requests": 0}, "--num-requests must be an integer >= 1, got 0"),
         ({"num_requests": True}, "--num-requests "),
         ({"seed": -1}, "--seed "),
+        ({"offset_s": -1.0}, "--offset "),
+        ({"offset_s": float("nan")}, "--offset "),
         ({"max_context_tokens": 1}, "max_context_tokens "),
         ({"trace": ""}, "--trace "),
     ],
@@ -94,6 +96,32 @@ def test_burstiness_raises_cv_on_untimed_trace() -> None:
 def test_burstiness_rejected_for_timestamped_trace() -> None:
     with pytest.raises(ValidationError, match="--burstiness"):
         build("mooncake", burstiness=0.5)
+
+
+def test_offset_rejected_for_untimed_trace() -> None:
+    with pytest.raises(ValidationError, match="--offset"):
+        build("sharegpt", offset_s=10.0)
+
+
+def test_offset_replays_a_later_window_of_the_trace() -> None:
+    native = build("mooncake")
+    later = build("mooncake", offset_s=1000.0, duration_s=300.0)
+    t = arrivals(native)
+    # The window opens at the first arrival from 1000 s on, which becomes t = 0.
+    t0 = t[t >= 1000.0][0]
+    inside = (t >= t0) & (t < t0 + 300.0)
+    window = [r for r, keep in zip(native.requests, inside, strict=True) if keep]
+    assert [(r.input_tokens, r.output_tokens) for r in later.requests] == [
+        (r.input_tokens, r.output_tokens) for r in window
+    ]
+    assert arrivals(later)[0] == 0.0
+    assert np.allclose(arrivals(later), t[inside] - t0)
+    # Every request once past the end: the window wraps to the trace's beginning.
+    wrapped = build("mooncake", offset_s=3000.0)
+    assert len(wrapped.requests) == len(native.requests)
+    assert sorted((r.input_tokens, r.output_tokens) for r in wrapped.requests) == sorted(
+        (r.input_tokens, r.output_tokens) for r in native.requests
+    )
 
 
 def test_cut_by_duration_after_rescaling_and_by_count() -> None:

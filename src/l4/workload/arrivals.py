@@ -44,6 +44,29 @@ def rescale(
     return times
 
 
+def rotate(arrival_s: FloatArray, offset_s: float) -> tuple[FloatArray, IntArray]:
+    """Replay sorted arrivals from ``offset_s`` into the trace (its own time) and wrap around to
+    its beginning after its end, as if the trace repeated with one mean gap between its last and
+    first arrival. Returns the new arrival times (from 0) and the order of the original requests.
+
+    Windows of a trace are the only independent samples a timestamped trace has: this is what
+    gives its runs a seed."""
+    times: FloatArray = arrival_s - arrival_s[0]
+    n = len(times)
+    period = float(times[-1]) * n / (n - 1) if n > 1 else 0.0
+    if period == 0.0:
+        return times, np.arange(n, dtype=np.int64)
+    offset = offset_s % period
+    start = int(np.searchsorted(times, offset, side="left"))
+    order: IntArray = np.concatenate(
+        (np.arange(start, n, dtype=np.int64), np.arange(0, start, dtype=np.int64))
+    )
+    shifted: FloatArray = np.concatenate(
+        (times[start:] - offset, times[:start] + (period - offset))
+    )
+    return shifted - shifted[0], order
+
+
 def gamma_arrivals(num_requests: int, *, rate_rps: float, shape: float, seed: int) -> FloatArray:
     """Arrivals with i.i.d. Gamma(shape) gaps of mean 1/rate; shape 1 is a Poisson process.
 

@@ -4,8 +4,9 @@ Guarantees: the same spec gives an identical ``Workload``; requests are sorted b
 ``request_id`` 0..n-1; timestamped traces start at t = 0; no request exceeds the context
 (``input_tokens + output_tokens <= max_context_tokens``, both >= 1); a workload is never empty.
 
-Order of operations: arrivals (the trace's own, rescaled, or generated) -> cut (duration, then
-count) -> clip lengths. ``clipped_requests`` therefore counts only the requests kept.
+Order of operations: arrivals (the trace's own from ``offset_s`` on, rescaled, or generated)
+-> cut (duration, then count) -> clip lengths. ``clipped_requests`` therefore counts only the
+requests kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from l4.workload.arrivals import (
     gamma_arrivals,
     mean_rate_rps,
     rescale,
+    rotate,
 )
 from l4.workload.formats import TraceData
 from l4.workload.traces import resolve_trace
@@ -45,6 +47,7 @@ class WorkloadSpec:
     num_requests: int | None = None  # cut: keep the first N
     seed: int = 0
     burstiness: float = 1.0
+    offset_s: float = 0.0  # start this far into a timestamped trace (its own time), wrapping
 
     def __post_init__(self) -> None:
         if not isinstance(self.trace, str) or not self.trace:
@@ -61,6 +64,9 @@ class WorkloadSpec:
         if self.num_requests is not None:
             _check_int("--num-requests", self.num_requests, minimum=1)
         _check_int("--seed", self.seed, minimum=0)
+        ok = isinstance(self.offset_s, int | float) and not isinstance(self.offset_s, bool)
+        if not ok or not math.isfinite(self.offset_s) or self.offset_s < 0:
+            raise ValidationError(f"--offset must be a finite number >= 0, got {self.offset_s!r}")
 
 
 def _check_positive(flag: str, value: object) -> None:
@@ -133,19 +139,29 @@ def workload_from_trace(
 ) -> Workload:
     """The pure part of ``build_workload``: parsed columns + spec -> workload."""
     timestamped = data.arrival_s is not None
+    input_tokens, output_tokens = data.input_tokens, data.output_tokens
     if data.arrival_s is not None:
         if spec.burstiness != 1.0:
             raise ValidationError(
                 f"--burstiness applies to traces without timestamps; trace {name!r} has its own"
             )
+        trace_s = data.arrival_s
+        if spec.offset_s > 0:
+            trace_s, order = rotate(data.arrival_s, spec.offset_s)
+            input_tokens, output_tokens = input_tokens[order], output_tokens[order]
         if spec.rate_rps is not None and mean_rate_rps(data.arrival_s - data.arrival_s[0]) == 0:
             raise ValidationError(
                 f"cannot rescale trace {name!r} to --rate: all its arrivals are at the same time"
             )
-        arrivals = rescale(data.arrival_s, rate_rps=spec.rate_rps, rate_scale=spec.rate_scale)
+        arrivals = rescale(trace_s, rate_rps=spec.rate_rps, rate_scale=spec.rate_scale)
         if not np.isfinite(arrivals[-1]):
             raise ValidationError(f"rescaling trace {name!r} overflows: choose a larger rate")
     else:
+        if spec.offset_s > 0:
+            raise ValidationError(
+                f"--offset applies to timestamped traces; trace {name!r} has no arrival times "
+                "(its arrivals come from --seed)"
+            )
         base_rps = spec.rate_rps if spec.rate_rps is not None else default_rate_rps
         if base_rps is None:
             raise ValidationError(
@@ -164,8 +180,8 @@ def workload_from_trace(
         )
     arrivals = arrivals[:keep]
     inputs, outputs, clipped = clip_lengths(
-        data.input_tokens[:keep],
-        data.output_tokens[:keep],
+        input_tokens[:keep],
+        output_tokens[:keep],
         max_context_tokens=spec.max_context_tokens,
     )
     requests = tuple(
