@@ -18,7 +18,6 @@ one every instance starts in one stage and re-planning splits them when traffic 
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from dataclasses import dataclass, field
 
@@ -27,6 +26,13 @@ import numpy.typing as npt
 
 from l4.agents.agent import AgentConfig, InstanceAgent
 from l4.agents.bus import DropRule, MessageBus
+from l4.agents.leaders import (
+    boundary_target,
+    combine_reports,
+    length_report,
+    propose_plan,
+    stage_indices,
+)
 from l4.agents.load import LoadModel
 from l4.agents.messages import (
     FRONT,
@@ -41,10 +47,10 @@ from l4.agents.messages import (
     TradeKind,
 )
 from l4.agents.observer import WindowObserver
-from l4.agents.refinement import BoundaryRule, RefinementConfig, next_boundary
-from l4.agents.stages import StageTable, reassign
+from l4.agents.refinement import BoundaryRule, RefinementConfig
+from l4.agents.stages import StageTable
 from l4.core.grid import LengthGrid, exponential_grid
-from l4.core.planner import plan_from_costs, plan_stages
+from l4.core.planner import plan_stages
 from l4.core.qoe import MigrationModel, StageModel
 from l4.core.summary import WorkloadSummary, arrival_batch_excess
 from l4.errors import InvariantError, ValidationError
@@ -131,7 +137,16 @@ class L4Runtime:
         # The count and memory ablations keep the DP's stage sizes but place the boundaries by
         # their own rule from the start, so they differ from l4 only in where boundaries sit.
         for k in range(1, table.num_stages):
-            target = self._boundary_target(workload, table, k, requests_seen=0, unlimited=True)
+            target = boundary_target(
+                workload,
+                self.model,
+                table,
+                k,
+                rule=self.config.rule,
+                config=self.config.refinement,
+                requests_seen=0,
+                unlimited=True,
+            )
             if target is None:
                 continue
             moved = table.with_move(k, self.grid.edges_tokens[target])
@@ -276,86 +291,24 @@ class L4Runtime:
             summary = a.observer.close(a.view(), now_s)
             if summary is None:
                 continue
-            d = summary.duration_s
-            report = LengthReport(
+            report = length_report(
+                summary,
                 sender=a.instance_id,
                 stage=a.stage,
-                arrivals=tuple((summary.arrivals / d).tolist()),
-                prompt_tokens=tuple((summary.prompt_tokens / d).tolist()),
-                prompt_tokens_sq=tuple((summary.prompt_tokens_sq / d).tolist()),
-                decode_steps=tuple((summary.decode_steps / d).tolist()),
-                decode_length_sum=tuple((summary.decode_length_sum / d).tolist()),
-                crossings=tuple((summary.crossings / d).tolist()),
-                max_length_tokens=summary.max_length_tokens,
                 requests_seen=a.observer.requests_seen,
-                sent_s=now_s,
+                now_s=now_s,
             )
             dests = {self._leader(a.stage)}
             if a.stage > 0:
                 dests.add(self._leader(a.stage - 1))
             if to_coordinator:
                 dests.add(self._leader(0))
-            for d_ in sorted(dests):
-                self.bus.send(d_, report)
+            for d in sorted(dests):
+                self.bus.send(d, report)
         self.bus.flush()
 
-    def _boundary_target(
-        self,
-        summary: WorkloadSummary,
-        table: StageTable,
-        k: int,
-        *,
-        requests_seen: int,
-        unlimited: bool = False,
-    ) -> int | None:
-        """Grid index boundary k should take under the configured rule; None if off the grid."""
-        lo, cur, hi = self._indices(table, k)
-        if not lo < cur < hi:
-            return None  # a boundary off the grid (set by hand): refinement leaves it alone
-        return next_boundary(
-            summary,
-            self.model,
-            self.config.rule,
-            self.config.refinement,
-            lo=lo,
-            current=cur,
-            hi=hi,
-            n_lo=len(table.members(k - 1)),
-            n_hi=len(table.members(k)),
-            requests_seen=requests_seen,
-            unlimited=unlimited,
-        )
-
-    def _indices(self, table: StageTable, k: int) -> tuple[int, int, int]:
-        """Grid indices of boundaries k-1, k and k+1 (0 and K at the ends)."""
-        b = table.boundaries_tokens
-        lo = 0 if k == 1 else self._grid_index(b[k - 2])
-        hi = self.grid.num_buckets if k == len(b) else self._grid_index(b[k])
-        return lo, self._grid_index(b[k - 1]), hi
-
-    def _grid_index(self, tokens: int) -> int:
-        return bisect.bisect_left(self.grid.edges_tokens, tokens)
-
     def _combined(self, reports: list[LengthReport]) -> WorkloadSummary | None:
-        if not reports:
-            return None
-
-        def total(name: str) -> FloatArray:
-            out: FloatArray = np.sum([getattr(r, name) for r in reports], axis=0)
-            return out
-
-        return WorkloadSummary(
-            grid=self.grid,
-            duration_s=1.0,
-            arrivals=total("arrivals"),
-            prompt_tokens=total("prompt_tokens"),
-            prompt_tokens_sq=total("prompt_tokens_sq"),
-            decode_steps=total("decode_steps"),
-            decode_length_sum=total("decode_length_sum"),
-            crossings=np.concatenate(([0.0], total("crossings")[1:])),
-            max_length_tokens=max(r.max_length_tokens for r in reports),
-            arrival_batch_excess=self._batch_excess,
-        )
+        return combine_reports(self.grid, reports, arrival_batch_excess=self._batch_excess)
 
     def _refine(self, now_s: float) -> None:
         """Each leader re-solves its stage's upper boundary, in stage order."""
@@ -371,9 +324,16 @@ class L4Runtime:
             summary = self._combined(reports)
             if summary is None or not summary.decode_steps.sum() > 0:
                 continue
-            seen = sum(r.requests_seen for r in reports)
-            target = self._boundary_target(summary, table, k, requests_seen=seen)
-            if target is None or target == self._indices(table, k)[1]:
+            target = boundary_target(
+                summary,
+                self.model,
+                table,
+                k,
+                rule=self.config.rule,
+                config=self.config.refinement,
+                requests_seen=sum(r.requests_seen for r in reports),
+            )
+            if target is None or target == stage_indices(self.grid, table, k)[0]:
                 continue
             move = BoundaryMove(
                 index=k,
@@ -395,30 +355,15 @@ class L4Runtime:
         summary = self._combined(reports)
         if summary is None or not summary.decode_steps.sum() > 0:
             return
-        table = coordinator.table
-        costs = self.model.cost_table(summary, self._n)
-        new_cost, segments, feasible = plan_from_costs(self.grid, costs)
-        if not feasible:
-            return
-        current = 0.0
-        for s in range(table.num_stages):
-            i = 0 if s == 0 else self._grid_index(table.boundaries_tokens[s - 1])
-            j = (
-                self.grid.num_buckets
-                if s == table.num_stages - 1
-                else self._grid_index(table.boundaries_tokens[s])
-            )
-            current += float(costs.cost[i, j, len(table.members(s)) - 1])
-        if not new_cost < current * (1.0 - self.config.replan_min_gain):
-            return
-        bounds = tuple(self.grid.edges_tokens[i] for _, i, _ in segments[:-1])
-        counts = [n for _, _, n in segments]
-        update = PlanUpdate(
-            version=table.version + 1,
-            boundaries_tokens=bounds,
-            stage_of_instance=reassign(table, counts),
+        update = propose_plan(
+            summary,
+            self.model,
+            coordinator.table,
+            min_gain=self.config.replan_min_gain,
             sender=coordinator.instance_id,
         )
+        if update is None:
+            return
         for dst in (*range(self._n), FRONT):
             self.bus.send(dst, update)
         self.bus.flush()
