@@ -125,7 +125,7 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 BASELINES: tuple[str, ...] = ("round_robin", "least_load", "random", "llumnix", "length_buckets")
-L4_POLICIES: tuple[str, ...] = ("l4", "l4_static", "l4_count", "l4_memory", "l4_rr")
+L4_POLICIES: tuple[str, ...] = ("l4", "l4_static", "l4_count", "l4_memory", "l4_rr", "l4_bids")
 ALPHAS: tuple[float | None, ...] = (None, 0.0)  # None: the profile's measured table
 
 
@@ -139,11 +139,19 @@ class Roles:
     balance_pair: tuple[str, str] = ("l4", "l4_rr")
     # QoE-driven refinement first, then its ablations
     refinement: tuple[str, ...] = ("l4", "l4_static", "l4_count", "l4_memory")
+    # staging itself: L4 against one stage of all instances with the same bids
+    staging: tuple[str, ...] = ("l4", "l4_bids")
     # policies that move running requests: also run with the scenario's extra mechanisms
     migrating: tuple[str, ...] = ("llumnix", *L4_POLICIES)
 
     def wanted(self) -> tuple[str, ...]:
-        names = (*self.baselines, self.subject, *self.balance_pair, *self.refinement)
+        names = (
+            *self.baselines,
+            self.subject,
+            *self.balance_pair,
+            *self.refinement,
+            *self.staging,
+        )
         return tuple(dict.fromkeys(names))
 
 

@@ -587,9 +587,20 @@ def section_balance(results: Results, sc: Scenario) -> list[str]:
 
 
 def section_refinement(results: Results, sc: Scenario) -> list[str]:
+    names = results.plan.roles.refinement
+    return section_ablation(results, sc, f"Refinement ablation: {', '.join(names)}", names)
+
+
+def section_staging(results: Results, sc: Scenario) -> list[str]:
+    names = results.plan.roles.staging
+    title = f"Staging ablation: {' vs '.join(names)} (one stage, the same bids)"
+    return section_ablation(results, sc, title, names)
+
+
+def section_ablation(results: Results, sc: Scenario, title: str, names: Sequence[str]) -> list[str]:
+    """Mean E2E and capacity of ``names``, each against the first of them."""
     plan = results.plan
-    names = plan.roles.refinement
-    out = [f"#### Refinement ablation: {', '.join(names)}", ""]
+    out = [f"#### {title}", ""]
     present = [n for n in names if results.has(n)]
     missing = _missing_note(results, names)
     if missing:
@@ -960,6 +971,7 @@ def render_markdown(
         lines += section_capacity(results, sc)
         lines += section_balance(results, sc)
         lines += section_refinement(results, sc)
+        lines += section_staging(results, sc)
         lines += section_mechanisms(results, sc)
         for alpha in plan.alphas:
             plot = plots.get((sc.name, f"mechanisms-{alpha_label(alpha)}"))

@@ -46,6 +46,7 @@ ROLES = lib.Roles(
     baselines=("round_robin", "random"),
     balance_pair=("least_load", "round_robin"),
     refinement=("least_load", "round_robin"),
+    staging=("least_load", "random"),
     migrating=("least_load",),
 )
 
@@ -141,6 +142,7 @@ def test_every_section_and_every_table_captioned(suite: Any) -> None:
         "## Scenario 1: Tiny",
         "#### Balance: output-token CV",
         "#### Refinement ablation",
+        "#### Staging ablation: least_load vs random",
         "#### Migration mechanisms: kv-transfer, replay",
         "Not registered in this build, so not measured:** `l4`",
     ):

@@ -20,6 +20,7 @@ from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.core.summary import summarize_requests
 from l4.costmodel import StepCostModel
+from l4.errors import ValidationError
 from l4.instance import InstanceConfig
 from l4.instance import Sequence as Seq
 from l4.policies.base import PolicyContext, make_policy
@@ -134,6 +135,17 @@ def test_busy_runs_really_cascade_trade_refine_and_replan() -> None:
     assert sum(outcome.migrations_by_reason.values()) > 0
 
 
+def test_one_stage_trades_but_never_splits_or_cascades() -> None:
+    specs = _workload(7, 300)
+    config = replace(BUSY, staged=False, refine=False, replan=False)
+    policy = L4Runtime(_ctx(4, specs, MigrationMechanism.KV_TRANSFER, True), config)
+    outcome, sim = _run(specs, policy, 4, MigrationMechanism.KV_TRANSFER)
+    reasons = {r for r, *_ in sim.log}
+    assert policy.table.num_stages == 1 and policy.replans == 0 and policy.boundary_moves == 0
+    assert "balance" in reasons and "cascade" not in reasons
+    assert all(r.finish_s is not None for r in outcome.records)
+
+
 def test_refinement_moves_boundaries_planned_for_another_workload() -> None:
     specs = _workload(9, 300)
     config = replace(BUSY, replan=False)
@@ -168,7 +180,7 @@ def test_lost_awards_and_declines_never_leak_reservations() -> None:
     assert sum(a.stats.get("reservations_expired", 0) for a in policy.agents) > 0
 
 
-@pytest.mark.parametrize("name", ["l4", "l4_static", "l4_count", "l4_memory", "l4_rr"])
+@pytest.mark.parametrize("name", ["l4", "l4_static", "l4_count", "l4_memory", "l4_rr", "l4_bids"])
 def test_one_instance_behaves_exactly_like_a_lone_instance(name: str) -> None:
     specs = _workload(5, 150)
     ctx = _ctx(1, specs, MigrationMechanism.KV_TRANSFER, True)
@@ -212,8 +224,12 @@ def test_same_inputs_same_run() -> None:
 def test_ablations_are_registered_with_their_settings() -> None:
     specs = _workload(1, 50)
     ctx = _ctx(4, specs, MigrationMechanism.KV_TRANSFER, True)
-    made = {n: make_policy(n, ctx) for n in ("l4", "l4_static", "l4_count", "l4_memory", "l4_rr")}
+    names = ("l4", "l4_static", "l4_count", "l4_memory", "l4_rr", "l4_bids")
+    made = {n: make_policy(n, ctx) for n in names}
     cfg = {n: p.config for n, p in made.items() if isinstance(p, L4Runtime)}
     assert cfg["l4_static"].refine is False and cfg["l4_static"].replan is False
     assert cfg["l4_rr"].agent.use_bids is False
+    assert cfg["l4_bids"].staged is False
+    with pytest.raises(ValidationError, match="one stage"):
+        L4Config(staged=False)
     assert cfg["l4"] == replace(L4Config())

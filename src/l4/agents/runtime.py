@@ -63,6 +63,9 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class L4Config:
+    # False: every instance in one stage for the whole run (no DP plan, refinement or re-plan),
+    # leaving bid-ask placement and balancing: the ablation that separates bidding from staging.
+    staged: bool = True
     rule: BoundaryRule = BoundaryRule.QOE
     refine: bool = True
     replan: bool = True
@@ -76,6 +79,8 @@ class L4Config:
             raise ValidationError("re-plan period must be > 0 s")
         if not 0 <= self.replan_min_gain < 1:
             raise ValidationError("re-plan gain must lie in [0, 1)")
+        if not self.staged and (self.refine or self.replan):
+            raise ValidationError("one stage (staged=False) neither refines nor re-plans")
 
 
 class L4Runtime:
@@ -129,7 +134,7 @@ class L4Runtime:
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
 
     def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
-        if workload is None:
+        if workload is None or not self.config.staged:
             return StageTable.single(self._n)
         table = StageTable.from_plan(plan_stages(workload, self.model, self._n))
         if self.config.rule is BoundaryRule.QOE:

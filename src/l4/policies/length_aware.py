@@ -5,9 +5,11 @@
 * ``l4_count``   boundaries placed and refined to equalise running requests per instance.
 * ``l4_memory``  boundaries placed and refined to equalise KV tokens held per instance.
 * ``l4_rr``      ``l4`` with round robin instead of bids inside stages (and no balancing asks).
+* ``l4_bids``    one stage of all instances: bid-ask placement and balancing without staging.
 
 The count and memory ablations keep the DP's stage sizes and skip the QoE re-plan, so they differ
-from ``l4`` in the boundary rule only (plus re-planning, which ``l4_static`` isolates).
+from ``l4`` in the boundary rule only (plus re-planning, which ``l4_static`` isolates). ``l4_bids``
+versus ``l4`` is what staging itself gains or loses.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ VARIANTS: dict[str, L4Config] = {
     "l4_count": L4Config(rule=BoundaryRule.COUNT, replan=False),
     "l4_memory": L4Config(rule=BoundaryRule.MEMORY, replan=False),
     "l4_rr": L4Config(agent=AgentConfig(use_bids=False, balance=False)),
+    "l4_bids": L4Config(staged=False, refine=False, replan=False),
 }
 
 
