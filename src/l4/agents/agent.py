@@ -264,9 +264,7 @@ class InstanceAgent:
         n, _, longest = view.decode_length_stats()
         if n == 0 or longest - 1 < hi:  # the stats count the token the next step adds
             return
-        # A stage that could not take a request this tick cannot take a longer one either: past
-        # saturation, asking it again for each waiting hand-off only burns messages.
-        refused: dict[int, int] = {}  # stage -> shortest length it refused this tick
+        refused: dict[int, int] = {}
         for seq in view.running():
             if seq.state is not SeqState.DECODE or seq.request_id in self._moving:
                 continue
@@ -274,15 +272,15 @@ class InstanceAgent:
             if length < hi:
                 continue
             target = self.table.stage_of(length)
-            if length >= refused.get(target, 1 << 62):
-                continue
-            if not self._hand_off(view, seq, length, target, TradeKind.CASCADE, now_s, new_ask_id):
-                refused[target] = min(length, refused.get(target, 1 << 62))
+            self._hand_off_unless_refused(
+                view, seq, length, target, TradeKind.CASCADE, refused, now_s, new_ask_id
+            )
 
     def _drain(self, view: InstanceView, now_s: float, new_ask_id: _AskIds) -> None:
         mine = self.stage
         lo, _ = self.table.bounds(mine)
         left = 0
+        refused: dict[int, int] = {}
         for seq in [*view.waiting(), *view.running()]:
             length = view.length_of(seq)
             target = self.table.stage_of(length)
@@ -293,7 +291,9 @@ class InstanceAgent:
             if seq.state is SeqState.PREFILL:
                 left += 1  # moves once it decodes (or finishes here)
                 continue
-            if not self._hand_off(view, seq, length, target, TradeKind.DRAIN, now_s, new_ask_id):
+            if not self._hand_off_unless_refused(
+                view, seq, length, target, TradeKind.DRAIN, refused, now_s, new_ask_id
+            ):
                 left += 1
         self.draining = left > 0 or any(
             view.length_of(s) < lo for s in view.running() if s.state is SeqState.DECODE
@@ -362,6 +362,28 @@ class InstanceAgent:
     # ---- trades -------------------------------------------------------------------------------
     def _blocks(self, length: int) -> int:
         return -(-(length + 1) // self._bs)
+
+    def _hand_off_unless_refused(
+        self,
+        view: InstanceView,
+        seq: Sequence,
+        length: int,
+        target_stage: int,
+        kind: TradeKind,
+        refused: dict[int, int],
+        now_s: float,
+        new_ask_id: _AskIds,
+    ) -> bool:
+        """``_hand_off`` unless ``target_stage`` refused a request no longer than ``seq`` this
+        tick (``refused``: stage -> shortest length it refused). Bids accept by free KV blocks, so
+        a stage that could not take a request cannot take a longer one: past saturation, asking
+        it again for every waiting hand-off only burns messages."""
+        if length >= refused.get(target_stage, 1 << 62):
+            return False
+        if self._hand_off(view, seq, length, target_stage, kind, now_s, new_ask_id):
+            return True
+        refused[target_stage] = length
+        return False
 
     def _hand_off(
         self,
