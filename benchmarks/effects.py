@@ -194,17 +194,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (argparse.ArgumentTypeError, ValueError) as exc:
         print(f"effects.py: error: --rate-scales: {exc}", file=sys.stderr)
         return 2
-    jobs = [
-        Job(
+
+    def job(rate: float, env: str, policy: str, window: int) -> Job:
+        return Job(
             trace=args.trace,
             profile=args.profile,
             instances=args.instances,
             rate_scale=rate,
             duration_s=args.duration,
-            window=w,
+            window=window,
             environment=env,
             policy=policy,
         )
+
+    jobs = [
+        job(rate, env, policy, w)
         for rate in rates
         for env in ENVIRONMENTS
         for policy in POLICIES
@@ -214,11 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[Job, dict[str, object]] = {}
     try:
         with ProcessPoolExecutor(args.jobs) as pool:
-            for i, (job, res) in enumerate(zip(jobs, pool.map(run, jobs), strict=True), 1):
-                results[job] = res
+            for i, (done, res) in enumerate(zip(jobs, pool.map(run, jobs), strict=True), 1):
+                results[done] = res
                 print(
-                    f"[{i}/{len(jobs)}, {time.perf_counter() - t0:.0f} s] x{job.rate_scale:g} "
-                    f"{job.environment} {job.policy} window {job.window}: "
+                    f"[{i}/{len(jobs)}, {time.perf_counter() - t0:.0f} s] x{done.rate_scale:g} "
+                    f"{done.environment} {done.policy} window {done.window}: "
                     f"{float(res['wall_s']):.1f} s",  # type: ignore[arg-type]
                     file=sys.stderr,
                 )
@@ -229,17 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def point(rate: float, env: str, policy: str, part: str, metric: str) -> float | None:
         values = []
         for w in range(args.windows):
-            job = Job(
-                trace=args.trace,
-                profile=args.profile,
-                instances=args.instances,
-                rate_scale=rate,
-                duration_s=args.duration,
-                window=w,
-                environment=env,
-                policy=policy,
-            )
-            block = results[job].get(part)
+            block = results[job(rate, env, policy, w)].get(part)
             values.append(block.get(metric) if isinstance(block, dict) else None)
         return _median(values)
 

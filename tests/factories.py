@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
+from l4.core.grid import LengthGrid
+from l4.core.summary import WorkloadSummary, summarize_lengths
 from l4.costmodel import (
     AlphaTable,
     DecodeAttention,
@@ -65,3 +69,13 @@ def req(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
     )
+
+
+def log_uniform_summary(
+    grid: LengthGrid, seed: int, n: int = 400, rate: float = 4.0
+) -> WorkloadSummary:
+    """``n`` requests with log-uniform prompts (100..60K tokens) and 10..800 outputs at ``rate``."""
+    rng = np.random.default_rng(seed)
+    prompts = np.exp(rng.uniform(np.log(100), np.log(60_000), n)).astype(int)
+    outputs = rng.integers(10, 800, n)
+    return summarize_lengths(grid, input_tokens=prompts, output_tokens=outputs, duration_s=n / rate)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from factories import log_uniform_summary
 from l4.agents.leaders import (
     boundary_target,
     combine_reports,
@@ -21,7 +22,7 @@ from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
 from l4.core.planner import plan_from_costs, plan_stages
 from l4.core.qoe import StageModel
-from l4.core.summary import WorkloadSummary, summarize_lengths
+from l4.core.summary import WorkloadSummary
 from l4.costmodel.profile import load_profile
 
 PROFILE = load_profile("h100-llama-3.2-3b")
@@ -30,10 +31,7 @@ GRID = exponential_grid(PROFILE.model.max_context_tokens)
 
 
 def _summary(seed: int, n: int = 400, rate: float = 4.0) -> WorkloadSummary:
-    rng = np.random.default_rng(seed)
-    prompts = np.exp(rng.uniform(np.log(100), np.log(60_000), n)).astype(int)
-    outputs = rng.integers(10, 800, n)
-    return summarize_lengths(GRID, input_tokens=prompts, output_tokens=outputs, duration_s=n / rate)
+    return log_uniform_summary(GRID, seed, n, rate)
 
 
 @settings(max_examples=20, deadline=None)
