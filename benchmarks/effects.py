@@ -31,11 +31,10 @@ from _experiments_lib import window_offset_s
 from l4.cliargs import OneLineParser, positive_float, positive_int
 from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
-from l4.costmodel.step import StepCostModel
 from l4.errors import L4Error
 from l4.instance import InstanceConfig
-from l4.metrics import SloConfig, summarize
-from l4.sim.runner import SimConfig, run_policy
+from l4.metrics import SloConfig
+from l4.sim.runner import SimConfig, run_policy, summarize_outcome
 from l4.workload import WorkloadSpec, build_workload
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,28 +98,14 @@ def run(job: Job) -> dict[str, object]:
     result = run_policy(cfg, workload, job.policy)
     out: dict[str, object] = {"wall_s": time.perf_counter() - t0}
     out["all"] = _metrics(result.summary)
-    outcome = result.outcome
-    budget = cfg.instance_config.max_num_batched_tokens
-    step = StepCostModel(cfg.profile)
     for name, lo, hi in CLASSES:
         part = [
             r
-            for r in outcome.records
+            for r in result.outcome.records
             if r.input_tokens >= lo and (hi is None or r.input_tokens < hi)
         ]
-        if not part:
-            continue
-        s = summarize(
-            part,
-            outcome.itl,
-            slo=cfg.slo,
-            unloaded=lambda i, o: step.unloaded_latency_s(i, o, budget),
-            output_tokens_by_group=[],
-            migrations_by_reason={},
-            preemptions=0,
-            sim_wall_s=0.0,
-        )
-        out[name] = _metrics(s)
+        if part:
+            out[name] = _metrics(summarize_outcome(cfg, result.outcome, part))
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from l4.core.grid import exponential_grid
@@ -11,7 +11,7 @@ from l4.core.summary import summarize_workload
 from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.instance.config import InstanceConfig
-from l4.metrics import SloConfig, summarize
+from l4.metrics import RequestRecord, SloConfig, summarize
 from l4.policies.base import PolicyContext, StatsReporter, make_policy
 from l4.sim.cluster import SimOutcome, Simulation
 from l4.workload import Workload
@@ -33,6 +33,30 @@ class PolicyRun:
     policy: str
     summary: dict[str, object]
     outcome: SimOutcome
+
+
+def summarize_outcome(
+    cfg: SimConfig, outcome: SimOutcome, records: Sequence[RequestRecord] | None = None
+) -> dict[str, object]:
+    """The metrics of a run (``l4.metrics.summarize``); latencies and SLOs over ``records`` (a
+    subset, e.g. one length class) when given, counts and balance always over the whole run."""
+    cost = StepCostModel(cfg.profile)
+    budget = cfg.instance_config.max_num_batched_tokens
+
+    def unloaded(input_tokens: int, output_tokens: int) -> tuple[float, float]:
+        return cost.unloaded_latency_s(input_tokens, output_tokens, budget)
+
+    by_instance = outcome.output_tokens_by_instance
+    return summarize(
+        outcome.records if records is None else records,
+        outcome.itl,
+        slo=cfg.slo,
+        unloaded=unloaded,
+        output_tokens_by_group=[[by_instance[i] for i in g] for g in outcome.groups],
+        migrations_by_reason=outcome.migrations_by_reason,
+        preemptions=outcome.preemptions,
+        sim_wall_s=outcome.wall_s,
+    )
 
 
 def run_policy(
@@ -63,22 +87,7 @@ def run_policy(
         cost=cost,
     )
     outcome = sim.run(workload.requests, drain_s=cfg.drain_s, progress=progress)
-    budget = cfg.instance_config.max_num_batched_tokens
-
-    def unloaded(input_tokens: int, output_tokens: int) -> tuple[float, float]:
-        return cost.unloaded_latency_s(input_tokens, output_tokens, budget)
-
-    by_instance = outcome.output_tokens_by_instance
-    summary = summarize(
-        outcome.records,
-        outcome.itl,
-        slo=cfg.slo,
-        unloaded=unloaded,
-        output_tokens_by_group=[[by_instance[i] for i in g] for g in outcome.groups],
-        migrations_by_reason=outcome.migrations_by_reason,
-        preemptions=outcome.preemptions,
-        sim_wall_s=outcome.wall_s,
-    )
+    summary = summarize_outcome(cfg, outcome)
     summary["events"] = outcome.events
     summary["failed_migrations"] = outcome.failed_migrations
     if isinstance(made, StatsReporter):
