@@ -20,6 +20,8 @@ import numpy as np
 from l4.errors import ValidationError
 from l4.request import RequestSpec
 from l4.workload.arrivals import (
+    FloatArray,
+    IntArray,
     clip_lengths,
     cut_length,
     gamma_arrivals,
@@ -138,39 +140,12 @@ def workload_from_trace(
     default_rate_rps: float | None,
 ) -> Workload:
     """The pure part of ``build_workload``: parsed columns + spec -> workload."""
-    timestamped = data.arrival_s is not None
-    input_tokens, output_tokens = data.input_tokens, data.output_tokens
     if data.arrival_s is not None:
-        if spec.burstiness != 1.0:
-            raise ValidationError(
-                f"--burstiness applies to traces without timestamps; trace {name!r} has its own"
-            )
-        trace_s = data.arrival_s
-        if spec.offset_s > 0:
-            trace_s, order = rotate(data.arrival_s, spec.offset_s)
-            input_tokens, output_tokens = input_tokens[order], output_tokens[order]
-        if spec.rate_rps is not None and mean_rate_rps(data.arrival_s - data.arrival_s[0]) == 0:
-            raise ValidationError(
-                f"cannot rescale trace {name!r} to --rate: all its arrivals are at the same time"
-            )
-        arrivals = rescale(trace_s, rate_rps=spec.rate_rps, rate_scale=spec.rate_scale)
-        if not np.isfinite(arrivals[-1]):
-            raise ValidationError(f"rescaling trace {name!r} overflows: choose a larger rate")
+        arrivals, order = _trace_arrivals(data.arrival_s, spec, name)
+        input_tokens, output_tokens = data.input_tokens[order], data.output_tokens[order]
     else:
-        if spec.offset_s > 0:
-            raise ValidationError(
-                f"--offset applies to timestamped traces; trace {name!r} has no arrival times "
-                "(its arrivals come from --seed)"
-            )
-        base_rps = spec.rate_rps if spec.rate_rps is not None else default_rate_rps
-        if base_rps is None:
-            raise ValidationError(
-                f"trace {name!r} has no arrival times (no arrival_s); give a rate with --rate"
-            )
-        rate = base_rps * (spec.rate_scale if spec.rate_scale is not None else 1.0)
-        arrivals = gamma_arrivals(
-            data.num_requests, rate_rps=rate, shape=spec.burstiness, seed=spec.seed
-        )
+        arrivals = _generated_arrivals(data.num_requests, spec, name, default_rate_rps)
+        input_tokens, output_tokens = data.input_tokens, data.output_tokens
 
     keep = cut_length(arrivals, duration_s=spec.duration_s, num_requests=spec.num_requests)
     if keep == 0:
@@ -193,8 +168,46 @@ def workload_from_trace(
     return Workload(
         name=name,
         source=source,
-        timestamped=timestamped,
+        timestamped=data.arrival_s is not None,
         requests=requests,
         mean_rate_rps=mean_rate_rps(arrivals),
         clipped_requests=clipped,
     )
+
+
+def _trace_arrivals(
+    arrival_s: FloatArray, spec: WorkloadSpec, name: str
+) -> tuple[FloatArray, IntArray]:
+    """A timestamped trace's arrivals from ``spec.offset_s`` on, rescaled; and the order of its
+    requests they now come in."""
+    if spec.burstiness != 1.0:
+        raise ValidationError(
+            f"--burstiness applies to traces without timestamps; trace {name!r} has its own"
+        )
+    if spec.rate_rps is not None and mean_rate_rps(arrival_s - arrival_s[0]) == 0:
+        raise ValidationError(
+            f"cannot rescale trace {name!r} to --rate: all its arrivals are at the same time"
+        )
+    times, order = rotate(arrival_s, spec.offset_s)
+    arrivals = rescale(times, rate_rps=spec.rate_rps, rate_scale=spec.rate_scale)
+    if not np.isfinite(arrivals[-1]):
+        raise ValidationError(f"rescaling trace {name!r} overflows: choose a larger rate")
+    return arrivals, order
+
+
+def _generated_arrivals(
+    num_requests: int, spec: WorkloadSpec, name: str, default_rate_rps: float | None
+) -> FloatArray:
+    """Gamma arrivals at the given (or the bundled default) rate, from ``spec.seed``."""
+    if spec.offset_s > 0:
+        raise ValidationError(
+            f"--offset applies to timestamped traces; trace {name!r} has no arrival times "
+            "(its arrivals come from --seed)"
+        )
+    base_rps = spec.rate_rps if spec.rate_rps is not None else default_rate_rps
+    if base_rps is None:
+        raise ValidationError(
+            f"trace {name!r} has no arrival times (no arrival_s); give a rate with --rate"
+        )
+    rate = base_rps * (spec.rate_scale if spec.rate_scale is not None else 1.0)
+    return gamma_arrivals(num_requests, rate_rps=rate, shape=spec.burstiness, seed=spec.seed)
