@@ -23,9 +23,10 @@ from l4.costmodel import StepCostModel
 from l4.errors import ValidationError
 from l4.instance import InstanceConfig
 from l4.instance import Sequence as Seq
-from l4.policies.base import PolicyContext, make_policy
+from l4.policies.base import make_policy
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
+from l4.views import PolicyContext
 
 PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
 GRID = exponential_grid(2048, min_tokens=32)

@@ -184,9 +184,14 @@ def test_models_health_and_metrics(config: EngineConfig) -> None:
         ):
             assert f"{name}{{" in text
         assert 'vllm:prompt_tokens_total{engine="0",model_name="test-model"} 3.0' in text
-        # Every series of every family carries vLLM's two labels.
+        blocks = config.instance_config.num_kv_blocks
+        assert (
+            f'vllm:cache_config_info{{block_size="16",engine="0",'
+            f'kv_cache_size_tokens="{blocks * 16}",num_gpu_blocks="{blocks}"}} 1.0'
+        ) in text
+        # Every series of every family carries vLLM's two labels (but the info gauge, as in vLLM).
         for line in text.splitlines():
-            if line.startswith(("vllm:", "l4:")):
+            if line.startswith(("vllm:", "l4:")) and not line.startswith("vllm:cache_config"):
                 assert 'engine="0"' in line and 'model_name="test-model"' in line, line
 
     with_client(config, body)

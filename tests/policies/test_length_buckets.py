@@ -16,7 +16,7 @@ from l4.costmodel import StepCostModel
 from l4.errors import ValidationError
 from l4.instance import InstanceConfig
 from l4.instance import Sequence as Seq
-from l4.policies.base import PolicyContext, make_policy
+from l4.policies.base import make_policy
 from l4.policies.length_buckets import (
     COLD_START_SPAN_TOKENS,
     BucketPlan,
@@ -28,6 +28,7 @@ from l4.policies.length_buckets import (
 )
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
+from l4.views import PolicyContext
 
 GRID = exponential_grid(2048, min_tokens=16)
 

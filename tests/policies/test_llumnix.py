@@ -12,10 +12,11 @@ from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel import StepCostModel
 from l4.instance import InstanceConfig, SeqState
 from l4.instance import Sequence as Seq
-from l4.policies.base import ClusterView, InstanceView, PolicyContext, make_policy
+from l4.policies.base import make_policy
 from l4.policies.llumnix import Llumnix, LlumnixConfig
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
+from l4.views import ClusterView, InstanceView, PolicyContext
 
 
 def _ctx(

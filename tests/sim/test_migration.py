@@ -13,9 +13,9 @@ from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel import StepCostModel
 from l4.instance import InstanceConfig, SeqState
 from l4.instance import Sequence as Seq
-from l4.policies.base import ClusterView
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
+from l4.views import ClusterView
 
 
 class ChaosPolicy:

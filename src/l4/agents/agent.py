@@ -44,7 +44,7 @@ from l4.agents.observer import WindowObserver
 from l4.agents.stages import StageTable
 from l4.errors import ValidationError
 from l4.instance.sequence import SeqState, Sequence
-from l4.policies.base import ClusterView, InstanceView
+from l4.views import ClusterView, InstanceView
 
 # A bid whose earliest acceptance is this far off still ranks arrivals, but takes no migration.
 NEVER_S = 1e9

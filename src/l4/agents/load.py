@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from l4.costmodel.step import PrefillChunk, StepCostModel
-from l4.policies.base import InstanceView
+from l4.views import InstanceView
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

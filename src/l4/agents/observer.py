@@ -16,7 +16,7 @@ import numpy as np
 from l4.core.grid import LengthGrid
 from l4.core.summary import WorkloadSummary, ema, summary_from_counts
 from l4.instance.sequence import SeqState, Sequence
-from l4.policies.base import InstanceView
+from l4.views import InstanceView
 
 
 @dataclass(slots=True)

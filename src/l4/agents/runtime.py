@@ -55,8 +55,8 @@ from l4.core.qoe import MigrationModel, StageModel
 from l4.core.summary import WorkloadSummary, arrival_batch_excess
 from l4.errors import InvariantError, ValidationError
 from l4.instance.sequence import Sequence
-from l4.policies.base import ClusterView, PolicyContext
 from l4.request import RequestSpec
+from l4.views import ClusterView, PolicyContext
 
 FloatArray = npt.NDArray[np.float64]
 

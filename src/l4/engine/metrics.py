@@ -35,10 +35,31 @@ _LATENESS_BUCKETS = (
 class EngineMetrics:
     """The metric objects of one engine; `registry` is what `/metrics` renders."""
 
-    def __init__(self, model_name: str, engine: int = 0) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        engine: int = 0,
+        *,
+        num_gpu_blocks: int | None = None,
+        block_size_tokens: int = 16,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name", "engine"]
         r = self.registry
+        if num_gpu_blocks is not None:
+            # vLLM's info gauge (value 1): routers read the KV capacity from its labels.
+            cache_labels = ["engine", "block_size", "num_gpu_blocks", "kv_cache_size_tokens"]
+            Gauge(
+                "vllm:cache_config_info",
+                "Information of the LLMEngine CacheConfig",
+                cache_labels,
+                registry=r,
+            ).labels(
+                str(engine),
+                str(block_size_tokens),
+                str(num_gpu_blocks),
+                str(num_gpu_blocks * block_size_tokens),
+            ).set(1)
         self._running = Gauge(
             "vllm:num_requests_running", "Requests in model execution batches.", labels, registry=r
         )

@@ -192,7 +192,12 @@ class EmulatedEngine:
         self.config = config
         self.tokenizer = Tokenizer()
         self.outputs = OutputModel(self.tokenizer)
-        self.metrics = EngineMetrics(config.served_model_name, config.instance_id)
+        self.metrics = EngineMetrics(
+            config.served_model_name,
+            config.instance_id,
+            num_gpu_blocks=config.instance_config.num_kv_blocks,
+            block_size_tokens=config.instance_config.block_size_tokens,
+        )
         faults = config.faults
         instance = Instance(
             config.instance_id, config.instance_config, step_cost(config.profile, faults)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import random
 
-from l4.policies.base import ClusterView, PolicyContext, argmin, one_group, register_policy
+from l4.policies.base import argmin, one_group, register_policy
 from l4.request import RequestSpec
+from l4.views import ClusterView, PolicyContext
 
 
 class RoundRobin:

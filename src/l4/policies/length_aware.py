@@ -19,7 +19,8 @@ from collections.abc import Callable
 from l4.agents.agent import AgentConfig
 from l4.agents.refinement import BoundaryRule
 from l4.agents.runtime import L4Config, L4Runtime
-from l4.policies.base import PolicyContext, register_policy
+from l4.policies.base import register_policy
+from l4.views import PolicyContext
 
 VARIANTS: dict[str, L4Config] = {
     "l4": L4Config(),

@@ -39,8 +39,9 @@ import numpy.typing as npt
 
 from l4.core.summary import WorkloadSummary
 from l4.errors import ValidationError
-from l4.policies.base import ClusterView, PolicyContext, register_policy
+from l4.policies.base import register_policy
 from l4.request import RequestSpec
+from l4.views import ClusterView, PolicyContext
 
 # SGLang's `Bucket::new` starts from `l_max = 4096` prompt characters split evenly over the
 # workers; llm-d estimates 0.25 tokens per character when it has no tokenizer.

@@ -43,8 +43,9 @@ from dataclasses import dataclass
 from l4.errors import ValidationError
 from l4.instance.sequence import SeqState
 from l4.instance.sequence import Sequence as Seq
-from l4.policies.base import ClusterView, InstanceView, PolicyContext, one_group, register_policy
+from l4.policies.base import one_group, register_policy
 from l4.request import RequestSpec
+from l4.views import ClusterView, InstanceView, PolicyContext
 
 MIGRATION_REASON = "llumnix"
 # How long a migration may stay unresolved before its instances are freed again. A completed one

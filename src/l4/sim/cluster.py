@@ -23,9 +23,10 @@ from l4.instance import Instance, InstanceConfig, SeqState
 from l4.instance import Sequence as Seq
 from l4.instance.engine import UNLIMITED_STEPS
 from l4.metrics import ItlRecorder, RequestRecord
-from l4.policies.base import AdmissionObserver, InstanceView, Policy
+from l4.policies.base import AdmissionObserver, Policy
 from l4.request import RequestSpec
 from l4.sim.events import EventQueue
+from l4.views import InstanceView
 
 ProgressFn = Callable[[float], None]
 

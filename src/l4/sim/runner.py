@@ -12,8 +12,9 @@ from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
 from l4.instance.config import InstanceConfig
 from l4.metrics import RequestRecord, SloConfig, summarize
-from l4.policies.base import PolicyContext, StatsReporter, make_policy
+from l4.policies.base import StatsReporter, make_policy
 from l4.sim.cluster import SimOutcome, Simulation
+from l4.views import PolicyContext
 from l4.workload import Workload
 
 
