@@ -20,6 +20,7 @@ from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile, available_profiles, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
 from l4.errors import L4Error, ValidationError
+from l4.gateway.cli import add_serve_parser, run_serve
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
 from l4.planning_cli import add_plan_parser, run_plan
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
     add_plan_parser(sub)
     add_engine_parser(sub)
+    add_serve_parser(sub)
     add_profile_parser(sub)
     add_calibrate_alpha_parser(sub)
     return parser
@@ -379,6 +381,10 @@ def cmd_engine(args: argparse.Namespace, console: Console, err: Console) -> int:
     return run_engine(args)
 
 
+def cmd_serve(args: argparse.Namespace, console: Console, err: Console) -> int:
+    return run_serve(args)
+
+
 def cmd_plan(args: argparse.Namespace, console: Console, err: Console) -> int:
     return run_plan(args, console)
 
@@ -398,6 +404,7 @@ COMMANDS = {
     "capacity": cmd_capacity,
     "plan": cmd_plan,
     "engine": cmd_engine,
+    "serve": cmd_serve,
 }
 
 

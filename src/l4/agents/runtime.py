@@ -19,7 +19,7 @@ one every instance starts in one stage and re-planning splits them when traffic 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -87,7 +87,10 @@ class L4Runtime:
     def __init__(
         self, ctx: PolicyContext, config: L4Config, *, drop: DropRule | None = None
     ) -> None:
+        if ctx.static_plan is not None and config.staged:
+            config = replace(config, refine=False, replan=False)  # pinned ranges stay pinned
         self.config = config
+        self._static_plan = ctx.static_plan
         self.tick_interval_s: float | None = config.agent.tick_s
         self._n = ctx.num_instances
         self.grid: LengthGrid = (
@@ -134,6 +137,11 @@ class L4Runtime:
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
 
     def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
+        if self._static_plan is not None and self.config.staged:
+            return StageTable(
+                boundaries_tokens=self._static_plan.boundaries_tokens,
+                stage_of_instance=self._static_plan.stage_of_instance(),
+            )
         if workload is None or not self.config.staged:
             return StageTable.single(self._n)
         table = StageTable.from_plan(plan_stages(workload, self.model, self._n))

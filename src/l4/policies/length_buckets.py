@@ -158,7 +158,15 @@ class LengthBuckets:
 
     def __init__(self, ctx: PolicyContext, config: LengthBucketsConfig | None = None) -> None:
         self.config = config or LengthBucketsConfig()
-        self.plan = plan_buckets(ctx.workload, ctx.num_instances, self.config.num_buckets)
+        pinned = ctx.static_plan
+        if pinned is not None:  # the operator's ranges, as llm-d's context-length labels
+            starts = [int(x) for x in np.cumsum((0, *pinned.stage_sizes))]
+            self.plan = BucketPlan(
+                bounds_tokens=pinned.boundaries_tokens,
+                groups=tuple(tuple(range(a, b)) for a, b in itertools.pairwise(starts)),
+            )
+        else:
+            self.plan = plan_buckets(ctx.workload, ctx.num_instances, self.config.num_buckets)
 
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         group = self.plan.groups[self.plan.bucket_of(request.input_tokens)]
