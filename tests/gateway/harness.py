@@ -13,10 +13,10 @@ from l4.costmodel.profile import load_profile
 from l4.engine.faults import FaultConfig
 from l4.engine.server import EngineConfig
 from l4.engine.serving import EngineServer
+from l4.gateway.cli import uvicorn_server
 from l4.gateway.config import GatewayConfig
 from l4.gateway.routes import FrontDoor
 from l4.gateway.service import Gateway
-from l4.gateway.cli import uvicorn_server
 from l4.instance import InstanceConfig
 
 MODEL = "test-model"

@@ -86,7 +86,7 @@ def test_a_forced_cascade_is_one_stream_of_exactly_the_tokens_asked() -> None:
         engines = [engine_config(i) for i in range(4)]
         async with gateway_over(engines, static_plan=_plan((300,), (2, 2))) as run:
             c = client(run.url)
-            text, finish, used, ids = await stream_text(
+            _text, finish, used, ids = await stream_text(
                 c, prompt=[17] * 100, max_tokens=500, extra_body={"ignore_eos": True}
             )
             assert finish == "length" and used == 500 and len(ids) == 1
@@ -107,7 +107,7 @@ def test_an_engine_crash_mid_stream_does_not_break_the_clients_stream() -> None:
         crashing = engine_config(0, faults=FaultConfig(crash_after_tokens=40))
         async with gateway_over([crashing, engine_config(1)], policy="round_robin") as run:
             c = client(run.url)
-            text, finish, used, _ = await stream_text(
+            _text, finish, used, _ = await stream_text(
                 c, prompt="tell me a long story", max_tokens=120, extra_body={"ignore_eos": True}
             )
             assert finish == "length" and used == 120
