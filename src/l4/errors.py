@@ -54,10 +54,16 @@ class InvariantError(L4Error):
 
 
 class BackendError(L4Error):
-    """An engine behind the gateway failed; the request may continue on another one."""
+    """An engine behind the gateway failed; the request may continue on another one.
 
-    def __init__(self, backend: str, message: str) -> None:
+    ``kind``: "gone" (refused the connection or cut a stream: the engine is not there),
+    "timeout" (no answer in time: it, or the gateway, may just be slow) or "error" (it answered
+    badly: a 5xx, a broken event, a failed write on a reused connection).
+    """
+
+    def __init__(self, backend: str, message: str, *, kind: str = "error") -> None:
         self.backend = backend
+        self.kind = kind
         super().__init__(f"{backend}: {message}")
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from engine.sockets import serving_engine
 from l4.costmodel.profile import load_profile
 from l4.engine.faults import FaultConfig
+from l4.engine.fleet import EngineFleet
 from l4.engine.server import EngineConfig
 from l4.engine.serving import EngineServer
 from l4.gateway.cli import uvicorn_server
@@ -77,16 +78,59 @@ async def gateway_over(engines: list[EngineConfig], **options: object) -> AsyncI
         stack.callback(sock.close)
         port = sock.getsockname()[1]
         server = uvicorn_server(FrontDoor(gateway).app(), "warning")
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(server.serve(sockets=[sock]))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            async with asyncio.timeout(10):
+                while not server.started:
+                    if serving.done():
+                        serving.result()  # raises what stopped it
+                    await asyncio.sleep(0.01)
+            yield Running(f"http://127.0.0.1:{port}", gateway, servers, urls)
+        finally:
+            # A graceful stop even when the test failed: the lifespan closes the clients.
+            server.should_exit = True
             try:
                 async with asyncio.timeout(10):
-                    while not server.started:
-                        await asyncio.sleep(0.01)
-                yield Running(f"http://127.0.0.1:{port}", gateway, servers, urls)
-            finally:
-                server.should_exit = True
+                    await serving
+            except TimeoutError:
+                serving.cancel()
 
 
 def with_faults(cfg: EngineConfig, faults: FaultConfig) -> EngineConfig:
     return replace(cfg, faults=faults)
+
+
+def engine_process(instances: int, time_scale: float) -> EngineFleet:
+    """K emulated instances in a child process (its own core), on ports the OS picked."""
+    return EngineFleet([engine_config(i, time_scale=time_scale) for i in range(instances)])
+
+
+@asynccontextmanager
+async def gateway_over_urls(urls: list[str], **options: object) -> AsyncIterator[Running]:
+    """A gateway in this process over engines served elsewhere."""
+    defaults: dict[str, object] = {
+        "backends": tuple(urls),
+        "scrape_interval_s": 0.05,
+        "health_interval_s": 0.2,
+        "startup_timeout_s": 20.0,
+        "log_level": "warning",
+    }
+    gateway = Gateway(GatewayConfig(**{**defaults, **options}))  # type: ignore[arg-type]
+    with _listening() as sock:
+        port = sock.getsockname()[1]
+        server = uvicorn_server(FrontDoor(gateway).app(), "warning")
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            async with asyncio.timeout(20):
+                while not server.started:
+                    if serving.done():
+                        serving.result()
+                    await asyncio.sleep(0.01)
+            yield Running(f"http://127.0.0.1:{port}", gateway, [], urls)
+        finally:
+            server.should_exit = True
+            try:
+                async with asyncio.timeout(10):
+                    await serving
+            except TimeoutError:
+                serving.cancel()

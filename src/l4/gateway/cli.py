@@ -16,15 +16,16 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import uvicorn
 import uvloop
 
-from l4.costmodel.profile import available_profiles
+from l4.costmodel.profile import available_profiles, load_profile
+from l4.engine.fleet import EngineFleet
+from l4.engine.server import EngineConfig
 from l4.errors import ConfigError, UnavailableError, ValidationError
 from l4.gateway.config import (
     DEFAULT_PROFILE,
@@ -35,6 +36,7 @@ from l4.gateway.config import (
 )
 from l4.gateway.routes import FrontDoor
 from l4.gateway.service import Gateway
+from l4.instance.config import InstanceConfig
 from l4.policies.base import policy_names
 
 log = logging.getLogger("l4.gateway")
@@ -100,7 +102,6 @@ def add_serve_parser(subparsers: Any) -> None:
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
     e = p.add_argument_group("emulated engines (no GPU needed)")
     e.add_argument("--emulate", type=int, metavar="K", help="start K emulated vLLM instances")
-    e.add_argument("--emulate-base-port", type=int, help="their first port (default: port + 1)")
     e.add_argument(
         "--time-scale",
         type=float,
@@ -216,51 +217,24 @@ def uvicorn_server(app: Any, log_level: str) -> _Server:
     return _Server(config)
 
 
-@contextlib.asynccontextmanager
-async def emulated_engines(
-    count: int, *, host: str, base_port: int, args: argparse.Namespace
-) -> AsyncIterator[list[str]]:
-    """K `l4 engine` instances in a child process, up and answering /health when entered."""
-    cmd = [
-        sys.executable, "-m", "l4", "engine", "--instances", str(count),
-        "--base-port", str(base_port), "--host", host,
-        "--profile", args.profile or DEFAULT_PROFILE, "--time-scale", str(args.time_scale or 1.0),
-        "--seed", str(args.seed or 0),
-    ]  # fmt: skip
-    if args.kv_capacity_tokens is not None:
-        cmd += ["--kv-capacity-tokens", str(args.kv_capacity_tokens)]
-    proc = await asyncio.create_subprocess_exec(*cmd)
-    urls = [f"http://{host}:{base_port + i}" for i in range(count)]
-    try:
-        await _wait_healthy(urls, proc)
-        yield urls
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def _wait_healthy(urls: list[str], proc: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with asyncio.timeout(60):
-            for url in urls:
-                while True:
-                    if proc.returncode is not None:
-                        raise UnavailableError(
-                            f"the emulated engines exited with code {proc.returncode}"
-                        )
-                    try:
-                        async with session.get(url + "/health") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
+def emulated_fleet(count: int, *, host: str, args: argparse.Namespace) -> EngineFleet:
+    """K `l4 engine` instances in a child process, on ports the OS picks."""
+    profile = load_profile(args.profile or DEFAULT_PROFILE).with_overrides(
+        kv_capacity_tokens=args.kv_capacity_tokens
+    )
+    icfg = InstanceConfig.from_profile(profile)
+    configs = [
+        EngineConfig(
+            profile=profile,
+            instance_config=icfg,
+            served_model_name=profile.model.name,
+            time_scale=args.time_scale or 1.0,
+            seed=args.seed or 0,
+            instance_id=i,
+        )
+        for i in range(count)
+    ]
+    return EngineFleet(configs, host=host)
 
 
 async def serve_forever(config: GatewayConfig, sock: socket.socket) -> None:
@@ -298,9 +272,8 @@ async def _main(args: argparse.Namespace) -> None:
         values = merged_options(args)
         host = str(values.get("host", "127.0.0.1"))
         port = int(values.get("port", 8000))
-        base = args.emulate_base_port or port + 1
         sock = bind(host, port)
-        async with emulated_engines(args.emulate, host=host, base_port=base, args=args) as u:
+        async with emulated_fleet(args.emulate, host="127.0.0.1", args=args) as u:
             config = build_config(args, extra_backends=u)
             log.info("emulated engines: %s", ", ".join(u))
             await serve_forever(config, sock)

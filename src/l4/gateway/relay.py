@@ -73,7 +73,9 @@ class HealthBook:
     """Consecutive failures per backend; takes a backend out of service (circuit breaker).
 
     A refused connection or a cut stream takes it out at once (the engine is gone); 5xx answers
-    and timeouts after `failures_to_trip` in a row. The health checker brings it back.
+    after `failures_to_trip` in a row. A timeout only moves its request: under a burst the
+    gateway itself may be the slow one, and a hung engine fails its health checks anyway. The
+    health checker brings a backend back.
     """
 
     def __init__(
@@ -92,10 +94,12 @@ class HealthBook:
         self._in_a_row = [0] * len(names)
         self._on_out = on_out
 
-    def failed(self, instance_id: int, exc: BackendError, *, hard: bool) -> None:
+    def failed(self, instance_id: int, exc: BackendError) -> None:
         self._metrics.backend_failures.labels(self._names[instance_id]).inc()
+        if exc.kind == "timeout":
+            return
         self._in_a_row[instance_id] += 1
-        if hard or self._in_a_row[instance_id] >= self._trip:
+        if exc.kind == "gone" or self._in_a_row[instance_id] >= self._trip:
             self.take_out(instance_id, str(exc))
 
     def succeeded(self, instance_id: int) -> None:
@@ -118,11 +122,6 @@ class HealthBook:
         self._in_a_row[instance_id] = 0
         self._metrics.healthy.labels(self._names[instance_id]).set(1)
         log.info("backend %s back in service", self._names[instance_id])
-
-
-def _is_hard(exc: BackendError) -> bool:
-    text = str(exc)
-    return "Connect" in text or "stream broke" in text or "Disconnected" in text
 
 
 class Relay:
@@ -241,7 +240,7 @@ class Relay:
     def _fail_over(self, live: LiveRequest, exc: BackendError, trip: Trip) -> None:
         src = live.seq.instances[-1]
         trip.failures += 1
-        self.health.failed(src, exc, hard=_is_hard(exc))
+        self.health.failed(src, exc)
         log.info("request %d: %s; failing over", live.request_id, exc)
         if trip.failures > self.migration_limit:
             self.metrics.migrations.labels("failure", "failed").inc()
@@ -299,6 +298,9 @@ class Relay:
                     async for piece in self._relay(live, req, stream, stops, trip):
                         yield piece
                         if piece.finish_reason is not None:
+                            if isinstance(piece.stop_reason, str):
+                                return  # our own stop string: the engine is still generating
+                            await stream.release()
                             return
                 except BackendError as exc:
                     if live.move is None:
@@ -308,7 +310,9 @@ class Relay:
                     live.interrupt = None
                     stream.close()
                 if live.move is None:  # the stream ended without a finish and not by our cut
-                    ended = BackendError(backend.url, "the stream ended without a finish reason")
+                    ended = BackendError(
+                        backend.url, "the stream ended without a finish reason", kind="gone"
+                    )
                     self._fail_over(live, ended, trip)
                     continue
                 self.health.succeeded(inst)
@@ -354,7 +358,9 @@ class Relay:
                 trip.last_token_s = now
                 live.hold_cut = not text
             if finish == "abort":
-                raise BackendError(self.backends[live.seq.instances[-1]].url, "request aborted")
+                raise BackendError(
+                    self.backends[live.seq.instances[-1]].url, "the engine aborted it"
+                )
             n = len(live.generated_ids)
             out = stops.feed(text, n)
             if isinstance(out, StopHit):

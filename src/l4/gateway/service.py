@@ -41,7 +41,7 @@ from l4.workload import WorkloadSpec, build_workload
 log = logging.getLogger("l4.gateway")
 Clock = Callable[[], float]
 # A backend must miss this many health checks in a row before it is taken out...
-_HEALTH_MISSES = 2
+_HEALTH_MISSES = 3
 # ...and stay out at least this long before a passing check brings it back (no flapping).
 _MIN_OUT_S = 2.0
 

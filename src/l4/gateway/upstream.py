@@ -37,8 +37,9 @@ class Timeouts:
     # Silence on an open stream (no token, no keep-alive) after which the engine counts as failed.
     # Queueing for a long prefill can take minutes under load, hence the generous default.
     read_s: float = 600.0
-    # Short calls: /metrics, /health, /tokenize, /v1/models.
+    # Short calls: /metrics, /tokenize, /v1/models.
     control_s: float = 5.0
+    health_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,7 +57,23 @@ class UpstreamStream:
         self.done = False  # saw `[DONE]`
 
     def close(self) -> None:
+        """Drop the connection: the engine sees its client leave and aborts the request."""
         self._response.close()
+
+    async def release(self) -> None:
+        """After the finish: read on to `[DONE]` and the response's end, and give the connection
+        back to the pool (a new TCP connection per request costs both sides more than parsing
+        the request). A stream that does not end promptly is closed instead."""
+        try:
+            async with asyncio.timeout(1.0):
+                if not self.done:
+                    async for _ in self.payloads():
+                        pass
+                await self._response.read()
+        except (TimeoutError, BackendError, aiohttp.ClientError, OSError):
+            self._response.close()
+            return
+        self._response.release()
 
     async def events(self) -> AsyncIterator[Json]:
         async for payload in self.payloads():
@@ -87,13 +104,13 @@ class UpstreamStream:
                             return
                         yield payload
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise BackendError(self._backend, f"stream broke: {exc!r}") from None
+            raise _broken(self._backend, "stream broke", exc, streaming=True) from None
 
     async def read_body(self) -> bytes:
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise BackendError(self._backend, f"response broke: {exc!r}") from None
+            raise _broken(self._backend, "response broke", exc) from None
 
     @property
     def content_type(self) -> str:
@@ -108,12 +125,15 @@ class Backend:
         self.timeouts = timeouts
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # one connection per request: retries
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             limit_per_host=self._max_connections,
-            keepalive_timeout=30,
+            # Well below the engines' own idle timeout (uvicorn's and vLLM's default: 5 s), so
+            # that the pool rarely writes a request into a connection the engine is closing.
+            keepalive_timeout=2,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -123,11 +143,20 @@ class Backend:
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
+        self._fresh = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.read_s
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -142,7 +171,7 @@ class Backend:
                 async with self.session.get(self.url + path) as resp:
                     return resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise BackendError(self.url, f"GET {path} failed: {exc!r}") from None
+            raise _broken(self.url, f"GET {path} failed", exc) from None
 
     async def post_json(self, path: str, body: Json) -> Json:
         """POST a small JSON body and return the JSON answer (4xx: BackendRejectedError)."""
@@ -156,7 +185,7 @@ class Backend:
                     data = await resp.read()
                     _raise_for_status(self.url, resp, data)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise BackendError(self.url, f"POST {path} failed: {exc!r}") from None
+            raise _broken(self.url, f"POST {path} failed", exc) from None
         try:
             out = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -166,11 +195,17 @@ class Backend:
         return out
 
     async def healthy(self) -> bool:
+        """GET /health on a new connection: a probe must not fail for a pooled connection that
+        the engine closed while idle (a false "down" would take a healthy engine out). Its
+        timeout is long (`health_s`): under a burst the gateway's own loop may answer late."""
+        session = self._fresh or self.session
         try:
-            status, _ = await self._get("/health")
-        except BackendError:
+            async with asyncio.timeout(self.timeouts.health_s):
+                async with session.get(self.url + "/health") as resp:
+                    await resp.read()
+                    return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
             return False
-        return status == 200
 
     async def scrape(self) -> EngineLoad:
         status, body = await self._get("/metrics")
@@ -196,13 +231,25 @@ class Backend:
     async def open_stream(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> UpstreamStream:
-        """POST ``body`` and return the open response once the engine accepted it (2xx)."""
+        """POST ``body`` and return the open response once the engine accepted it (2xx).
+
+        A pooled keep-alive connection can be closed by the engine just as it is reused; a
+        request that broke that way (written into a closing connection, or disconnected before
+        any answer) is sent once more on a new connection, which is safe: an engine aborts what
+        it got from a connection that dropped.
+        """
         hdrs = {"content-type": "application/json", **(headers or {})}
-        try:
-            async with asyncio.timeout(self.timeouts.read_s):
-                resp = await self.session.post(self.url + path, data=body, headers=hdrs)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise BackendError(self.url, f"POST {path} failed: {exc!r}") from None
+        for attempt in (1, 2):
+            session = self.session if attempt == 1 or self._fresh is None else self._fresh
+            try:
+                async with asyncio.timeout(self.timeouts.read_s):
+                    resp = await session.post(self.url + path, data=body, headers=hdrs)
+                break
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                if attempt == 2 or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise _broken(self.url, f"POST {path} failed", exc) from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise _broken(self.url, f"POST {path} failed", exc) from None
         if resp.status >= 300:
             try:
                 data = await resp.read()
@@ -222,3 +269,13 @@ def _raise_for_status(url: str, resp: aiohttp.ClientResponse, data: bytes) -> No
         raise BackendRejectedError(resp.status, data, kind)
     text = data[:200].decode("utf-8", "replace")
     raise BackendError(url, f"answered {resp.status}: {text}")
+
+
+def _broken(url: str, what: str, exc: BaseException, *, streaming: bool = False) -> BackendError:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, aiohttp.ClientConnectorError) or streaming:
+        kind = "gone"  # refused or unreachable; or a stream cut by the engine
+    else:
+        kind = "error"  # e.g. a write on a keep-alive connection the engine had just closed
+    return BackendError(url, f"{what}: {exc!r}", kind=kind)
