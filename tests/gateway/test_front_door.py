@@ -67,10 +67,12 @@ def test_a_client_that_leaves_aborts_its_upstream_request() -> None:
     async def main() -> None:
         async with gateway_over([engine_config(0, time_scale=1.0)]) as run:
             body = {"prompt": "go", "max_tokens": 5000, "ignore_eos": True, "stream": True}
-            async with aiohttp.ClientSession() as s:
-                async with s.post(run.url + "/v1/completions", json=body) as r:
-                    await r.content.readline()
-                    assert run.gateway.cluster.in_flight() == 1
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(run.url + "/v1/completions", json=body) as r,
+            ):
+                await r.content.readline()
+                assert run.gateway.cluster.in_flight() == 1
             engine = run.engines[0].engine.core
             async with asyncio.timeout(5):
                 while run.gateway.cluster.in_flight() or engine.instance.num_running:
