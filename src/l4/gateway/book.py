@@ -101,6 +101,10 @@ class LiveInstance:
         return self._id
 
     @property
+    def available(self) -> bool:
+        return self.healthy
+
+    @property
     def num_waiting(self) -> int:
         return len(self._waiting) + self._foreign_waiting
 
