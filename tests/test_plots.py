@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from factories import random_records
 from l4.metrics import ItlRecorder, RequestRecord, SloConfig, summarize
 from l4.plots import (
     MAX_LOG_TICKS,
+    SweepMarks,
     latency_cdf_figure,
     log_axis,
     log_ticks,
@@ -29,32 +31,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_records(seed: int, n: int = 40, *, spread: float = 1.0) -> list[RequestRecord]:
-    """``n`` requests, two unfinished; TTFTs from 20 ms up to ``spread`` x 500 ms."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        arrival = float(i) * 0.1
-        output = int(rng.integers(2, 50))
-        ttft = float(np.exp(rng.uniform(np.log(0.02), np.log(0.5 * spread))))
-        finished = i < n - 2
-        records.append(
-            RequestRecord(
-                request_id=i,
-                arrival_s=arrival,
-                input_tokens=int(rng.integers(10, 2000)),
-                output_tokens=output,
-                generated_tokens=output if finished else 0,
-                first_token_s=arrival + ttft if finished else None,
-                finish_s=arrival + ttft + 0.02 * (output - 1) if finished else None,
-                instances=(i % 4,),
-                migrations=0,
-                preemptions=0,
-            )
-        )
-    return records
 
 
 def summary(records: list[RequestRecord]) -> dict[str, object]:
@@ -72,14 +48,14 @@ def summary(records: list[RequestRecord]) -> dict[str, object]:
 
 def sweep_points(policies: tuple[str, ...]) -> dict[str, list[tuple[float, dict[str, object]]]]:
     return {
-        policy: [(rate, summary(make_records(seed + int(rate)))) for rate in (4.0, 1.0, 2.0)]
+        policy: [(rate, summary(random_records(seed + int(rate)))) for rate in (4.0, 1.0, 2.0)]
         for seed, policy in enumerate(policies)
     }
 
 
 def test_plot_latency_cdfs_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "plots" / "cdf.png"
-    plot_latency_cdfs(path, {"l4": make_records(0), "rr": make_records(1), "none": []})
+    plot_latency_cdfs(path, {"l4": random_records(0), "rr": random_records(1), "none": []})
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
@@ -95,8 +71,8 @@ def test_plot_sweep_writes_a_png(tmp_path: Path) -> None:
 
 def test_plots_close_their_figures(tmp_path: Path) -> None:
     before = len(plt.get_fignums())
-    plot_latency_cdfs(tmp_path / "a.png", {"l4": make_records(0)})
-    plot_sweep(tmp_path / "b.png", {"l4": [(1.0, summary(make_records(0)))]}, "rate (req/s)")
+    plot_latency_cdfs(tmp_path / "a.png", {"l4": random_records(0)})
+    plot_sweep(tmp_path / "b.png", {"l4": [(1.0, summary(random_records(0)))]}, "rate (req/s)")
     assert len(plt.get_fignums()) == before
 
 
@@ -166,7 +142,7 @@ def test_log_axis_labels_do_not_overlap(span: tuple[float, float]) -> None:
 
 
 def test_cdf_figure_keeps_each_policy_style_in_every_panel() -> None:
-    policies = {"round_robin": make_records(0), "least_load": make_records(1, spread=40.0)}
+    policies = {"round_robin": random_records(0), "least_load": random_records(1, max_ttft_s=20.0)}
     fig = latency_cdf_figure(policies, title="Latency CDFs: mooncake at 13.6 req/s (x4)")
     try:
         assert fig._suptitle.get_text() == "Latency CDFs: mooncake at 13.6 req/s (x4)"
@@ -190,9 +166,11 @@ def test_sweep_figure_draws_target_capacities_and_absolute_slos() -> None:
     fig = sweep_figure(
         points,
         title="Capacity search: azure-conv from 5 req/s (x1)",
-        goodput_target=0.9,
-        capacities={"round_robin": 2.5, "least_load": None},
-        slo=SloConfig(ttft_s=0.3),
+        marks=SweepMarks(
+            goodput_target=0.9,
+            capacities={"round_robin": 2.5, "least_load": None},
+            slo=SloConfig(ttft_s=0.3),
+        ),
     )
     try:
         axes = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}

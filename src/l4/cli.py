@@ -33,7 +33,7 @@ from l4.errors import ConfigError, L4Error, ValidationError
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
 from l4.planning_cli import add_plan_parser, run_plan
-from l4.plots import plot_latency_cdfs, plot_sweep
+from l4.plots import SweepMarks, plot_latency_cdfs, plot_sweep
 from l4.policies.base import parse_policy_list, policy_names
 from l4.profiler.cli import (
     add_calibrate_alpha_parser,
@@ -449,8 +449,7 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
             outputs.plot,
             sweep,
             title=_plot_title("Capacity search", config, rate_word="from"),
-            goodput_target=args.goodput_target,
-            capacities=capacities,
+            marks=SweepMarks(goodput_target=args.goodput_target, capacities=capacities),
         )
         err.print(f"wrote {outputs.plot}")
     return 0

@@ -17,7 +17,7 @@ import contextlib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,34 +251,30 @@ def _value(result: Mapping[str, object], keys: tuple[str, ...]) -> float | None:
     return x if math.isfinite(x) else None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepMarks:
+    """The reference lines of a sweep plot: the goodput target in the SLO-attainment panel, a
+    dotted vertical line per policy at its capacity (largest rate meeting the target) in the
+    goodput and attainment panels, and absolute TTFT/TPOT limits in their panels."""
+
+    goodput_target: float | None = None
+    capacities: Mapping[str, float | None] = field(default_factory=dict)
+    slo: SloConfig | None = None
+
+
 def plot_sweep(
     path: str | os.PathLike[str],
     points: Mapping[str, Sequence[tuple[float, Mapping[str, object]]]],
     x_label: str = "rate (req/s)",
     *,
     title: str = "Rate sweep",
-    goodput_target: float | None = None,
-    capacities: Mapping[str, float | None] | None = None,
-    slo: SloConfig | None = None,
+    marks: SweepMarks | None = None,
 ) -> None:
     """PNG of metrics versus rate: one panel per metric present in the results, one line per
     policy (``points[policy]`` holds (rate, result object of ``metrics.summarize``); unmeasured
-    values leave a gap).
-
-    ``goodput_target`` draws the target as a line in the SLO-attainment panel; ``capacities``
-    (policy -> largest rate meeting it) draws a dotted vertical line per policy in the goodput and
-    attainment panels; absolute TTFT/TPOT limits of ``slo`` are drawn in their panels.
-    """
+    values leave a gap), with the reference lines of ``marks``."""
     plt = _pyplot()
-    fig = sweep_figure(
-        points,
-        x_label,
-        title=title,
-        goodput_target=goodput_target,
-        capacities=capacities,
-        slo=slo,
-    )
-    _save(fig, plt, path)
+    _save(sweep_figure(points, x_label, title=title, marks=marks), plt, path)
 
 
 def sweep_figure(
@@ -286,12 +282,11 @@ def sweep_figure(
     x_label: str = "rate (req/s)",
     *,
     title: str = "Rate sweep",
-    goodput_target: float | None = None,
-    capacities: Mapping[str, float | None] | None = None,
-    slo: SloConfig | None = None,
+    marks: SweepMarks | None = None,
 ) -> Any:
     """The figure ``plot_sweep`` saves (the caller closes it)."""
     plt = _pyplot()
+    marks = marks or SweepMarks()
     panels = [
         p
         for p in _SWEEP_PANELS
@@ -310,7 +305,7 @@ def sweep_figure(
         styles = policy_styles(list(points))
         for ax, panel in zip(axes, panels, strict=False):
             _sweep_panel(ax, panel, points, styles)
-            _sweep_references(ax, panel, styles, goodput_target, capacities, slo)
+            _sweep_references(ax, panel, styles, marks)
             if panel.log:
                 log_axis(ax, "y")
             else:
@@ -318,7 +313,7 @@ def sweep_figure(
             ax.set_xlabel(x_label)
             ax.set_title(panel.title)
             ax.grid(True, which="major", alpha=0.3)
-        if capacities and any(rate is not None for rate in capacities.values()):
+        if any(rate is not None for rate in marks.capacities.values()):
             # A proxy artist: the legend explains the dotted lines once, not once per policy.
             axes[0].plot([], [], color="grey", linestyle=":", label="capacity (dotted, per policy)")
         _figure_legend(fig, axes[: len(panels)])
@@ -345,15 +340,10 @@ def _sweep_panel(
 
 
 def _sweep_references(
-    ax: Axes,
-    panel: _Panel,
-    styles: Mapping[str, LineStyle],
-    goodput_target: float | None,
-    capacities: Mapping[str, float | None] | None,
-    slo: SloConfig | None,
+    ax: Axes, panel: _Panel, styles: Mapping[str, LineStyle], marks: SweepMarks
 ) -> None:
-    """The lines a reader judges the panel by: the goodput target, each policy's capacity, an
-    absolute TTFT or TPOT limit."""
+    """The lines a reader judges the panel by (``SweepMarks``)."""
+    slo = marks.slo
     limits = {
         ("ttft_s", "mean"): None if slo is None else slo.ttft_s,
         ("tpot_s", "mean"): None if slo is None else slo.tpot_s,
@@ -361,15 +351,15 @@ def _sweep_references(
     limit = limits.get((panel.keys[0], panel.keys[-1]))
     if limit is not None:
         ax.axhline(limit, color="black", linestyle="--", linewidth=1, label="absolute SLO")
-    if panel.share and goodput_target is not None:
+    if panel.share and marks.goodput_target is not None:
         ax.axhline(
-            goodput_target * 100,
+            marks.goodput_target * 100,
             color="black",
             linestyle="--",
             linewidth=1,
-            label=f"goodput target {goodput_target:.0%}",
+            label=f"goodput target {marks.goodput_target:.0%}",
         )
-    if capacities and (panel.share or panel.keys == ("goodput_requests_per_s",)):
-        for policy, rate in capacities.items():
+    if panel.share or panel.keys == ("goodput_requests_per_s",):
+        for policy, rate in marks.capacities.items():
             if rate is not None and policy in styles:
                 ax.axvline(rate, color=styles[policy].color, linestyle=":", linewidth=1.5)

@@ -288,7 +288,7 @@ def print_table(
     console.print(CV_SENTENCE, highlight=False)
     warnings = overload_warnings(results)
     if warnings:
-        console.print("[bold yellow]warning: the cluster is overloaded at this rate[/]")
+        console.print("[bold yellow]warning: overloaded at this rate[/]")
         for line in warnings:
             console.print(f"[yellow]  {line}[/]", highlight=False)
         console.print(
