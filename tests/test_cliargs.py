@@ -10,10 +10,13 @@ import pytest
 
 from l4.cliargs import (
     PROFILES_DIR_ENV,
+    Outputs,
     add_profile_options,
     check_output_dir,
     check_output_file,
     default_profiles_dir,
+    output_paths,
+    write_output,
 )
 from l4.errors import ConfigError
 
@@ -82,3 +85,32 @@ def test_profile_options_take_their_default_from_the_given_environment() -> None
     add_profile_options(required, default=None, environ={})
     with pytest.raises(SystemExit):
         required.parse_args([])
+
+
+def test_output_paths_resolve_out_and_refuse_two_standard_outputs(tmp_path: Path) -> None:
+    names = {"json_name": "report.json", "plot_name": "cdf.png", "requests_name": "q.jsonl"}
+    out = tmp_path / "run"
+    paths = output_paths(out=out, json=None, requests=None, **names)
+    assert (paths.json, paths.requests, paths.plot) == (
+        out / "report.json",
+        out / "q.jsonl",
+        out / "cdf.png",
+    )
+    assert not paths.uses_stdout
+    paths = output_paths(out=out, json=Path("-"), requests=None, **names)
+    assert paths.json == Path("-") and paths.uses_stdout and paths.requests == out / "q.jsonl"
+    assert output_paths(out=None, json=None, **names) == Outputs()
+    with pytest.raises(ConfigError, match="only one of --json and --requests-out"):
+        output_paths(out=None, json=Path("-"), requests=Path("-"), **names)
+    (out / "cdf.png").mkdir(parents=True)  # the plot's name is taken by a directory
+    with pytest.raises(ConfigError, match=r"^--out .*run/cdf.png: is a directory"):
+        output_paths(out=out, json=None, **names)
+
+
+def test_write_output_writes_files_or_standard_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert write_output(tmp_path / "a" / "b.json", "{}\n") is True
+    assert (tmp_path / "a" / "b.json").read_text() == "{}\n"
+    assert write_output(Path("-"), "[1]\n") is False
+    assert capsys.readouterr().out == "[1]\n"

@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from l4 import __version__
 from l4.cliargs import (
     OneLineParser,
+    Outputs,
     add_profile_options,
-    check_output_dir,
-    check_output_file,
     non_negative_float,
+    output_paths,
     positive_float,
     positive_int,
-    to_stdout,
+    write_output,
 )
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
-from l4.errors import ConfigError, L4Error, ValidationError
+from l4.errors import L4Error, ValidationError
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
 from l4.planning_cli import add_plan_parser, run_plan
@@ -302,53 +301,22 @@ class _Progress:
         self.console.print(f"[dim]{label}: {seconds:.1f} s[/dim]")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Outputs:
-    """Where a command writes (``-``: standard output)."""
-
-    json: Path | None = None
-    requests: Path | None = None
-    plot: Path | None = None
-
-    @property
-    def uses_stdout(self) -> bool:
-        return to_stdout(self.json) or to_stdout(self.requests)
-
-
 def _outputs(
     args: argparse.Namespace, *, json_name: str, plot_name: str, requests_name: str | None = None
-) -> _Outputs:
-    """The paths of ``--json``, ``--requests-out`` and ``--out DIR``, checked before any work so
-    that a long run cannot end in a write error."""
-    out: Path | None = args.out
-    requests_flag: Path | None = getattr(args, "requests_out", None)
-    outputs = _Outputs(
-        json=args.json or (out / json_name if out else None),
-        requests=requests_flag or (out / requests_name if out and requests_name else None),
-        plot=out / plot_name if out else None,
+) -> Outputs:
+    return output_paths(
+        out=args.out,
+        json=args.json,
+        requests=getattr(args, "requests_out", None),
+        json_name=json_name,
+        plot_name=plot_name,
+        requests_name=requests_name,
     )
-    if out is not None:
-        check_output_dir("--out", out)
-    if to_stdout(args.json) and to_stdout(requests_flag):
-        raise ConfigError("only one of --json and --requests-out can be '-' (standard output)")
-    for flag, given, path in (
-        ("--json", args.json, outputs.json),
-        ("--requests-out", requests_flag, outputs.requests),
-        ("--out", None, outputs.plot),
-    ):
-        if path is not None:
-            check_output_file("--out" if given is None else flag, path)
-    return outputs
 
 
 def _write(path: Path, text: str, err: Console) -> None:
-    if to_stdout(path):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    err.print(f"wrote {path}")
+    if write_output(path, text):
+        err.print(f"wrote {path}")
 
 
 def _float(value: object) -> float | None:

@@ -2,16 +2,18 @@
 
 A usage error is one line (the full usage is one `--help` away), and numeric options are checked
 at parse time with a message that names what was expected. Output paths are checked before any
-work (``check_output_file``, ``check_output_dir``), so a long run never ends in a write error;
-``-`` names standard output. ``--profiles-dir`` defaults from the environment here, at the edge
-(``default_profiles_dir``); nothing below the CLI reads it.
+work (``output_paths``, ``check_output_file``, ``check_output_dir``), so a long run never ends in
+a write error; ``-`` names standard output (``write_output``). ``--profiles-dir`` defaults from
+the environment here, at the edge (``default_profiles_dir``); nothing below the CLI reads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -103,6 +105,62 @@ def _check_creatable(where: str, path: Path) -> None:
         raise ConfigError(f"{where}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{where}: cannot create it in {parent} (permission denied)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outputs:
+    """Where a command writes (``-``: standard output); None where it writes nothing."""
+
+    json: Path | None = None
+    requests: Path | None = None
+    plot: Path | None = None
+
+    @property
+    def uses_stdout(self) -> bool:
+        return to_stdout(self.json) or to_stdout(self.requests)
+
+
+def output_paths(
+    *,
+    out: Path | None,
+    json: Path | None,
+    requests: Path | None = None,
+    json_name: str,
+    plot_name: str,
+    requests_name: str | None = None,
+) -> Outputs:
+    """The files of ``--json``, ``--requests-out`` and ``--out DIR`` (which receives
+    ``json_name``, ``requests_name`` and ``plot_name`` unless the others say where), checked
+    before any work so that a long run cannot end in a write error."""
+    outputs = Outputs(
+        json=json or (out / json_name if out else None),
+        requests=requests or (out / requests_name if out and requests_name else None),
+        plot=out / plot_name if out else None,
+    )
+    if out is not None:
+        check_output_dir("--out", out)
+    if to_stdout(json) and to_stdout(requests):
+        raise ConfigError("only one of --json and --requests-out can be '-' (standard output)")
+    for option, given, path in (
+        ("--json", json, outputs.json),
+        ("--requests-out", requests, outputs.requests),
+        ("--out", None, outputs.plot),
+    ):
+        if path is not None:
+            check_output_file("--out" if given is None else option, path)
+    return outputs
+
+
+def write_output(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` (its directory made) or to standard output for ``-``; True
+    when a file was written."""
+    if to_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return True
 
 
 # --- calibration profiles: bundled, in the user profile directory, or a path ---------------------

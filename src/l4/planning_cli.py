@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from l4.cliargs import add_profile_options, check_output_file, to_stdout
+from l4.cliargs import add_profile_options, check_output_file, to_stdout, write_output
 from l4.core.grid import DEFAULT_MIN_TOKENS, DEFAULT_SUBSTEPS_PER_OCTAVE, exponential_grid
 from l4.core.planner import Plan, plan_stages
 from l4.core.qoe import MECHANISMS, MigrationModel, StageModel
@@ -178,10 +178,5 @@ def run_plan(args: argparse.Namespace, console: Console | None = None) -> int:
     source = config["trace"] or config["histogram"]
     console.print(f"planned for {source} at {rate_caption(config)}", highlight=False)
     if args.json is not None:
-        text = json.dumps({"config": config, **plan.to_dict()}, indent=2) + "\n"
-        if to_stdout(args.json):
-            sys.stdout.write(text)
-        else:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(text)
+        write_output(args.json, json.dumps({"config": config, **plan.to_dict()}, indent=2) + "\n")
     return 0
