@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
+from l4.cliargs import default_profiles_dir
 from l4.costmodel.profile import available_profiles, load_profile
 from l4.engine.fleet import EngineFleet
 from l4.engine.server import EngineConfig
@@ -76,6 +78,13 @@ def add_serve_parser(subparsers: Any) -> None:
         help=f"calibration profile for load estimates ({', '.join(available_profiles())} or "
         f"a JSON path; default: {DEFAULT_PROFILE})",
     )
+    p.add_argument(
+        "--profiles-dir",
+        type=Path,
+        default=default_profiles_dir(os.environ),
+        help="directory of user profiles (default: $L4_PROFILES_DIR, else "
+        "$XDG_DATA_HOME/l4/profiles, else ~/.local/share/l4/profiles)",
+    )
     g = p.add_argument_group("stage plan")
     g.add_argument("--workload", help="a trace to plan the first stages from, as `l4 plan`")
     g.add_argument("--workload-rate-scale", type=float, help="multiply that trace's rate")
@@ -115,6 +124,7 @@ _CLI_TO_CONFIG = {
     "engine_kind": "engine_kind",
     "policy": "policy",
     "profile": "profile",
+    "profiles_dir": "profiles_dir",
     "workload": "workload",
     "workload_rate_scale": "workload_rate_scale",
     "tokenizer": "tokenizer",
@@ -162,14 +172,17 @@ def build_config(
         sizes = ",".join(map(str, sizes))
     values["static_plan"] = parse_static_plan(boundaries, sizes)
     values["backends"] = tuple(values.get("backends") or ())
+    # Fail on a bad profile now, not after waiting for the backends.
+    load_profile(values.get("profile", DEFAULT_PROFILE), user_dir=values.get("profiles_dir"))
     if "engine_kind" in values:
         try:
             values["engine_kind"] = EngineKind(values["engine_kind"])
         except ValueError:
             kinds = ", ".join(k.value for k in EngineKind)
             raise ValidationError(f"--engine-kind must be one of {kinds}") from None
-    if "tokenizer" in values:
-        values["tokenizer"] = Path(values["tokenizer"])
+    for name in ("tokenizer", "profiles_dir"):
+        if name in values:
+            values[name] = Path(values[name])
     if values.get("policy", "l4") not in policy_names():
         raise ValidationError(f"unknown policy {values['policy']!r}; known: {policy_names()}")
     try:
@@ -219,9 +232,9 @@ def uvicorn_server(app: Any, log_level: str) -> _Server:
 
 def emulated_fleet(count: int, *, host: str, args: argparse.Namespace) -> EngineFleet:
     """K `l4 engine` instances in a child process, on ports the OS picks."""
-    profile = load_profile(args.profile or DEFAULT_PROFILE).with_overrides(
-        kv_capacity_tokens=args.kv_capacity_tokens
-    )
+    profile = load_profile(
+        args.profile or DEFAULT_PROFILE, user_dir=args.profiles_dir
+    ).with_overrides(kv_capacity_tokens=args.kv_capacity_tokens)
     icfg = InstanceConfig.from_profile(profile)
     configs = [
         EngineConfig(
@@ -239,6 +252,9 @@ def emulated_fleet(count: int, *, host: str, args: argparse.Namespace) -> Engine
 
 async def serve_forever(config: GatewayConfig, sock: socket.socket) -> None:
     gateway = Gateway(config)
+    await gateway.start()  # no backend, different models, ...: one line, before serving
+    host, port = sock.getsockname()[:2]
+    log.info("l4 serve: listening on http://%s:%d (policy %s)", host, port, config.policy)
     server = uvicorn_server(FrontDoor(gateway).app(), config.log_level)
     loop = asyncio.get_running_loop()
 
@@ -280,7 +296,6 @@ async def _main(args: argparse.Namespace) -> None:
         return
     config = build_config(args)
     sock = bind(config.host, config.port)
-    log.info("l4 serve: listening on http://%s:%d", config.host, config.port)
     await serve_forever(config, sock)
 
 

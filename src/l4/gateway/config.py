@@ -33,6 +33,7 @@ class GatewayConfig:
     engine_kind: EngineKind = EngineKind.VLLM
     policy: str = "l4"
     profile: str = DEFAULT_PROFILE
+    profiles_dir: Path | None = None  # user profiles (`l4 calibrate-alpha --write`)
     workload: str | None = None  # a trace to plan the first stages from (as `l4 plan --trace`)
     workload_rate_scale: float | None = None
     static_plan: StaticPlan | None = None

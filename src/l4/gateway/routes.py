@@ -134,7 +134,8 @@ class FrontDoor:
     def app(self) -> Starlette:
         @asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            await self.gw.start()
+            if not self.gw.started:  # `l4 serve` starts it first, to fail in one line
+                await self.gw.start()
             try:
                 async with asyncio.TaskGroup() as tg:
                     loops = tg.create_task(self.gw.run())

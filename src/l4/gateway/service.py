@@ -71,9 +71,19 @@ class Gateway:
         self.relay: Relay
         self.lengths: PromptLengths
         self._rr = 0
+        self.started = False
 
     # ---- start and stop -----------------------------------------------------------------------
     async def start(self) -> None:
+        """Discover the engines and build the policy; on failure nothing is left open."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.started = True
+
+    async def _start(self) -> None:
         for b in self.backends:
             await b.start()
         infos, loads = await self._discover()
@@ -84,7 +94,7 @@ class Gateway:
         first = infos[answered[0]]
         assert first is not None
         self.model = first.name
-        profile = load_profile(self.config.profile)
+        profile = load_profile(self.config.profile, user_dir=self.config.profiles_dir)
         lengths = [x.max_model_len for x in infos if x is not None and x.max_model_len]
         self.max_model_len = min(lengths) if lengths else profile.model.max_context_tokens
         instance_config = self._instance_config(profile, loads)
