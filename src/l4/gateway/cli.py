@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from l4.policies.base import policy_names
 
 log = logging.getLogger("l4.gateway")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GatewayConfig)}
 
 
 def add_serve_parser(subparsers: Any) -> None:
@@ -98,15 +100,51 @@ def add_serve_parser(subparsers: Any) -> None:
     n = p.add_argument_group("network")
     n.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     n.add_argument("--port", type=int, help="port to listen on (default: 8000)")
-    n.add_argument("--scrape-interval", type=float, help="seconds between /metrics scrapes")
-    n.add_argument("--health-interval", type=float, help="seconds between /health checks")
-    n.add_argument("--connect-timeout", type=float, help="upstream connect timeout, s")
-    n.add_argument("--read-timeout", type=float, help="upstream silence before failing, s")
-    n.add_argument("--startup-timeout", type=float, help="wait this long for a backend, s")
-    n.add_argument("--migration-limit", type=int, help="failed engines a request survives (3)")
-    n.add_argument("--failures-to-trip", type=int, help="5xx in a row that take a backend out")
-    n.add_argument("--max-request-body-bytes", type=int, help="larger bodies get 413")
-    n.add_argument("--max-connections-per-backend", type=int, help="upstream pool size")
+    n.add_argument(
+        "--scrape-interval",
+        type=float,
+        help=f"seconds between /metrics scrapes{_d('scrape_interval_s')}",
+    )
+    n.add_argument(
+        "--health-interval",
+        type=float,
+        help=f"seconds between /health checks{_d('health_interval_s')}",
+    )
+    n.add_argument(
+        "--connect-timeout",
+        type=float,
+        help=f"upstream connect timeout, s{_d('connect_timeout_s')}",
+    )
+    n.add_argument(
+        "--read-timeout",
+        type=float,
+        help=f"seconds a stream may stay silent before it counts as failed{_d('read_timeout_s')}",
+    )
+    n.add_argument(
+        "--startup-timeout",
+        type=float,
+        help=f"wait this long for a backend, s{_d('startup_timeout_s')}",
+    )
+    n.add_argument(
+        "--migration-limit",
+        type=int,
+        help=f"failed engines a request survives{_d('migration_limit')}",
+    )
+    n.add_argument(
+        "--failures-to-trip",
+        type=int,
+        help=f"errors in a row that take a backend out of service{_d('failures_to_trip')}",
+    )
+    n.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        help=f"larger bodies get 413{_d('max_request_body_bytes')}",
+    )
+    n.add_argument(
+        "--max-connections-per-backend",
+        type=int,
+        help=f"upstream connection pool size per engine{_d('max_connections_per_backend')}",
+    )
     p.add_argument("--seed", type=int, help="seed of randomised policies (default: 0)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
     e = p.add_argument_group("emulated engines (no GPU needed)")
@@ -117,6 +155,15 @@ def add_serve_parser(subparsers: Any) -> None:
         help="emulated engines' speed-up over real time; the policy's clock follows (default 1)",
     )
     e.add_argument("--kv-capacity-tokens", type=int, help="their KV cache size")
+
+
+def _d(field: str) -> str:
+    """`` (default: X)`` from GatewayConfig's own default, so help and behaviour agree."""
+    return (
+        f" (default: {_DEFAULTS[field]:g})"
+        if isinstance(_DEFAULTS[field], float)
+        else (f" (default: {_DEFAULTS[field]})")
+    )
 
 
 _CLI_TO_CONFIG = {
