@@ -29,7 +29,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,11 @@ class Opened:
 
 
 OPENED = Opened()
+
+
+@dataclass(slots=True)
+class _Hop:
+    started: bool = False  # the current instance streamed its first token
 
 
 @dataclass(slots=True)
@@ -294,14 +299,22 @@ class Relay:
                 if not opened:
                     opened = True
                     yield OPENED
+                live.interrupt = stream.close
+                hop = _Hop()
                 try:
-                    async for piece in self._relay(live, req, stream, stops, trip):
-                        yield piece
-                        if piece.finish_reason is not None:
-                            if isinstance(piece.stop_reason, str):
-                                return  # our own stop string: the engine is still generating
-                            await stream.release()
-                            return
+                    # Ordered while in transit: move on at once (a cut is safe between hops).
+                    moving = live.move is not None and not live.hold_cut
+                    if not moving:
+                        async for payload in stream.payloads():
+                            piece = self._on_event(live, req, stream, payload, stops, trip, hop)
+                            if piece is not None:
+                                yield piece
+                                if piece.finish_reason is not None:
+                                    if not isinstance(piece.stop_reason, str):
+                                        await stream.release()  # else: our own stop string
+                                    return
+                            if live.move is not None and not live.hold_cut:
+                                break
                 except BackendError as exc:
                     if live.move is None:
                         self._fail_over(live, exc, trip)
@@ -320,71 +333,58 @@ class Relay:
         finally:
             self.finish(live)
 
-    async def _relay(
+    def _on_event(
         self,
         live: LiveRequest,
         req: ClientRequest,
         stream: UpstreamStream,
+        payload: bytes,
         stops: StopStrings,
         trip: Trip,
-    ) -> AsyncIterator[Piece]:
-        """Pieces of one hop until a finish, a cut for a move, or the stream's end."""
-        live.interrupt = stream.close
-        if live.move is not None and not live.hold_cut:
-            return  # ordered while the request was in transit: move on at once
-        started = False
-        async for event in stream.events():
-            choices = event.get("choices")
-            if not choices:
-                continue
-            choice = choices[0]
-            ids = choice.get("token_ids")
-            text = choice.get("text") or ""
-            finish = choice.get("finish_reason")
-            if ids is None:  # an engine that does not return token ids: cannot replay from here
-                live.pinned = True
-                ids = [0] if text else []
-            if ids:
-                now = self.clock()
-                if not started:
-                    started = True
-                    if live.seq.state is not SeqState.DECODE:
-                        self.cluster.started(live, now)
-                    if trip.handoff_from_s is not None:
-                        self.metrics.handoff_pause.observe(now - trip.handoff_from_s)
-                        trip.handoff_from_s = None
-                live.generated_ids.extend(ids)
-                live.seq.generated_tokens = len(live.generated_ids)
-                trip.last_token_s = now
-                live.hold_cut = not text
-            if finish == "abort":
-                raise BackendError(
-                    self.backends[live.seq.instances[-1]].url, "the engine aborted it"
-                )
-            n = len(live.generated_ids)
-            out = stops.feed(text, n)
-            if isinstance(out, StopHit):
-                yield Piece(
-                    text=out.text,
-                    token_ids=tuple(ids),
-                    num_generated=n,
-                    finish_reason="stop",
-                    stop_reason=out.stop,
-                )
-                return
-            if finish is not None:
-                yield Piece(
-                    text=out + stops.flush(),
-                    token_ids=tuple(ids),
-                    num_generated=n,
-                    finish_reason=finish,
-                    stop_reason=choice.get("stop_reason"),
-                )
-                return
-            if out or (ids and req.return_token_ids):
-                yield Piece(text=out, token_ids=tuple(ids), num_generated=n)
-            if live.move is not None and not live.hold_cut:
-                return
+        hop: _Hop,
+    ) -> Piece | None:
+        """One upstream event: the book updated, and what the client gets of it (if anything).
+
+        Synchronous and called once per token: the relay's hot path, kept free of generator
+        layers (each one a token passes through costs a resumption)."""
+        try:
+            choices = orjson.loads(payload).get("choices")
+        except (orjson.JSONDecodeError, AttributeError):
+            raise BackendError(stream.backend, "a stream event is not a JSON object") from None
+        if not choices:
+            return None
+        choice = choices[0]
+        ids = choice.get("token_ids")
+        text = choice.get("text") or ""
+        finish = choice.get("finish_reason")
+        if ids is None:  # an engine that does not return token ids: cannot replay from here
+            live.pinned = True
+            ids = [0] if text else []
+        generated = live.generated_ids
+        if ids:
+            now = self.clock()
+            if not hop.started:
+                hop.started = True
+                if live.seq.state is not SeqState.DECODE:
+                    self.cluster.started(live, now)
+                if trip.handoff_from_s is not None:
+                    self.metrics.handoff_pause.observe(now - trip.handoff_from_s)
+                    trip.handoff_from_s = None
+            generated.extend(ids)
+            live.seq.generated_tokens = len(generated)
+            trip.last_token_s = now
+            live.hold_cut = not text
+        if finish == "abort":
+            raise BackendError(stream.backend, "the engine aborted it")
+        n = len(generated)
+        out = stops.feed(text, n)
+        if isinstance(out, StopHit):
+            return Piece(out.text, ids, n, "stop", out.stop)
+        if finish is not None:
+            return Piece(out + stops.flush(), ids, n, finish, choice.get("stop_reason"))
+        if out or (ids and req.return_token_ids):
+            return Piece(out, ids, n)
+        return None
 
     # ---- pinned requests ----------------------------------------------------------------------
     async def passthrough(

@@ -9,20 +9,22 @@ text: relaying is the gateway's hot path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Piece:
-    """What the gateway releases to the client at once: text, its token ids, maybe the end."""
+class Piece(NamedTuple):
+    """What the gateway releases to the client at once: text, its token ids, maybe the end.
+
+    A named tuple rather than a frozen dataclass: one is made per streamed token, and a frozen
+    dataclass sets each field through `object.__setattr__`."""
 
     text: str
-    token_ids: tuple[int, ...]
+    token_ids: Sequence[int]
     num_generated: int
     finish_reason: str | None = None
     stop_reason: str | int | None = None

@@ -19,17 +19,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from l4 import __version__
@@ -48,12 +44,14 @@ from l4.gateway.render import Piece, Renderer
 from l4.gateway.service import Gateway
 
 access_log = logging.getLogger("l4.gateway.access")
+log = logging.getLogger("l4.gateway")
 _T = TypeVar("_T")
 Json = dict[str, Any]
 _ERROR_TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
     405: "MethodNotAllowed",
+    500: "InternalServerError",
     413: "RequestEntityTooLarge",
     499: "ClientClosedRequest",
     503: "ServiceUnavailableError",
@@ -125,50 +123,73 @@ class _EventStream(StreamingResponse):
             pass  # the client went away in the middle of a send
 
 
+Handler = Callable[[Request], Awaitable[Response]]
+
+
 class FrontDoor:
-    """The routes over one `Gateway`."""
+    """The routes over one `Gateway`, as a plain ASGI app.
+
+    Not a Starlette application: its middleware stack wraps every `send`, which the relay calls
+    once per streamed token. Routing is a dict lookup; 404 and 405 are JSON like every error.
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        guard = self._guard
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/completions": {"POST": guard(self.completions)},
+            "/v1/chat/completions": {"POST": guard(self.chat)},
+            "/tokenize": {"POST": guard(self.tokenize)},
+            "/detokenize": {"POST": guard(self.detokenize)},
+            "/v1/models": {"GET": self.models},
+            "/health": {"GET": self.health},
+            "/metrics": {"GET": self.prometheus},
+            "/l4/state": {"GET": self.state},
+            "/version": {"GET": self.version},
+        }
 
-    def app(self) -> Starlette:
-        @asynccontextmanager
-        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    def app(self) -> FrontDoor:
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        methods = self._routes.get(scope["path"])
+        if methods is None:
+            response = error_response(404, f"no route {scope['path']}")
+        elif (handler := methods.get(scope["method"])) is None:
+            response = error_response(405, f"{scope['method']} is not allowed here")
+            response.headers["allow"] = ", ".join(methods)
+        else:
+            try:
+                response = await handler(Request(scope, receive))
+            except Exception:
+                log.exception("unexpected error on %s", scope["path"])
+                response = error_response(500, "internal error (logged by the gateway)")
+        await response(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
             if not self.gw.started:  # `l4 serve` starts it first, to fail in one line
                 await self.gw.start()
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    loops = tg.create_task(self.gw.run())
-                    try:
-                        yield
-                    finally:
-                        loops.cancel()
-            finally:
-                await self.gw.stop()
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                loops = tg.create_task(self.gw.run())
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown
+                loops.cancel()
+        finally:
+            await self.gw.stop()
+        await send({"type": "lifespan.shutdown.complete"})
 
-        routes = [
-            Route("/v1/completions", self._guard(self.completions), methods=["POST"]),
-            Route("/v1/chat/completions", self._guard(self.chat), methods=["POST"]),
-            Route("/tokenize", self._guard(self.tokenize), methods=["POST"]),
-            Route("/detokenize", self._guard(self.detokenize), methods=["POST"]),
-            Route("/v1/models", self.models, methods=["GET"]),
-            Route("/health", self.health, methods=["GET"]),
-            Route("/metrics", self.prometheus, methods=["GET"]),
-            Route("/l4/state", self.state, methods=["GET"]),
-            Route("/version", self.version, methods=["GET"]),
-        ]
-
-        async def http_error(request: Request, exc: Exception) -> Response:
-            assert isinstance(exc, HTTPException)
-            return error_response(exc.status_code, exc.detail)
-
-        return Starlette(
-            routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
-        )
-
-    def _guard(
-        self, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
+    def _guard(self, handler: Handler) -> Handler:
         """The only place where the project's errors become HTTP answers."""
 
         async def guarded(request: Request) -> Response:
@@ -296,10 +317,9 @@ class FrontDoor:
             return_token_ids=req.return_token_ids,
             continuous_usage=req.continuous_usage,
         )
-        pieces = _pieces(journey, log)
         if req.stream:
-            return _EventStream(log.sse(pieces, renderer, req))
-        collected = await _collect_or_disconnect(pieces, request.receive)
+            return _EventStream(log.sse(journey, renderer, req))
+        collected = await _collect_or_disconnect(journey, log, request.receive)
         if collected is None:
             log.write(499)
             return Response(status_code=499)
@@ -324,28 +344,22 @@ def _status_of(exc: BaseException) -> int:
     return 499
 
 
-async def _pieces(journey: AsyncGenerator[Any, None], log: _AccessLog) -> AsyncIterator[Piece]:
-    try:
-        async for item in journey:
-            if isinstance(item, Piece):
-                log.token_written()
-                yield item
-    finally:
-        await journey.aclose()  # an outer generator's close does not reach the inner one
-
-
 async def _collect_or_disconnect(
-    pieces: AsyncIterator[Piece], receive: Receive
+    journey: AsyncGenerator[Any, None], log: _AccessLog, receive: Receive
 ) -> list[Piece] | UnavailableError | None:
     """All pieces of a non-streaming request; None if the client left first."""
 
     async def collect() -> list[Piece] | UnavailableError:
         out: list[Piece] = []
         try:
-            async for p in pieces:
-                out.append(p)
+            async for item in journey:
+                if isinstance(item, Piece):
+                    log.token_written()
+                    out.append(item)
         except UnavailableError as exc:
             return exc
+        finally:
+            await journey.aclose()
         return out
 
     return await _race(collect(), receive)
@@ -410,8 +424,10 @@ class _AccessLog:
         self.last_s = now
 
     async def sse(
-        self, pieces: AsyncIterator[Piece], renderer: Renderer, req: ClientRequest
+        self, journey: AsyncGenerator[Any, None], renderer: Renderer, req: ClientRequest
     ) -> AsyncIterator[bytes]:
+        """The client's events: one pass over the journey (each generator layer a token passes
+        through costs a resumption, and this is the hot path)."""
         status = 499
         generated = 0
         try:
@@ -419,7 +435,10 @@ class _AccessLog:
             if opening:
                 yield opening
             first = True
-            async for piece in pieces:
+            async for piece in journey:
+                if not isinstance(piece, Piece):
+                    continue
+                self.token_written()
                 generated = piece.num_generated
                 yield renderer.chunk(piece, first=first)
                 first = False
@@ -432,7 +451,7 @@ class _AccessLog:
             yield renderer.done()
             status = 503
         finally:
-            await pieces.aclose()  # type: ignore[attr-defined]
+            await journey.aclose()
             self.write(status)
 
     async def wrap_bytes(self, raw: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:

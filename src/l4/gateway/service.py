@@ -54,7 +54,9 @@ class Gateway:
         def scaled() -> float:
             return time.monotonic() * scale
 
-        self.clock: Clock = clock if clock is not None else scaled
+        if clock is None:
+            clock = time.monotonic if scale == 1.0 else scaled
+        self.clock: Clock = clock
         timeouts = Timeouts(connect_s=config.connect_timeout_s, read_s=config.read_timeout_s)
         self.backends = [
             Backend(url, timeouts=timeouts, max_connections=config.max_connections_per_backend)

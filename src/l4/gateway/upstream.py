@@ -52,7 +52,7 @@ class UpstreamStream:
     """An open streaming response: parsed server-sent events until `[DONE]`."""
 
     def __init__(self, backend: str, response: aiohttp.ClientResponse) -> None:
-        self._backend = backend
+        self.backend = backend
         self._response = response
         self.done = False  # saw `[DONE]`
 
@@ -75,15 +75,6 @@ class UpstreamStream:
             return
         self._response.release()
 
-    async def events(self) -> AsyncIterator[Json]:
-        async for payload in self.payloads():
-            try:
-                parsed = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise BackendError(self._backend, f"bad event: {exc}") from None
-            if isinstance(parsed, dict):
-                yield parsed
-
     async def payloads(self) -> AsyncIterator[bytes]:
         """The raw `data:` payloads of the stream, until `[DONE]` (not yielded)."""
         buf = b""
@@ -104,13 +95,13 @@ class UpstreamStream:
                             return
                         yield payload
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _broken(self._backend, "stream broke", exc, streaming=True) from None
+            raise _broken(self.backend, "stream broke", exc, streaming=True) from None
 
     async def read_body(self) -> bytes:
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _broken(self._backend, "response broke", exc) from None
+            raise _broken(self.backend, "response broke", exc) from None
 
     @property
     def content_type(self) -> str:
