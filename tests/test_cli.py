@@ -104,3 +104,20 @@ def test_engine_command_is_wired_and_validates() -> None:
     assert proc.returncode == 2
     assert "unknown profile" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_one_version_string_from_the_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import importlib.metadata
+
+    import l4
+
+    installed = importlib.metadata.version("l4-serve")
+    assert run_cli("--version").stdout == f"l4 {installed}\n"
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.8.7")
+    try:
+        assert importlib.reload(l4).__version__ == "9.8.7"  # read from the metadata, not a copy
+    finally:
+        monkeypatch.undo()
+        importlib.reload(l4)
+    assert l4.__version__ == installed

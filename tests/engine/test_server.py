@@ -141,6 +141,7 @@ def test_stop_string_ends_generation_before_it(config: EngineConfig) -> None:
         ("/v1/completions", {"prompt": [1, 99999999]}, 400, "out of vocabulary"),
         ("/v1/completions", {"prompt": "a", "model": "other"}, 404, "unknown model"),
         ("/v1/completions", {"prompt": [1] * 131072, "max_tokens": 1}, 400, "context length"),
+        ("/v1/completions", {"prompt": [-1] * 131073}, 400, "your prompt has 131073 tokens"),
         ("/v1/completions", {"prompt": "a", "max_tokens": "3"}, 400, "integer"),
         ("/v1/completions", {"prompt": "a", "max_tokens": 2, "min_tokens": 5}, 400, "min_tokens"),
         ("/v1/chat/completions", {"messages": []}, 400, "messages"),

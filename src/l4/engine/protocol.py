@@ -11,8 +11,8 @@ OpenAI protocol) and then ignored: temperature in [0, 2], top_p in (0, 1], top_k
 finite numbers (JSON null means the default). Types are strict: a number given as a string is
 refused (vLLM's pydantic models would coerce "0.5"; no OpenAI client sends one).
 
-A text prompt is tokenised at most `max_prompt_tokens` + 1 tokens far: a longer prompt is refused
-for the context length without the cost of tokenising all of it.
+A text prompt is tokenised at most `max_prompt_tokens` + 1 tokens far, and a token-id prompt longer
+than that is refused before its ids are checked: a prompt too long for the context costs little.
 """
 
 from __future__ import annotations
@@ -147,6 +147,8 @@ def _prompt_ids(value: Any, tok: Tokenizer, max_prompt_tokens: int | None) -> tu
             f"batched prompts are not supported ({len(value)} prompts); send one request per prompt"
         )
     elif isinstance(value, list):
+        if max_prompt_tokens is not None and len(value) > max_prompt_tokens:
+            raise context_error(max_prompt_tokens, len(value))  # before checking every id
         ids = _token_ids(value, tok, "prompt")
     else:
         raise ValidationError("'prompt' must be a string, a list of one string, or token ids")
