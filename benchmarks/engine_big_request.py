@@ -29,11 +29,9 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import socket
 import statistics
-import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from _machine import machine_meta, write_results
 from l4.costmodel import load_profile
 from l4.engine.parsing import DEFAULT_OFFLOAD_BYTES, BodyParser
 from l4.engine.server import EngineConfig
@@ -212,16 +211,9 @@ def main() -> None:
     meta = {
         "streams": args.streams,
         "repeats": args.repeats,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_before": load_before,
-        "load_average_at_end": os.getloadavg(),
-        "command": "python benchmarks/engine_big_request.py " + " ".join(sys.argv[1:]),
+        **machine_meta("engine_big_request.py", load_before),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engine_big_request.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2, sort_keys=True) + "\n"
-    )
+    write_results(args.out, "engine_big_request", meta, rows)
     lines = [
         "# Other streams while one huge request is parsed",
         "",
