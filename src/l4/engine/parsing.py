@@ -10,7 +10,9 @@ Guarantees:
   so neither the step loop nor other streams wait for it. A thread would not do: JSON decoding
   holds the GIL for its whole duration (about 0.5 s for 15 MB of token ids) and tokenising
   holds it between switches. One parser may serve several engines of one process.
-* Generation prompts are tokenised at most `max_prompt_tokens` + 1 tokens far (see `protocol`).
+* Generation prompts are tokenised at most `max_prompt_tokens` + 1 tokens far (see `protocol`);
+  /tokenize and /detokenize answers come back JSON-encoded, so a huge one costs the event loop a
+  copy of bytes, not the encoding of millions of ids.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal
 
 from l4.engine.protocol import (
-    DetokenizeRequest,
     GenerateRequest,
-    TokenizeRequest,
+    TokenizerAnswer,
     decode_json,
     parse_chat,
     parse_completion,
@@ -37,18 +38,18 @@ from l4.engine.tokenizer import Tokenizer
 from l4.errors import InvariantError
 
 Kind = Literal["completion", "chat", "tokenize", "detokenize"]
-Parsed = GenerateRequest | TokenizeRequest | DetokenizeRequest
+Parsed = GenerateRequest | TokenizerAnswer
 # Bodies up to this size are parsed inline: about 2-3 ms of tokenising at most.
 DEFAULT_OFFLOAD_BYTES = 16 * 1024
 
 
 def parse_now(kind: Kind, raw: bytes, tok: Tokenizer, max_prompt_tokens: int) -> Parsed:
-    """Decode and validate one body, here and now."""
+    """Decode and validate one body, here and now (`max_prompt_tokens`: the context length)."""
     body = decode_json(raw)
     parsers: dict[str, Callable[[Any], Parsed]] = {
         "completion": lambda b: parse_completion(b, tok, max_prompt_tokens=max_prompt_tokens),
         "chat": lambda b: parse_chat(b, tok, max_prompt_tokens=max_prompt_tokens),
-        "tokenize": lambda b: parse_tokenize(b, tok),
+        "tokenize": lambda b: parse_tokenize(b, tok, max_model_len=max_prompt_tokens),
         "detokenize": lambda b: parse_detokenize(b, tok),
     }
     return parsers[kind](body)

@@ -53,16 +53,17 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TokenizeRequest:
+class TokenizerAnswer:
+    """The answer of /tokenize or /detokenize, JSON-encoded where it was computed (a large one
+    in the parsing worker: encoding millions of ids would stall the event loop)."""
+
     model: str | None
-    prompt_ids: tuple[int, ...]
-    return_token_strs: bool
+    body: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DetokenizeRequest:
-    model: str | None
-    text: str
+def encode_json(value: Any) -> bytes:
+    """JSON as Starlette's JSONResponse renders it (compact, UTF-8)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def decode_json(raw: bytes) -> Any:
@@ -261,8 +262,8 @@ def parse_chat(
     return _common(body, prompt, "max_completion_tokens")
 
 
-def parse_tokenize(body: Any, tok: Tokenizer) -> TokenizeRequest:
-    """vLLM's /tokenize: a `prompt` string or chat `messages`."""
+def parse_tokenize(body: Any, tok: Tokenizer, *, max_model_len: int) -> TokenizerAnswer:
+    """vLLM's /tokenize: a `prompt` string or chat `messages`; tokenised whole, as vLLM does."""
     if not isinstance(body, dict):
         raise ValidationError("the request body must be a JSON object")
     if "messages" in body:
@@ -271,18 +272,24 @@ def parse_tokenize(body: Any, tok: Tokenizer) -> TokenizeRequest:
         text = body["prompt"]
     else:
         raise ValidationError("'prompt' (a string) or 'messages' is required")
-    return TokenizeRequest(
-        model=_get(body, "model", str, "a string"),
-        prompt_ids=tuple(tok.tokenize(text)),
-        return_token_strs=_bool(body, "return_token_strs"),
-    )
+    model = _get(body, "model", str, "a string")
+    with_strs = _bool(body, "return_token_strs")
+    ids = tok.tokenize(text)
+    answer = {
+        "count": len(ids),
+        "max_model_len": max_model_len,
+        "tokens": ids,
+        "token_strs": [tok.piece(t) for t in ids] if with_strs else None,
+    }
+    return TokenizerAnswer(model=model, body=encode_json(answer))
 
 
-def parse_detokenize(body: Any, tok: Tokenizer) -> DetokenizeRequest:
+def parse_detokenize(body: Any, tok: Tokenizer) -> TokenizerAnswer:
     """vLLM's /detokenize: `tokens`, a list of token ids."""
     if not isinstance(body, dict) or not isinstance(body.get("tokens"), list):
         raise ValidationError("'tokens' (a list of token ids) is required")
     ids = body["tokens"]
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
         raise ValidationError("'tokens' must be a list of integers")
-    return DetokenizeRequest(model=_get(body, "model", str, "a string"), text=tok.detokenize(ids))
+    model = _get(body, "model", str, "a string")
+    return TokenizerAnswer(model=model, body=encode_json({"prompt": tok.detokenize(ids)}))

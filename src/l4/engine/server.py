@@ -51,12 +51,7 @@ from l4.engine.generation import OutputModel, request_key
 from l4.engine.metrics import EngineMetrics
 from l4.engine.output import Delta, deltas
 from l4.engine.parsing import DEFAULT_OFFLOAD_BYTES, BodyParser, Kind
-from l4.engine.protocol import (
-    DetokenizeRequest,
-    GenerateRequest,
-    TokenizeRequest,
-    context_error,
-)
+from l4.engine.protocol import GenerateRequest, TokenizerAnswer, context_error
 from l4.engine.tokenizer import Tokenizer
 from l4.errors import ConfigError, UnknownNameError, ValidationError
 from l4.http_edge import (
@@ -340,25 +335,16 @@ class EmulatedEngine:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def tokenize(self, request: Request) -> Response:
-        req = await self._parse(request, "tokenize")
-        assert isinstance(req, TokenizeRequest)
-        self._check_model(req.model)
-        ids = req.prompt_ids
-        strs = [self.tokenizer.piece(t) for t in ids] if req.return_token_strs else None
-        return JSONResponse(
-            {
-                "count": len(ids),
-                "max_model_len": self.config.max_model_len,
-                "tokens": list(ids),
-                "token_strs": strs,
-            }
-        )
+        return await self._tokenizer_route(request, "tokenize")
 
     async def detokenize(self, request: Request) -> Response:
-        req = await self._parse(request, "detokenize")
-        assert isinstance(req, DetokenizeRequest)
-        self._check_model(req.model)
-        return JSONResponse({"prompt": req.text})
+        return await self._tokenizer_route(request, "detokenize")
+
+    async def _tokenizer_route(self, request: Request, kind: Kind) -> Response:
+        answer = await self._parse(request, kind)
+        assert isinstance(answer, TokenizerAnswer)
+        self._check_model(answer.model)
+        return Response(answer.body, media_type="application/json")
 
     # ---- generation ---------------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
