@@ -65,7 +65,8 @@ def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--max-request-body-bytes",
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
-        help="refuse larger request bodies with 413, before reading them (default: %(default)s)",
+        help="answer request bodies larger than this with 413, reading no more of them "
+        "(default: %(default)s, 32 MiB)",
     )
     add_log_level_option(p)
     f = p.add_argument_group("fault injection (for testing clients and gateways)")
