@@ -8,7 +8,9 @@ import importlib.metadata
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -310,8 +312,9 @@ def test_a_body_above_the_limit_is_413_and_the_engine_serves_on(config: EngineCo
 
 
 def test_large_bodies_are_parsed_in_a_worker_process_with_the_same_result(
-    config: EngineConfig,
+    config: EngineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where large bodies are spooled
     inline_app = build_app(config)
     worker_app = build_app(config, offload_bytes=0)  # every body goes to the worker
     prompt = "the quick brown fox jumps over the lazy dog " * 50
@@ -343,6 +346,7 @@ def test_large_bodies_are_parsed_in_a_worker_process_with_the_same_result(
     assert [s for s, _ in inline] == [200, 200, 200, 200, 400, 404]
     assert inline_app.state.engine.parser.num_offloaded == 0
     assert worker_app.state.engine.parser.num_offloaded == len(requests)
+    assert not list(tmp_path.iterdir())  # every spooled body was deleted once parsed
 
 
 def test_a_huge_text_prompt_is_refused_without_tokenising_all_of_it(

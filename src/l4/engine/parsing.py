@@ -2,14 +2,17 @@
 
 Guarantees:
 
-* `BodyParser.parse(kind, raw)` returns what `parse_now(kind, raw, ...)` returns (or raises the
-  same `ValidationError`), wherever it ran.
+* `BodyParser.parse(kind, chunks)` returns what `parse_now(kind, b"".join(chunks), ...)` returns
+  (or raises the same `ValidationError`), wherever it ran.
 * A body of at most `offload_bytes` is parsed in the event loop (a few milliseconds at most).
   A larger one is decoded, validated and tokenised in a worker process (one per parser, spawned
-  by `start()` or on first use, stopped by `close()`): the event loop only hands the bytes over,
-  so neither the step loop nor other streams wait for it. A thread would not do: JSON decoding
-  holds the GIL for its whole duration (about 0.5 s for 15 MB of token ids) and tokenising
-  holds it between switches. One parser may serve several engines of one process.
+  by `start()` or on first use, stopped by `close()`), so neither the step loop nor other
+  streams wait for it. A thread would not do: JSON decoding holds the GIL for its whole duration
+  (about 0.5 s for 15 MB of token ids) and tokenising holds it between switches. The event loop
+  never even holds a large body whole: once it grows past `offload_bytes`, its chunks are
+  written to a temporary file as they arrive (deleted once parsed) and the worker reads that,
+  because one join or pickle of 30 MB alone stalls the loop for 100-250 ms on a loaded VM.
+  One parser may serve several engines of one process.
 * Generation prompts are tokenised at most `max_prompt_tokens` + 1 tokens far (see `protocol`);
   /tokenize and /detokenize answers come back JSON-encoded, so a huge one costs the event loop a
   copy of bytes, not the encoding of millions of ids.
@@ -18,11 +21,15 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import AsyncIterable, Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Literal
 
 from l4.engine.protocol import (
@@ -61,8 +68,14 @@ def _worker_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
-def _parse_in_worker(kind: Kind, raw: bytes, max_prompt_tokens: int) -> Parsed:
-    return parse_now(kind, raw, _worker_tokenizer(), max_prompt_tokens)
+def _parse_in_worker(kind: Kind, path: str, max_prompt_tokens: int) -> Parsed:
+    return parse_now(kind, Path(path).read_bytes(), _worker_tokenizer(), max_prompt_tokens)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _warm_up() -> None:
@@ -91,14 +104,45 @@ class BodyParser:
             )
         return self._pool
 
-    async def parse(self, kind: Kind, raw: bytes, *, max_prompt_tokens: int) -> Parsed:
-        if len(raw) <= self.offload_bytes:
-            return parse_now(kind, raw, self._tokenizer, max_prompt_tokens)
+    async def parse(
+        self, kind: Kind, chunks: AsyncIterable[bytes], *, max_prompt_tokens: int
+    ) -> Parsed:
+        """Parse a body arriving in `chunks` (`max_prompt_tokens`: the context length)."""
+        held: list[bytes] = []
+        size = 0
+        spool: int | None = None
+        path: str | None = None
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if spool is not None:
+                    _write_all(spool, chunk)
+                    continue
+                held.append(chunk)
+                if size > self.offload_bytes:
+                    spool, path = tempfile.mkstemp(prefix="l4-body-")
+                    for part in held:
+                        _write_all(spool, part)
+                    held = []
+            if path is None:
+                return parse_now(kind, b"".join(held), self._tokenizer, max_prompt_tokens)
+            assert spool is not None
+            os.close(spool)
+            spool = None
+            return await self._in_worker(kind, path, max_prompt_tokens)
+        finally:
+            if spool is not None:
+                os.close(spool)
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    async def _in_worker(self, kind: Kind, path: str, max_prompt_tokens: int) -> Parsed:
         pool = self._worker()
         self.num_offloaded += 1
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(pool, _parse_in_worker, kind, raw, max_prompt_tokens)
+            return await loop.run_in_executor(pool, _parse_in_worker, kind, path, max_prompt_tokens)
         except BrokenProcessPool:
             self.close()  # the next large body gets a fresh worker
             raise InvariantError("the body-parsing worker process died") from None

@@ -306,8 +306,9 @@ class EmulatedEngine:
         return guarded
 
     async def _parse(self, request: Request, kind: Kind) -> Any:
-        raw = await request.body()
-        return await self.parser.parse(kind, raw, max_prompt_tokens=self.config.max_model_len)
+        return await self.parser.parse(
+            kind, request.stream(), max_prompt_tokens=self.config.max_model_len
+        )
 
     # ---- simple routes ------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
