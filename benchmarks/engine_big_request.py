@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from _engine_proc import serve_until_told
 from _machine import machine_meta, write_results
 from l4.costmodel import load_profile
 from l4.engine.parsing import DEFAULT_OFFLOAD_BYTES, BodyParser
@@ -61,15 +62,7 @@ def serve_child(config: EngineConfig, offload_bytes: int, conn: Connection) -> N
             parser = BodyParser(Tokenizer(), offload_bytes=offload_bytes)
             parser.start()  # as `l4 engine` does: the worker is up before the first request
             server = EngineServer(config, sock=sock, parser=parser)
-            loop = asyncio.get_running_loop()
-            stop = loop.run_in_executor(None, conn.recv)
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                await asyncio.sleep(0.01)
-            conn.send(sock.getsockname()[1])
-            await stop
-            server.stop()
-            await serving
+            await serve_until_told(server, sock, conn)
             parser.close()
             late = [s.late_s for s in server.engine.core.step_log]
             conn.send(max(late, default=0.0))

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _engine_proc import serve_until_told
 from _machine import machine_meta, write_results
 from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
@@ -62,15 +63,7 @@ def serve_child(config: EngineConfig, conn: Connection) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
             sock.bind(("127.0.0.1", 0))
             server = EngineServer(config, sock=sock)
-            loop = asyncio.get_running_loop()
-            stop = loop.run_in_executor(None, conn.recv)
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                await asyncio.sleep(0.01)
-            conn.send(sock.getsockname()[1])
-            await stop
-            server.stop()
-            await serving
+            await serve_until_told(server, sock, conn)
             core = server.engine.core
             rows: StepRows = [
                 (s.predicted_s, s.measured_s, s.late_s, s.num_seqs) for s in core.step_log
