@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
-import platform
 import socket
 import statistics
-import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
+from _engine_proc import serve_until_told
+from _machine import machine_meta, write_results
 from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
 from l4.engine.replay import ReplayConfig, replay
@@ -64,15 +63,7 @@ def serve_child(config: EngineConfig, conn: Connection) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
             sock.bind(("127.0.0.1", 0))
             server = EngineServer(config, sock=sock)
-            loop = asyncio.get_running_loop()
-            stop = loop.run_in_executor(None, conn.recv)
-            serving = asyncio.create_task(server.serve())
-            while not server.started:
-                await asyncio.sleep(0.01)
-            conn.send(sock.getsockname()[1])
-            await stop
-            server.stop()
-            await serving
+            await serve_until_told(server, sock, conn)
             core = server.engine.core
             rows: StepRows = [
                 (s.predicted_s, s.measured_s, s.late_s, s.num_seqs) for s in core.step_log
@@ -202,16 +193,9 @@ def main() -> None:
         "input_tokens": args.input_tokens,
         "output_tokens": args.output_tokens,
         "repeats": args.repeats,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load_average_before": load_before,
-        "load_average_at_end": os.getloadavg(),
-        "command": "python benchmarks/engine_load.py " + " ".join(sys.argv[1:]),
+        **machine_meta("engine_load.py", load_before),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engine_load.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2, sort_keys=True) + "\n"
-    )
+    write_results(args.out, "engine_load", meta, rows)
     lines = [
         "# Engine timing under load",
         "",

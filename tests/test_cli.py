@@ -262,3 +262,20 @@ def test_a_user_profile_is_found_by_name(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["config"]["profile"] == "lab-gpu"
     proc = run_cli("simulate", "--profile", "lab-gpu", "--profiles-dir", str(tmp_path / "none"))
     assert proc.returncode == 2 and "unknown profile 'lab-gpu'" in proc.stderr
+
+
+def test_one_version_string_from_the_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import importlib.metadata
+
+    import l4
+
+    installed = importlib.metadata.version("l4-serve")
+    assert run_cli("--version").stdout == f"l4 {installed}\n"
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.8.7")
+    try:
+        assert importlib.reload(l4).__version__ == "9.8.7"  # read from the metadata, not a copy
+    finally:
+        monkeypatch.undo()
+        importlib.reload(l4)
+    assert l4.__version__ == installed

@@ -5,11 +5,14 @@ at parse time with a message that names what was expected. Output paths are chec
 work (``output_paths``, ``check_output_file``, ``check_output_dir``), so a long run never ends in
 a write error; ``-`` names standard output (``write_output``). ``--profiles-dir`` defaults from
 the environment here, at the edge (``default_profiles_dir``); nothing below the CLI reads it.
+The servers share `--log-level` and the log format (`configure_logging`, vLLM's: level,
+time, logger, message, on standard error).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -19,6 +22,10 @@ from typing import NoReturn
 
 from l4.costmodel.profile import available_profiles
 from l4.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMAT = "%(levelname)s %(asctime)s [%(name)s] %(message)s"
+LOG_DATE_FORMAT = "%m-%d %H:%M:%S"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -203,4 +210,26 @@ def add_profile_options(
         help=f"directory of user profiles, e.g. from `l4 calibrate-alpha --write` (default: "
         f"${PROFILES_DIR_ENV}, else $XDG_DATA_HOME/l4/profiles, else ~/.local/share/l4/profiles;"
         " here %(default)s)",
+    )
+
+
+def add_log_level_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default="info",
+        help="log messages of this level and above, on standard error; info includes one "
+        "access-log line per request (default: %(default)s)",
+    )
+
+
+def configure_logging(level: str) -> None:
+    """Send every logger's records at `level` and above to standard error, in one format."""
+    logging.basicConfig(
+        level=level.upper(),
+        format=LOG_FORMAT,
+        datefmt=LOG_DATE_FORMAT,
+        stream=sys.stderr,
+        force=True,
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 import httpx
 import pytest
 
+import l4
 from l4.engine.cli import add_engine_parser, engine_targets
 from l4.engine.faults import FaultConfig
 from l4.errors import ConfigError, UnknownNameError, ValidationError
@@ -105,3 +107,98 @@ def test_l4_engine_process_dies_after_the_injected_crash() -> None:
         proc.kill()
     assert "instance 0 crashed after 5 tokens" in err
     assert proc.returncode == 0 and "Traceback" not in err
+
+
+def run_l4_engine(*argv: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "l4", "engine", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def test_a_busy_port_is_one_line_and_nothing_is_served() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = run_l4_engine("--port", str(port))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"l4: error: cannot listen on 127.0.0.1:{port}: ")
+    assert "in use" in done.stderr and done.stderr.count("\n") == 1
+    assert "serving on" not in done.stdout + done.stderr
+
+
+def test_the_second_of_two_instances_on_a_busy_port_stops_both() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = run_l4_engine("--instances", "2", "--base-port", str(port - 1))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}: " in done.stderr
+    assert "serving on" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "needle"),
+    [
+        ("no-such-host.invalid", "l4: error: cannot resolve host 'no-such-host.invalid': "),
+        ("192.0.2.1", "l4: error: cannot listen on 192.0.2.1:"),  # TEST-NET-1: not ours
+    ],
+)
+def test_a_bad_host_is_one_line(host: str, needle: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = run_l4_engine("--host", host, "--port", str(port))
+    assert done.returncode == 2
+    assert done.stderr.startswith(needle) and done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr and "serving on" not in done.stderr
+
+
+def test_body_limit_and_log_level_options() -> None:
+    (t,) = engine_targets(parse("--port", "1", "--max-request-body-bytes", "4096"))
+    assert t.config.max_request_body_bytes == 4096
+    (t,) = engine_targets(parse("--port", "1"))
+    assert t.config.max_request_body_bytes == 32 * 1024 * 1024
+    with pytest.raises(ValidationError, match="--max-request-body-bytes"):
+        engine_targets(parse("--port", "1", "--max-request-body-bytes", "0"))
+    assert parse("--port", "1").log_level == "info"
+    assert parse("--port", "1", "--log-level", "DEBUG").log_level == "debug"
+    with pytest.raises(SystemExit):
+        parse("--port", "1", "--log-level", "loud")
+
+
+def test_l4_engine_logs_serving_then_one_access_line_per_request() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "l4", "engine", "--port", str(port), "--time-scale", "100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    c.get("/health")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.02)
+            req = {"prompt": "a b c", "max_tokens": 4, "ignore_eos": True}
+            assert c.post("/v1/completions", json=req).status_code == 200
+            assert c.get("/version").json() == {"version": l4.__version__}
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out == ""
+    lines = err.splitlines()
+    assert re.fullmatch(
+        r"INFO \d\d-\d\d \d\d:\d\d:\d\d \[l4\.engine\] instance 0 \(h100-llama-3\.2-3b, x100\) "
+        rf"serving on http://127\.0\.0\.1:{port}",
+        lines[0],
+    ), lines[0]
+    access = [line for line in lines if "[l4.engine.access]" in line]
+    assert len(access) == 3  # the /health that answered, the completion, /version
+    assert '"POST /v1/completions HTTP/1.1" 200 ' in access[1]
+    assert "prompt_tokens=3 generated_tokens=4" in access[1]
+    assert '"GET /version HTTP/1.1" 200 ' in access[2]

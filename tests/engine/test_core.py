@@ -194,3 +194,82 @@ def test_crash_emits_exactly_n_tokens_then_stops(fake_clock: Any, limit: int) ->
         assert h.finished != h.crashed
         assert h.finished == (h.produced == 30)
     assert any(h.crashed for h in handles)
+
+
+def sample(core: EngineCore, name: str, **labels: str) -> float:
+    m = core._metrics
+    assert m is not None
+    value = m.registry.get_sample_value(name, {"model_name": "m", "engine": "0", **labels})
+    assert value is not None, name
+    return value
+
+
+def test_request_metrics_split_a_request_as_vllm_does(fake_clock: Any) -> None:
+    async def body(core: EngineCore) -> None:
+        await token_times(core.submit(prompt_tokens=300, output_tokens=40))
+
+    core = run_with_core(fake_clock, body)
+    ends = reference_times(300, 40)  # the prompt fits one step: its first token ends step 1
+    assert sample(core, "vllm:request_success_total", finished_reason="length") == 1
+    for reason in ("stop", "abort", "error", "repetition"):
+        assert sample(core, "vllm:request_success_total", finished_reason=reason) == 0
+    # Submitted to an idle loop: scheduled at once, first token at the end of the first step.
+    assert sample(core, "vllm:request_queue_time_seconds_sum") == 0.0
+    assert sample(core, "vllm:request_prefill_time_seconds_sum") == pytest.approx(ends[0])
+    assert sample(core, "vllm:request_decode_time_seconds_sum") == pytest.approx(ends[-1] - ends[0])
+    assert sample(core, "vllm:request_inference_time_seconds_sum") == pytest.approx(ends[-1])
+    assert sample(core, "vllm:e2e_request_latency_seconds_sum") == pytest.approx(ends[-1])
+    assert sample(core, "vllm:request_time_per_output_token_seconds_sum") == pytest.approx(
+        (ends[-1] - ends[0]) / 39
+    )
+    assert sample(core, "vllm:request_prompt_tokens_sum") == 300
+    assert sample(core, "vllm:request_generation_tokens_sum") == 40
+    # One observation per step: the whole prompt with its first token, then one token a step.
+    assert sample(core, "vllm:iteration_tokens_total_count") == len(ends) == 40
+    assert sample(core, "vllm:iteration_tokens_total_sum") == 300 + 40
+    assert sample(core, "vllm:iteration_tokens_total_bucket", le="1.0") == 39
+    assert sample(core, "vllm:num_preemptions_total") == 0
+
+
+def test_a_stop_string_finishes_and_a_client_abort_abandons(fake_clock: Any) -> None:
+    async def body(core: EngineCore) -> None:
+        eos = core.submit(prompt_tokens=20, output_tokens=5, finish_reason="stop")
+        await token_times(eos)
+        cut = core.submit(prompt_tokens=20, output_tokens=500)
+        await cut.wait_beyond(3)
+        core.abort(cut, finish_reason="stop")
+        left = core.submit(prompt_tokens=20, output_tokens=500)
+        await left.wait_beyond(3)
+        core.abort(left)
+
+    core = run_with_core(fake_clock, body)
+    assert sample(core, "vllm:request_success_total", finished_reason="stop") == 2
+    assert sample(core, "vllm:request_success_total", finished_reason="abort") == 1
+    assert sample(core, "vllm:request_success_total", finished_reason="length") == 0
+    # The abandoned request is in no per-request histogram; the other two are.
+    assert sample(core, "vllm:e2e_request_latency_seconds_count") == 2
+    assert sample(core, "vllm:request_generation_tokens_sum") == 5 + 4
+
+
+def test_preemptions_are_counted(fake_clock: Any) -> None:
+    # 8 blocks of 16 tokens; each request peaks at 16 + 48 = 64 tokens (4 blocks): two fit, the
+    # third is preempted (recomputed) whenever the others' decodes need its blocks.
+    small = InstanceConfig(max_num_seqs=8, max_num_batched_tokens=2048, num_kv_blocks=8)
+    instance = Instance(0, small, COST)
+    core = EngineCore(
+        instance, time_scale=1.0, clock=fake_clock, sleep=fake_clock.sleep,
+        metrics=EngineMetrics("m"),
+    )  # fmt: skip
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(core.run())
+            handles = [core.submit(prompt_tokens=16, output_tokens=48) for _ in range(3)]
+            for h in handles:
+                await token_times(h)
+            core.stop()
+        assert all(h.finished and h.produced == 48 for h in handles)
+
+    asyncio.run(main())
+    assert instance.num_preemptions > 0
+    assert sample(core, "vllm:num_preemptions_total") == instance.num_preemptions

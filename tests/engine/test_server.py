@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib.metadata
 import json
+import logging
+import re
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -137,6 +143,7 @@ def test_stop_string_ends_generation_before_it(config: EngineConfig) -> None:
         ("/v1/completions", {"prompt": [1, 99999999]}, 400, "out of vocabulary"),
         ("/v1/completions", {"prompt": "a", "model": "other"}, 404, "unknown model"),
         ("/v1/completions", {"prompt": [1] * 131072, "max_tokens": 1}, 400, "context length"),
+        ("/v1/completions", {"prompt": [-1] * 131073}, 400, "your prompt has 131073 tokens"),
         ("/v1/completions", {"prompt": "a", "max_tokens": "3"}, 400, "integer"),
         ("/v1/completions", {"prompt": "a", "max_tokens": 2, "min_tokens": 5}, 400, "min_tokens"),
         ("/v1/chat/completions", {"messages": []}, 400, "messages"),
@@ -195,3 +202,191 @@ def test_models_health_and_metrics(config: EngineConfig) -> None:
                 assert 'engine="0"' in line and 'model_name="test-model"' in line, line
 
     with_client(config, body)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("temperature", "hot", "'temperature' must be a number, got str"),
+        ("temperature", -5, "'temperature' must be in [0, 2], got -5"),
+        ("temperature", 2.5, "'temperature' must be in [0, 2], got 2.5"),
+        ("temperature", True, "'temperature' must be a number, got bool"),
+        ("top_p", 0, "'top_p' must be in (0, 1], got 0"),
+        ("top_p", 1.01, "'top_p' must be in (0, 1], got 1.01"),
+        ("top_k", -2, "'top_k' must be >= -1, got -2"),
+        ("top_k", 1.5, "'top_k' must be an integer, got float"),
+        ("top_k", "5", "'top_k' must be an integer, got str"),
+        ("min_p", 1.5, "'min_p' must be in [0, 1], got 1.5"),
+        ("presence_penalty", 2.5, "'presence_penalty' must be in [-2, 2], got 2.5"),
+        ("frequency_penalty", -3, "'frequency_penalty' must be in [-2, 2], got -3"),
+        ("repetition_penalty", 0, "'repetition_penalty' must be a finite number > 0, got 0"),
+        ("repetition_penalty", -1.0, "'repetition_penalty' must be a finite number > 0"),
+        ("seed", 1.5, "'seed' must be an integer, got float"),
+        ("seed", "7", "'seed' must be an integer, got str"),
+        ("seed", 2**63, "'seed' must fit in a signed 64-bit integer"),
+        ("seed", -(2**63) - 1, "'seed' must fit in a signed 64-bit integer"),
+    ],
+)
+def test_sampling_parameters_are_checked_as_vllm_checks_them(
+    config: EngineConfig, field: str, value: Any, needle: str
+) -> None:
+    async def body(c: Client) -> None:
+        for path, base in (
+            ("/v1/completions", {"prompt": "a", "max_tokens": 2}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}]}),
+        ):
+            r = await c.post(path, json={**base, field: value})
+            assert r.status_code == 400, (path, r.text)
+            assert r.json()["error"]["message"].startswith(needle)
+
+    with_client(config, body)
+
+
+def test_non_finite_sampling_numbers_are_400(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        for raw in (b'{"prompt": "a", "temperature": 1e400}', b'{"prompt": "a", "top_p": NaN}'):
+            r = await c.post("/v1/completions", content=raw)
+            assert r.status_code == 400 and ("got inf" in r.text or "got nan" in r.text)
+
+    with_client(config, body)
+
+
+def test_sampling_parameters_in_range_are_accepted_and_change_nothing(
+    config: EngineConfig,
+) -> None:
+    async def body(c: Client) -> None:
+        req: dict[str, Any] = {"prompt": "same", "max_tokens": 6, "ignore_eos": True}
+        plain = (await c.post("/v1/completions", json=req)).json()["choices"][0]["text"]
+        knobs = [
+            {"temperature": 0, "top_p": 1, "top_k": -1, "seed": -1},
+            {"temperature": 2.0, "top_p": 0.01, "top_k": 0, "min_p": 1.0, "seed": 2**63 - 1},
+            {"presence_penalty": -2, "frequency_penalty": 2, "repetition_penalty": 1e6},
+            {"temperature": None, "top_p": None, "seed": None, "top_k": None},
+        ]
+        for extra in knobs:
+            r = await c.post("/v1/completions", json={**req, **extra})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"] == plain
+
+    with_client(config, body)
+
+
+def test_version_route_reports_the_package_version(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        r = await c.get("/version")
+        assert r.status_code == 200
+        assert r.json() == {"version": importlib.metadata.version("l4-serve")}
+
+    with_client(config, body)
+
+
+def test_unknown_routes_and_methods_have_openai_error_bodies(config: EngineConfig) -> None:
+    async def body(c: Client) -> None:
+        r = await c.get("/v1/nothing")
+        assert r.status_code == 404
+        assert r.json()["error"] == {
+            "message": "Not Found: GET /v1/nothing",
+            "type": "NotFoundError",
+            "param": None,
+            "code": 404,
+        }
+        r = await c.get("/v1/completions")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        assert r.json()["error"]["code"] == 405
+
+    with_client(config, body)
+
+
+def test_a_body_above_the_limit_is_413_and_the_engine_serves_on(config: EngineConfig) -> None:
+    small = dataclasses.replace(config, max_request_body_bytes=1000)
+
+    async def body(c: Client) -> None:
+        r = await c.post("/v1/completions", json={"prompt": "a " * 1000, "max_tokens": 2})
+        assert r.status_code == 413
+        assert r.json()["error"]["type"] == "RequestEntityTooLargeError"
+        assert "1000 bytes" in r.json()["error"]["message"]
+        ok = await c.post("/v1/completions", json={"prompt": "a " * 100, "max_tokens": 2})
+        assert ok.status_code == 200
+
+    with_client(small, body)
+
+
+def test_large_bodies_are_parsed_in_a_worker_process_with_the_same_result(
+    config: EngineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where large bodies are spooled
+    inline_app = build_app(config)
+    worker_app = build_app(config, offload_bytes=0)  # every body goes to the worker
+    prompt = "the quick brown fox jumps over the lazy dog " * 50
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("/v1/completions", {"prompt": prompt, "max_tokens": 8}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}]}),
+        ("/tokenize", {"prompt": prompt, "return_token_strs": True}),
+        ("/detokenize", {"tokens": [5, 6, 7, 400]}),
+        ("/v1/completions", {"prompt": "a", "temperature": -1}),
+        ("/v1/completions", {"prompt": "a", "model": "another"}),
+    ]
+
+    async def answers(app: Any) -> list[tuple[int, Any]]:
+        out = []
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://engine") as c:
+                for path, req in requests:
+                    r = await c.post(path, json=req)
+                    body = r.json()
+                    for key in ("id", "created"):
+                        body.pop(key, None)
+                    out.append((r.status_code, body))
+        return out
+
+    inline = asyncio.run(answers(inline_app))
+    offloaded = asyncio.run(answers(worker_app))
+    assert offloaded == inline
+    assert [s for s, _ in inline] == [200, 200, 200, 200, 400, 404]
+    assert inline_app.state.engine.parser.num_offloaded == 0
+    assert worker_app.state.engine.parser.num_offloaded == len(requests)
+    assert not list(tmp_path.iterdir())  # every spooled body was deleted once parsed
+
+
+def test_a_huge_text_prompt_is_refused_without_tokenising_all_of_it(
+    config: EngineConfig,
+) -> None:
+    async def body(c: Client) -> None:
+        huge = "word " * 2_000_000  # 10 MB, 2 million tokens
+        r = await c.post("/v1/completions", json={"prompt": huge, "max_tokens": 1})
+        assert r.status_code == 400
+        limit = config.max_model_len
+        assert r.json()["error"]["message"] == (
+            f"This model's maximum context length is {limit} tokens. However, your prompt "
+            f"has more than {limit} tokens; please reduce its length."
+        )
+
+    with_client(config, body)
+
+
+def test_one_access_log_line_per_request(
+    config: EngineConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(c: Client) -> None:
+        await c.post("/v1/completions", json={"prompt": "a b c", "max_tokens": 5,
+                                              "ignore_eos": True})  # fmt: skip
+        await c.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True,
+            "ignore_eos": True})  # fmt: skip
+        await c.post("/v1/completions", json={"prompt": "a", "n": 2})
+        await c.get("/health")
+
+    with caplog.at_level(logging.INFO, logger="l4.engine.access"):
+        with_client(config, body)
+    lines = [r.getMessage() for r in caplog.records if r.name == "l4.engine.access"]
+    assert len(lines) == 4
+    completion, chat, bad, health = lines
+    assert re.fullmatch(
+        r'127\.0\.0\.1:123 "POST /v1/completions HTTP/1\.1" 200 \d+\.\d{4}s id=cmpl-[0-9a-f]{32} '
+        r"engine=0 prompt_tokens=3 generated_tokens=5 ttft_s=\d+\.\d{4} e2e_s=\d+\.\d{4}",
+        completion,
+    ), completion
+    assert " id=chatcmpl-" in chat and "generated_tokens=4" in chat and '" 200 ' in chat
+    assert '"POST /v1/completions HTTP/1.1" 400 ' in bad and "id=" not in bad
+    assert '"GET /health HTTP/1.1" 200 ' in health

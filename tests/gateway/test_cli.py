@@ -75,7 +75,7 @@ def test_a_busy_port_is_one_line() -> None:
         port = held.getsockname()[1]
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
             bind("127.0.0.1", port)
-    with pytest.raises(ConfigError, match=r"cannot listen on no-such-host\.invalid"):
+    with pytest.raises(ConfigError, match=r"cannot resolve host 'no-such-host\.invalid'"):
         bind("no-such-host.invalid", 0)
 
 

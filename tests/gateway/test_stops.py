@@ -26,9 +26,7 @@ def run(pieces: list[str], stops: tuple[str, ...], *, min_tokens: int = 0, inclu
     return "".join(out), hit
 
 
-def reference(
-    pieces: list[str], stops: tuple[str, ...], include: bool
-) -> tuple[str, str | None]:
+def reference(pieces: list[str], stops: tuple[str, ...], include: bool) -> tuple[str, str | None]:
     """As vLLM checks stop strings: after each token, over all the text so far; the earliest
     match (the first listed at a tie) ends the request. Which one matches first can depend on
     where tokens end (stops "bc" and "abcd" on "abc" + "d" stop at "bc"), in vLLM as here."""

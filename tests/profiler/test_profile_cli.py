@@ -1,4 +1,8 @@
-"""`l4 profile-attention` on a CPU (torch from the dev extra) and `l4 calibrate-alpha`."""
+"""`l4 profile-attention` on a CPU and `l4 calibrate-alpha`.
+
+torch is optional (the `profile` extra): without it the tests that run the profiler skip, and the
+others (the message that says how to install it, calibrate-alpha on given measurements) still run.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F  # noqa: N812
 from rich.console import Console
 
 from l4.costmodel import AlphaTable, load_profile
@@ -26,7 +28,6 @@ from l4.costmodel.alpha_fit import (
     write_skew_csv,
 )
 from l4.errors import ConfigError
-from l4.profiler import kernels
 from l4.profiler.cli import (
     TORCH_MISSING,
     add_calibrate_alpha_parser,
@@ -36,6 +37,15 @@ from l4.profiler.cli import (
 )
 from l4.profiler.grid import QUICK_GRID, HeadShape, grid_points
 
+try:
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from l4.profiler import kernels
+except ImportError:  # the profile extra is not installed
+    torch = None  # type: ignore[assignment]
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (l4-serve[profile])")
 PROFILES = Path(__file__).resolve().parents[2] / "src" / "l4" / "costmodel" / "profiles"
 
 
@@ -53,6 +63,8 @@ def _quiet() -> Console:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if torch is None:
+        pytest.skip("torch is not installed (l4-serve[profile])")
     out = tmp_path_factory.mktemp("profile")
     quick = ["profile-attention", "--device", "cpu", "--quick"]
     args = _parse([*quick, "--profiles", "h100-llama-3.1-8b", "--out", str(out)])
@@ -98,6 +110,7 @@ def _pool(head: HeadShape) -> kernels.KvPool:
     )
 
 
+@needs_torch
 def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -125,12 +138,14 @@ def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused(
         kernels.check_kernel("sdpa", head, pool, seed=1)
 
 
+@needs_torch
 def test_varlen_kernel_needs_cuda() -> None:
     head = HeadShape(num_q_heads=4, num_kv_heads=2, head_dim=16)
     with pytest.raises(ConfigError, match="needs --device cuda"):
         kernels.check_kernel("varlen", head, _pool(head), seed=1)
 
 
+@needs_torch
 def test_cuda_without_a_gpu_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

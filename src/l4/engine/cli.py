@@ -2,28 +2,36 @@
 
 `add_engine_parser(subparsers)` registers the sub-command; `run_engine(args)` runs it until
 interrupted, or until every instance crashed (`--crash-after-tokens`). Bad options raise
-`ConfigError`/`ValidationError` (one line) before anything binds.
+`ConfigError`/`ValidationError` (one line) before anything binds; every port is bound (a busy
+port, an unknown or foreign `--host`: one line, nothing served) before the first "serving on".
+Messages go through `logging` (`--log-level`), never bare prints.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
 import signal
-import sys
+import socket
 from dataclasses import dataclass
 from typing import Any
 
-from l4.cliargs import add_profile_options
+from l4.cliargs import add_log_level_option, add_profile_options, configure_logging
 from l4.costmodel.profile import load_profile
 from l4.engine.faults import FaultConfig
+from l4.engine.parsing import BodyParser
 from l4.engine.server import EngineConfig
 from l4.engine.serving import EngineServer
+from l4.engine.tokenizer import Tokenizer
 from l4.errors import ValidationError
+from l4.http_edge import DEFAULT_MAX_BODY_BYTES, bind_listening_socket
 from l4.instance.config import InstanceConfig
 
 DEFAULT_PROFILE = "h100-llama-3.2-3b"
+logger = logging.getLogger("l4.engine")
 
 
 def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -49,6 +57,14 @@ def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--kv-capacity-tokens", type=int, help="KV cache size per instance")
     p.add_argument("--served-model-name", help="model name in the API (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="seed of output lengths, text and faults")
+    p.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="answer request bodies larger than this with 413, reading no more of them "
+        "(default: %(default)s, 32 MiB)",
+    )
+    add_log_level_option(p)
     f = p.add_argument_group("fault injection (for testing clients and gateways)")
     f.add_argument(
         "--error-rate",
@@ -120,7 +136,12 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
         raise ValidationError(f"--instances must be >= 1, got {args.instances}")
     if not args.time_scale > 0:
         raise ValidationError(f"--time-scale must be > 0, got {args.time_scale}")
-    for flag in ("max_num_seqs", "max_num_batched_tokens", "kv_capacity_tokens"):
+    for flag in (
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "kv_capacity_tokens",
+        "max_request_body_bytes",
+    ):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.instances == 1 and args.base_port is None:
         if args.port is None:
@@ -163,18 +184,39 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
                 seed=args.seed,
                 instance_id=i,
                 faults=faults if i in faulty else FaultConfig(),
+                max_request_body_bytes=args.max_request_body_bytes,
             ),
         )
         for i, port in enumerate(ports)
     ]
 
 
-async def serve(targets: list[ServeTarget]) -> None:
-    """Serve every target in this event loop until all stop (interrupted or crashed).
+def bind_all(targets: list[ServeTarget]) -> list[socket.socket]:
+    """One listening socket per target, or `ConfigError` (and none left open)."""
+    sockets: list[socket.socket] = []
+    try:
+        for t in targets:
+            sockets.append(bind_listening_socket(t.host, t.port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+async def serve(targets: list[ServeTarget], sockets: list[socket.socket]) -> None:
+    """Serve every target on its bound socket until all stop (interrupted or crashed).
 
     The first SIGINT/SIGTERM stops every instance gracefully, a second one at once.
     """
-    servers = [EngineServer(t.config, host=t.host, port=t.port) for t in targets]
+    # One worker process parses the large bodies of every instance, spawned now so that the
+    # first large request does not wait for it.
+    parser = BodyParser(Tokenizer())
+    parser.start()
+    servers = [
+        EngineServer(t.config, host=t.host, port=t.port, sock=sock, parser=parser)
+        for t, sock in zip(targets, sockets, strict=True)
+    ]
     signals = 0
 
     def on_signal() -> None:
@@ -190,11 +232,10 @@ async def serve(targets: list[ServeTarget]) -> None:
     async def one(target: ServeTarget, server: EngineServer) -> None:
         await server.serve()
         if server.crashed:
-            print(
-                f"l4 engine: instance {target.config.instance_id} crashed after "
-                f"{server.engine.core.tokens_emitted} tokens (--crash-after-tokens)",
-                file=sys.stderr,
-                flush=True,
+            logger.error(
+                "instance %d crashed after %d tokens (--crash-after-tokens)",
+                target.config.instance_id,
+                server.engine.core.tokens_emitted,
             )
 
     try:
@@ -202,19 +243,29 @@ async def serve(targets: list[ServeTarget]) -> None:
             for target, server in zip(targets, servers, strict=True):
                 tg.create_task(one(target, server))
     finally:
+        parser.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
 def run_engine(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
     targets = engine_targets(args)
-    for t in targets:
-        faults = t.config.faults
-        note = " with faults" if faults.active else ""
-        print(
-            f"l4 engine: instance {t.config.instance_id} ({t.config.profile.name}, "
-            f"x{t.config.time_scale:g}{note}) on http://{t.host}:{t.port}",
-            flush=True,
-        )
-    asyncio.run(serve(targets))
+    sockets = bind_all(targets)
+    with contextlib.ExitStack() as stack:
+        for sock in sockets:
+            stack.enter_context(sock)
+        for t in targets:
+            note = " with faults" if t.config.faults.active else ""
+            host = f"[{t.host}]" if ":" in t.host else t.host
+            logger.info(
+                "instance %d (%s, x%g%s) serving on http://%s:%d",
+                t.config.instance_id,
+                t.config.profile.name,
+                t.config.time_scale,
+                note,
+                host,
+                t.port,
+            )
+        asyncio.run(serve(targets, sockets))
     return 0

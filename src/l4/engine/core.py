@@ -24,6 +24,11 @@ Guarantees:
   wall duration, its measured one (from the loop waking after the previous step, or from the
   plan when the loop was idle or resynchronised, to waking after this one) and its lateness
   (wake minus deadline).
+* Metrics (when given): a request's arrival is its submission, it is scheduled at the start of the
+  first step that computes any of its prompt, its tokens are seen when the loop hands them over;
+  a request finishes with its natural reason ("length" or "stop", given at submission), or with
+  the reason given to `abort` ("stop" for a stop string, "abort" for a client that left).
+  Preemptions and the tokens of every step are counted as vLLM counts them.
 * With `crash_after_tokens`, the loop stops for good once exactly that many tokens were emitted
   in total (a step that crosses the threshold delivers only the tokens up to it): every
   unfinished handle is marked `crashed` and `crashed` is set. Nothing steps afterwards.
@@ -36,7 +41,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from l4.engine.metrics import EngineMetrics
+from l4.engine.metrics import EngineMetrics, FinishedRequest
 from l4.errors import InvariantError, ValidationError
 from l4.instance import Instance, SeqState, Sequence
 from l4.request import RequestSpec
@@ -63,17 +68,21 @@ class Handle:
         "aborted",
         "arrival_s",
         "crashed",
+        "finish_reason",
         "finished",
         "first_seen_s",
         "last_seen_s",
         "last_token_s",
         "produced",
+        "scheduled_s",
         "seq",
     )
 
-    def __init__(self, seq: Sequence, arrival_s: float) -> None:
+    def __init__(self, seq: Sequence, arrival_s: float, finish_reason: str = "length") -> None:
         self.seq = seq
         self.arrival_s = arrival_s
+        self.finish_reason = finish_reason  # why it ends if nothing cuts it short
+        self.scheduled_s: float | None = None  # start of the first step that computed it
         self.produced = 0
         self.finished = False
         self.aborted = False
@@ -146,8 +155,13 @@ class EngineCore:
     def now_s(self) -> float:
         return (self._clock() - self._start_wall) * self.time_scale
 
-    def submit(self, *, prompt_tokens: int, output_tokens: int) -> Handle:
-        """Queue a request; it joins the batch at the next step boundary."""
+    def submit(
+        self, *, prompt_tokens: int, output_tokens: int, finish_reason: str = "length"
+    ) -> Handle:
+        """Queue a request; it joins the batch at the next step boundary.
+
+        `finish_reason`: what ends it after `output_tokens` ("length": max_tokens, "stop": EOS).
+        """
         if prompt_tokens < 1 or output_tokens < 1:
             raise ValidationError("a request needs at least one prompt and one output token")
         now = self.now_s()
@@ -158,17 +172,26 @@ class EngineCore:
             output_tokens=output_tokens,
         )
         self._next_id += 1
-        handle = Handle(Sequence(spec), now)
+        handle = Handle(Sequence(spec), now, finish_reason)
         self._handles[spec.request_id] = handle
         self._inbox.append(handle)
         self._update_gauges()
         self._wake.set()
         return handle
 
-    def abort(self, handle: Handle) -> None:
-        """Stop `handle`; its sequence leaves the instance at the next step boundary."""
+    def abort(self, handle: Handle, *, finish_reason: str = "abort") -> None:
+        """Stop `handle`; its sequence leaves the instance at the next step boundary.
+
+        `finish_reason` "stop" (a stop string ended it) records it as finished, with the tokens it
+        was given; "abort" (its client left) as abandoned.
+        """
         if handle.done:
             return
+        if self._metrics is not None:
+            if finish_reason == "abort" or handle.produced == 0:
+                self._metrics.request_aborted()
+            else:
+                self._metrics.request_finished(self._finished(handle, finish_reason))
         handle.aborted = True
         handle.notify()
         self._aborts.append(handle)
@@ -205,6 +228,7 @@ class EngineCore:
                     self.num_resyncs += 1
                 start = last_end if back_to_back and last_end is not None else now
                 self._admit_arrived(start)
+                preemptions = inst.num_preemptions
                 plan = inst.plan(start, 1)
                 if plan is None and self._inbox:
                     # Only requests that arrived after `start` are left: the GPU would have
@@ -212,6 +236,8 @@ class EngineCore:
                     back_to_back, start = False, now
                     self._admit_arrived(start)
                     plan = inst.plan(start, 1)
+                if self._metrics is not None and inst.num_preemptions > preemptions:
+                    self._metrics.preemptions.inc(inst.num_preemptions - preemptions)
                 if plan is None:
                     last_end = None
                     self._update_gauges()
@@ -220,6 +246,7 @@ class EngineCore:
                     continue
                 if not back_to_back:
                     woke_wall = now_wall
+                self._mark_scheduled(plan.chunks, start)
                 self._update_gauges()
                 late_s = await self._sleep_until(plan.end_s)
                 wall = self._clock()
@@ -257,6 +284,24 @@ class EngineCore:
         self.lateness_s += max(0.0, late)
         return late / self.time_scale
 
+    def _mark_scheduled(self, chunks: tuple[tuple[Sequence, int], ...], start_s: float) -> None:
+        for seq, _ in chunks:
+            handle = self._handles.get(seq.request_id)
+            if handle is not None and handle.scheduled_s is None:
+                handle.scheduled_s = start_s
+
+    def _finished(self, handle: Handle, finish_reason: str) -> FinishedRequest:
+        arrival = handle.arrival_s
+        return FinishedRequest(
+            finish_reason=finish_reason,
+            arrival_s=arrival,
+            scheduled_s=arrival if handle.scheduled_s is None else handle.scheduled_s,
+            first_token_s=handle.first_seen_s,
+            last_token_s=handle.last_seen_s,
+            prompt_tokens=handle.seq.spec.input_tokens,
+            generation_tokens=handle.produced,
+        )
+
     def _admit_arrived(self, start_s: float) -> None:
         inbox = self._inbox
         while inbox and inbox[0].arrival_s <= start_s:
@@ -281,6 +326,7 @@ class EngineCore:
         limit = self._crash_after
         # Latency metrics are measured: the time the loop actually hands the tokens over.
         seen_s = self.now_s()
+        step_tokens = 0  # vLLM's iteration tokens: new tokens, plus whole prompts just prefilled
         for handle in self._handles.values():
             seq = handle.seq
             count = inst.generated_of(seq) if seq.state is SeqState.DECODE else seq.generated_tokens
@@ -293,6 +339,7 @@ class EngineCore:
                     break
             if handle.produced == 0:
                 handle.first_seen_s = seen_s
+                step_tokens += seq.spec.input_tokens
                 if m is not None:
                     m.ttft.observe(seen_s - handle.arrival_s)
                     m.prompt_tokens.inc(seq.spec.input_tokens)
@@ -300,11 +347,14 @@ class EngineCore:
                 m.itl.observe(seen_s - handle.last_seen_s)
             if m is not None:
                 m.generation_tokens.inc(new)
+            step_tokens += new
             handle.produced += new
             self.tokens_emitted += new
             handle.last_token_s = end_s
             handle.last_seen_s = seen_s
             handle.notify()
+        if m is not None:
+            m.iteration_tokens.observe(step_tokens)
         for seq in finished:
             gone = self._handles.get(seq.request_id)
             if gone is None:
@@ -315,9 +365,7 @@ class EngineCore:
             gone.finished = True
             gone.notify()
             if m is not None:
-                m.e2e.observe(seen_s - gone.arrival_s)
-                if gone.produced > 1:
-                    m.tpot.observe((seen_s - gone.first_seen_s) / (gone.produced - 1))
+                m.request_finished(self._finished(gone, gone.finish_reason))
         if limit is not None and self.tokens_emitted >= limit:
             self._crash()
         self._update_gauges()

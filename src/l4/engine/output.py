@@ -5,9 +5,10 @@ the last delta carries the finish reason ("length", "stop" or "abort"). A stop s
 once `min_tokens` tokens exist, as vLLM does) ends generation with the text cut before it and
 `stop_reason` set to it; while stop strings are active, the last `len(longest stop) - 1`
 characters are held back so no part of a stop string is ever streamed. When the generator is
-closed before its end (client gone, stop string hit), the request is aborted in the engine. When
-the engine crashes (fault injection), the deltas end without a finish reason after the text of
-the tokens emitted before the crash: the caller then cuts the response instead of completing it.
+closed before its end (client gone, stop string hit), the request is aborted in the engine (its
+metrics count it as finished by "stop" after a stop string, as abandoned otherwise). When the
+engine crashes (fault injection), the deltas end without a finish reason after the text of the
+tokens emitted before the crash: the caller then cuts the response instead of completing it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ async def deltas(
     sent = 0
     have = 0
     pending: list[int] = []
+    stopped = False  # a stop string ended it: finished, not abandoned
     try:
         while True:
             produced = await handle.wait_beyond(have)
@@ -71,6 +73,7 @@ async def deltas(
                     if hit is not None:
                         text = text[: hit[0]]
                         finish, stop_reason = "stop", hit[1]
+                        stopped = True
                         break
             if finish is None and handle.finished and have >= plan.output_tokens:
                 finish = plan.finish_reason
@@ -91,4 +94,4 @@ async def deltas(
                 return
     finally:
         if not handle.finished:
-            core.abort(handle)
+            core.abort(handle, finish_reason="stop" if stopped else "abort")

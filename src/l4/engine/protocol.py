@@ -1,14 +1,24 @@
 """Validation of OpenAI-style request bodies, by hand, at the HTTP edge.
 
-Guarantees: `parse_completion` and `parse_chat` either return a `GenerateRequest` whose every
-field is in range, or raise `ValidationError` with a one-line message naming the field (the
-server turns it into HTTP 400). Fields the emulated engine cannot honour (n > 1, best_of > 1,
-logprobs, echo, batched prompts) are rejected, never silently ignored. Sampling knobs that do
-not change lengths or timing (temperature, top_p, seed, ...) are accepted and ignored.
+Guarantees: `parse_completion`, `parse_chat`, `parse_tokenize` and `parse_detokenize` either
+return a request whose every field is in range, or raise `ValidationError` with a one-line message
+naming the field (the server turns it into HTTP 400). Fields the emulated engine cannot honour
+(n > 1, best_of > 1, logprobs, echo, batched prompts) are rejected, never silently ignored.
+Sampling knobs that do not change lengths or timing are checked as vLLM checks them
+(`vllm/sampling_params.py`, `SamplingParams._verify_args`, and the int64 range of `seed` in its
+OpenAI protocol) and then ignored: temperature in [0, 2], top_p in (0, 1], top_k an integer
+>= -1, min_p in [0, 1], presence and frequency penalties in [-2, 2], repetition_penalty > 0, all
+finite numbers (JSON null means the default). Types are strict: a number given as a string is
+refused (vLLM's pydantic models would coerce "0.5"; no OpenAI client sends one).
+
+A text prompt is tokenised at most `max_prompt_tokens` + 1 tokens far, and a token-id prompt longer
+than that is refused before its ids are checked: a prompt too long for the context costs little.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +26,16 @@ from l4.engine.tokenizer import Tokenizer
 from l4.errors import ValidationError
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+_INT64 = (-(2**63), 2**63 - 1)
+# Sampling knobs: name -> (low, high, low bound included, high bound included).
+_FLOAT_RANGES = {
+    "temperature": (0.0, 2.0, True, True),
+    "top_p": (0.0, 1.0, False, True),
+    "min_p": (0.0, 1.0, True, True),
+    "presence_penalty": (-2.0, 2.0, True, True),
+    "frequency_penalty": (-2.0, 2.0, True, True),
+    "repetition_penalty": (0.0, math.inf, False, False),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,6 +50,36 @@ class GenerateRequest:
     include_usage: bool
     continuous_usage: bool
     return_token_ids: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenizerAnswer:
+    """The answer of /tokenize or /detokenize, JSON-encoded where it was computed (a large one
+    in the parsing worker: encoding millions of ids would stall the event loop)."""
+
+    model: str | None
+    body: bytes
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON as Starlette's JSONResponse renders it (compact, UTF-8)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON value of a request body, or `ValidationError`."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"the request body is not valid JSON ({exc})") from None
+
+
+def context_error(limit: int, prompt_tokens: int | str) -> ValidationError:
+    """vLLM's message for a prompt that leaves no room in the context."""
+    return ValidationError(
+        f"This model's maximum context length is {limit} tokens. However, your prompt has "
+        f"{prompt_tokens} tokens; please reduce its length."
+    )
 
 
 def _get(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -51,6 +101,29 @@ def _bool(body: dict[str, Any], name: str) -> bool:
     return bool(_get(body, name, bool, "a boolean"))
 
 
+def _check_sampling(body: dict[str, Any]) -> None:
+    """Refuse sampling knobs vLLM refuses; their values change nothing here."""
+    for name, (low, high, low_in, high_in) in _FLOAT_RANGES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"'{name}' must be a number, got {type(value).__name__}")
+        above = value >= low if low_in else value > low
+        below = value <= high if high_in else value < high
+        if not (math.isfinite(value) and above and below):
+            if high == math.inf:
+                raise ValidationError(f"'{name}' must be a finite number > {low:g}, got {value}")
+            left, right = "[" if low_in else "(", "]" if high_in else ")"
+            raise ValidationError(
+                f"'{name}' must be in {left}{low:g}, {high:g}{right}, got {value}"
+            )
+    _int(body, "top_k", minimum=-1)  # 0 and -1 both mean "all tokens", as in vLLM
+    seed = _get(body, "seed", int, "an integer")
+    if seed is not None and not _INT64[0] <= seed <= _INT64[1]:
+        raise ValidationError(f"'seed' must fit in a signed 64-bit integer, got {seed}")
+
+
 def _token_ids(value: list[Any], tok: Tokenizer, name: str) -> tuple[int, ...]:
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         raise ValidationError(f"'{name}' must be a string or a list of token ids")
@@ -58,16 +131,25 @@ def _token_ids(value: list[Any], tok: Tokenizer, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _prompt_ids(value: Any, tok: Tokenizer) -> tuple[int, ...]:
+def _text_ids(text: str, tok: Tokenizer, max_prompt_tokens: int | None) -> tuple[int, ...]:
+    ids = tok.tokenize(text, stop_after=max_prompt_tokens)
+    if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+        raise context_error(max_prompt_tokens, f"more than {max_prompt_tokens}")
+    return tuple(ids)
+
+
+def _prompt_ids(value: Any, tok: Tokenizer, max_prompt_tokens: int | None) -> tuple[int, ...]:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
         value = value[0]  # a batch of one is just a prompt
     if isinstance(value, str):
-        ids = tuple(tok.tokenize(value))
+        ids = _text_ids(value, tok, max_prompt_tokens)
     elif isinstance(value, list) and value and all(isinstance(p, str | list) for p in value):
         raise ValidationError(
             f"batched prompts are not supported ({len(value)} prompts); send one request per prompt"
         )
     elif isinstance(value, list):
+        if max_prompt_tokens is not None and len(value) > max_prompt_tokens:
+            raise context_error(max_prompt_tokens, len(value))  # before checking every id
         ids = _token_ids(value, tok, "prompt")
     else:
         raise ValidationError("'prompt' must be a string, a list of one string, or token ids")
@@ -100,6 +182,7 @@ def _common(body: dict[str, Any], prompt_ids: tuple[int, ...], max_name: str) ->
     min_tokens = _int(body, "min_tokens", minimum=0) or 0
     if max_tokens is not None and min_tokens > max_tokens:
         raise ValidationError(f"'min_tokens' ({min_tokens}) must be <= '{max_name}' ({max_tokens})")
+    _check_sampling(body)
     stream = _bool(body, "stream")
     options = _get(body, "stream_options", dict, "an object") or {}
     if options and not stream:
@@ -120,7 +203,9 @@ def _common(body: dict[str, Any], prompt_ids: tuple[int, ...], max_name: str) ->
     )
 
 
-def parse_completion(body: Any, tok: Tokenizer) -> GenerateRequest:
+def parse_completion(
+    body: Any, tok: Tokenizer, *, max_prompt_tokens: int | None = None
+) -> GenerateRequest:
     if not isinstance(body, dict):
         raise ValidationError("the request body must be a JSON object")
     if "prompt" not in body:
@@ -129,7 +214,7 @@ def parse_completion(body: Any, tok: Tokenizer) -> GenerateRequest:
         raise ValidationError("'logprobs' is not supported by the emulated engine")
     if _bool(body, "echo"):
         raise ValidationError("'echo' is not supported by the emulated engine")
-    return _common(body, _prompt_ids(body["prompt"], tok), "max_tokens")
+    return _common(body, _prompt_ids(body["prompt"], tok, max_prompt_tokens), "max_tokens")
 
 
 def _content_text(content: Any, i: int) -> str:
@@ -166,10 +251,45 @@ def chat_prompt_text(messages: Any) -> str:
     return "".join(lines)
 
 
-def parse_chat(body: Any, tok: Tokenizer) -> GenerateRequest:
+def parse_chat(
+    body: Any, tok: Tokenizer, *, max_prompt_tokens: int | None = None
+) -> GenerateRequest:
     if not isinstance(body, dict):
         raise ValidationError("the request body must be a JSON object")
     if _bool(body, "logprobs"):
         raise ValidationError("'logprobs' is not supported by the emulated engine")
-    prompt = tuple(tok.tokenize(chat_prompt_text(body.get("messages"))))
+    prompt = _text_ids(chat_prompt_text(body.get("messages")), tok, max_prompt_tokens)
     return _common(body, prompt, "max_completion_tokens")
+
+
+def parse_tokenize(body: Any, tok: Tokenizer, *, max_model_len: int) -> TokenizerAnswer:
+    """vLLM's /tokenize: a `prompt` string or chat `messages`; tokenised whole, as vLLM does."""
+    if not isinstance(body, dict):
+        raise ValidationError("the request body must be a JSON object")
+    if "messages" in body:
+        text = chat_prompt_text(body["messages"])
+    elif isinstance(body.get("prompt"), str):
+        text = body["prompt"]
+    else:
+        raise ValidationError("'prompt' (a string) or 'messages' is required")
+    model = _get(body, "model", str, "a string")
+    with_strs = _bool(body, "return_token_strs")
+    ids = tok.tokenize(text)
+    answer = {
+        "count": len(ids),
+        "max_model_len": max_model_len,
+        "tokens": ids,
+        "token_strs": [tok.piece(t) for t in ids] if with_strs else None,
+    }
+    return TokenizerAnswer(model=model, body=encode_json(answer))
+
+
+def parse_detokenize(body: Any, tok: Tokenizer) -> TokenizerAnswer:
+    """vLLM's /detokenize: `tokens`, a list of token ids."""
+    if not isinstance(body, dict) or not isinstance(body.get("tokens"), list):
+        raise ValidationError("'tokens' (a list of token ids) is required")
+    ids = body["tokens"]
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise ValidationError("'tokens' must be a list of integers")
+    model = _get(body, "model", str, "a string")
+    return TokenizerAnswer(model=model, body=encode_json({"prompt": tok.detokenize(ids)}))

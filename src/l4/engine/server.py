@@ -3,11 +3,15 @@
 Guarantees:
 
 * Routes: POST /v1/completions, POST /v1/chat/completions (SSE streaming or not), POST /tokenize,
-  POST /detokenize, GET /v1/models, GET /health, GET /metrics (vLLM metric names, a registry of
-  this app's own).
+  POST /detokenize, GET /v1/models, GET /health, GET /version, GET /metrics (vLLM metric names, a
+  registry of this app's own).
 * A client mistake is never a 500: `ConfigError` (bad JSON, a field out of range, a prompt too long
-  for the context, n > 1, ...) becomes 400 and an unknown model 404 (as in vLLM), each with an
-  OpenAI-style body {"error": {"message", "type", "param", "code"}}.
+  for the context, n > 1, ...) becomes 400, an unknown model 404 (as in vLLM), an unknown route
+  404, a wrong method 405, a body above `max_request_body_bytes` 413, each with an OpenAI-style
+  body {"error": {"message", "type", "param", "code"}} (`l4.http_edge`).
+* Bodies above `offload_bytes` are decoded and tokenised in a worker process (`parsing`), so a huge
+  request never stalls the step loop; one access-log line per request goes to the logger
+  `l4.engine.access` (TTFT and E2E there in emulated seconds, like the metrics).
 * A client that disconnects, streaming or not, aborts its request: the sequence leaves the
   instance (and frees its KV) at the next step boundary.
 * The step loop runs as one task of a TaskGroup opened in the app's lifespan and stopped on exit.
@@ -21,7 +25,9 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
@@ -31,20 +37,31 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from l4 import __version__
 from l4.costmodel.profile import Profile
-from l4.engine.core import Clock, EngineCore, Sleep
+from l4.engine.core import Clock, EngineCore, Handle, Sleep
 from l4.engine.faults import ERROR_TYPES, ErrorDraws, FaultConfig, step_cost
 from l4.engine.generation import OutputModel, request_key
 from l4.engine.metrics import EngineMetrics
 from l4.engine.output import Delta, deltas
-from l4.engine.protocol import GenerateRequest, chat_prompt_text, parse_chat, parse_completion
+from l4.engine.parsing import DEFAULT_OFFLOAD_BYTES, BodyParser, Kind
+from l4.engine.protocol import GenerateRequest, TokenizerAnswer, context_error
 from l4.engine.tokenizer import Tokenizer
 from l4.errors import ConfigError, UnknownNameError, ValidationError
+from l4.http_edge import (
+    DEFAULT_MAX_BODY_BYTES,
+    AccessLog,
+    BodyLimit,
+    access_record,
+    error_response,
+    exception_handlers,
+)
 from l4.instance import Instance, InstanceConfig
 
 Json = dict[str, Any]
@@ -53,6 +70,7 @@ Json = dict[str, Any]
 # late (epoll's resolution), which a high time scale would magnify into the token timings.
 WAKE_SPIN_S = 0.001
 _DONE_EVENT = "data: [DONE]\n\n"
+ACCESS_LOGGER = logging.getLogger("l4.engine.access")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,15 +84,17 @@ class EngineConfig:
     seed: int = 0
     instance_id: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
+    max_request_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_request_body_bytes < 1:
+            raise ValidationError(
+                f"--max-request-body-bytes must be >= 1, got {self.max_request_body_bytes}"
+            )
 
     @property
     def max_model_len(self) -> int:
         return min(self.profile.model.max_context_tokens, self.instance_config.kv_capacity_tokens)
-
-
-def error_response(status: int, message: str, err_type: str) -> JSONResponse:
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
-    return JSONResponse(body, status_code=status)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -187,16 +207,23 @@ class EmulatedEngine:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         spin_s: float = WAKE_SPIN_S,
+        offload_bytes: int = DEFAULT_OFFLOAD_BYTES,
+        parser: BodyParser | None = None,
     ) -> None:
-        """`spin_s`: see `EngineCore`; pass 0 with a fake clock."""
+        """`spin_s`: see `EngineCore`; pass 0 with a fake clock. Bodies larger than
+        `offload_bytes` are parsed in a worker process: `parser`'s if given (shared by several
+        engines, closed by its owner), else one of this engine's own, spawned on first use."""
         self.config = config
         self.tokenizer = Tokenizer()
         self.outputs = OutputModel(self.tokenizer)
+        self._owns_parser = parser is None
+        self.parser = parser or BodyParser(self.tokenizer, offload_bytes=offload_bytes)
         self.metrics = EngineMetrics(
             config.served_model_name,
             config.instance_id,
             num_gpu_blocks=config.instance_config.num_kv_blocks,
             block_size_tokens=config.instance_config.block_size_tokens,
+            max_model_len=config.max_model_len,
         )
         faults = config.faults
         instance = Instance(
@@ -220,12 +247,16 @@ class EmulatedEngine:
     def app(self) -> Starlette:
         @asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.core.run())
-                try:
-                    yield
-                finally:
-                    self.core.stop()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.core.run())
+                    try:
+                        yield
+                    finally:
+                        self.core.stop()
+            finally:
+                if self._owns_parser:
+                    self.parser.close()
 
         routes = [
             Route("/v1/completions", self._guard(self.completions), methods=["POST"]),
@@ -234,9 +265,19 @@ class EmulatedEngine:
             Route("/detokenize", self._guard(self.detokenize), methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
+            Route("/version", self.version, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
         ]
-        app = Starlette(routes=routes, lifespan=lifespan)
+        middleware = [
+            Middleware(AccessLog, logger=ACCESS_LOGGER),
+            Middleware(BodyLimit, max_bytes=self.config.max_request_body_bytes),
+        ]
+        app = Starlette(
+            routes=routes,
+            lifespan=lifespan,
+            middleware=middleware,
+            exception_handlers=exception_handlers(),
+        )
         app.state.engine = self
         return app
 
@@ -256,23 +297,26 @@ class EmulatedEngine:
             try:
                 return await handler(request)
             except UnknownNameError as exc:
-                return error_response(404, str(exc), "NotFoundError")
+                return error_response(404, str(exc))
             except ConfigError as exc:
-                return error_response(400, str(exc), "BadRequestError")
+                return error_response(400, str(exc))
+            except ClientDisconnect:
+                return Response(status_code=499)  # gone while sending its body
 
         return guarded
 
-    @staticmethod
-    async def _body(request: Request) -> Any:
-        try:
-            return await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"the request body is not valid JSON ({exc})") from None
+    async def _parse(self, request: Request, kind: Kind) -> Any:
+        return await self.parser.parse(
+            kind, request.stream(), max_prompt_tokens=self.config.max_model_len
+        )
 
     # ---- simple routes ------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
         # vLLM answers 503 once its engine core is dead.
         return Response(status_code=503 if self._live.dead else 200)
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": __version__})
 
     async def models(self, request: Request) -> Response:
         name = self.config.served_model_name
@@ -292,44 +336,26 @@ class EmulatedEngine:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def tokenize(self, request: Request) -> Response:
-        body = await self._body(request)
-        if not isinstance(body, dict):
-            raise ValidationError("the request body must be a JSON object")
-        self._check_model(body.get("model"))
-        if "messages" in body:
-            text = chat_prompt_text(body["messages"])
-        elif isinstance(body.get("prompt"), str):
-            text = body["prompt"]
-        else:
-            raise ValidationError("'prompt' (a string) or 'messages' is required")
-        ids = self.tokenizer.tokenize(text)
-        strs = [self.tokenizer.piece(t) for t in ids] if body.get("return_token_strs") else None
-        return JSONResponse(
-            {
-                "count": len(ids),
-                "max_model_len": self.config.max_model_len,
-                "tokens": ids,
-                "token_strs": strs,
-            }
-        )
+        return await self._tokenizer_route(request, "tokenize")
 
     async def detokenize(self, request: Request) -> Response:
-        body = await self._body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("tokens"), list):
-            raise ValidationError("'tokens' (a list of token ids) is required")
-        self._check_model(body.get("model"))
-        ids = body["tokens"]
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise ValidationError("'tokens' must be a list of integers")
-        return JSONResponse({"prompt": self.tokenizer.detokenize(ids)})
+        return await self._tokenizer_route(request, "detokenize")
+
+    async def _tokenizer_route(self, request: Request, kind: Kind) -> Response:
+        answer = await self._parse(request, kind)
+        assert isinstance(answer, TokenizerAnswer)
+        self._check_model(answer.model)
+        return Response(answer.body, media_type="application/json")
 
     # ---- generation ---------------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
-        req = parse_completion(await self._body(request), self.tokenizer)
+        req = await self._parse(request, "completion")
+        assert isinstance(req, GenerateRequest)
         return await self._generate(request, req, chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
-        req = parse_chat(await self._body(request), self.tokenizer)
+        req = await self._parse(request, "chat")
+        assert isinstance(req, GenerateRequest)
         return await self._generate(request, req, chat=True)
 
     def _check_model(self, model: object) -> None:
@@ -342,10 +368,7 @@ class EmulatedEngine:
         p = len(req.prompt_ids)
         if req.max_tokens is None:
             if p >= limit:
-                raise ValidationError(
-                    f"This model's maximum context length is {limit} tokens. However, your "
-                    f"prompt has {p} tokens; please reduce its length."
-                )
+                raise context_error(limit, p)
             return limit - p
         if p + req.max_tokens > limit:
             raise ValidationError(
@@ -360,20 +383,28 @@ class EmulatedEngine:
         max_tokens = self._max_tokens(req)
         if req.min_tokens > max_tokens:
             raise ValidationError(f"'min_tokens' ({req.min_tokens}) exceeds the tokens left")
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        record = access_record(request)
+        if record is not None:
+            record.request_id = rid
         if self._errors.fail_next():
             status = self.config.faults.error_status
             return error_response(
                 status,
                 f"injected failure (l4 engine --error-rate {self.config.faults.error_rate:g})",
-                ERROR_TYPES[status],
+                err_type=ERROR_TYPES[status],
             )
         key = request_key(self.config.seed, req.prompt_ids)
         plan = self.outputs.plan(
             key, max_tokens=max_tokens, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos
         )
         handle = self.core.submit(
-            prompt_tokens=len(req.prompt_ids), output_tokens=plan.output_tokens
+            prompt_tokens=len(req.prompt_ids),
+            output_tokens=plan.output_tokens,
+            finish_reason=plan.finish_reason,
         )
+        if record is not None:
+            record.details = functools.partial(_access_details, handle, self.config.instance_id)
         stream = deltas(
             core=self.core,
             handle=handle,
@@ -384,7 +415,6 @@ class EmulatedEngine:
             stop=req.stop,
             min_tokens=req.min_tokens,
         )
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         obj = "chat.completion" if chat else "text_completion"
         if chat and req.stream:
             obj = "chat.completion.chunk"
@@ -412,6 +442,19 @@ class EmulatedEngine:
         if not parts or parts[-1].finish_reason is None:
             return await _never_answer(request)  # the engine crashed under this request
         return JSONResponse(_full_response(parts, req, head, chat=chat))
+
+
+def _access_details(handle: Handle, instance_id: int) -> dict[str, object]:
+    """The access-log fields of a generation request (times in emulated seconds)."""
+    details: dict[str, object] = {
+        "engine": instance_id,
+        "prompt_tokens": handle.seq.spec.input_tokens,
+        "generated_tokens": handle.produced,
+    }
+    if handle.produced:
+        details["ttft_s"] = handle.first_seen_s - handle.arrival_s
+        details["e2e_s"] = handle.last_seen_s - handle.arrival_s
+    return details
 
 
 async def _never_answer(request: Request) -> Response:
@@ -496,6 +539,10 @@ def build_app(
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
     spin_s: float = WAKE_SPIN_S,
+    offload_bytes: int = DEFAULT_OFFLOAD_BYTES,
 ) -> Starlette:
     """A Starlette app serving one emulated instance; `app.state.engine` is the EmulatedEngine."""
-    return EmulatedEngine(config, clock=clock, sleep=sleep, spin_s=spin_s).app()
+    engine = EmulatedEngine(
+        config, clock=clock, sleep=sleep, spin_s=spin_s, offload_bytes=offload_bytes
+    )
+    return engine.app()

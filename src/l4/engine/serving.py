@@ -2,8 +2,12 @@
 
 Guarantees:
 
-* `EngineServer.serve()` serves one `EmulatedEngine` on a host and port, or on a socket already
-  bound (tests bind port 0), until `stop()` or an injected crash.
+* `EngineServer.serve()` serves one `EmulatedEngine` on a socket already bound (`l4 engine` binds
+  every port before it says it serves; tests bind port 0), or binds host and port itself first,
+  raising `ConfigError` in one line when it cannot, until `stop()` or an injected crash.
+* Logging is left to whoever configures it (`l4 engine --log-level`): uvicorn's own loggers stay
+  at `log_level` (default warning: no second "running on" line), its access log is off (the
+  engine writes its own, `l4.engine.access`).
 * It leaves signals alone (uvicorn's own server would install SIGINT/SIGTERM handlers per
   instance and restore them as each stops): whoever runs it decides, as `l4 engine` does.
 * On a crash (`--crash-after-tokens`) it behaves as vLLM's API server does when its engine core
@@ -23,7 +27,9 @@ from typing import Any
 
 import uvicorn
 
+from l4.engine.parsing import BodyParser
 from l4.engine.server import EmulatedEngine, EngineConfig
+from l4.http_edge import bind_listening_socket
 
 
 class _Server(uvicorn.Server):
@@ -44,13 +50,23 @@ class EngineServer:
         sock: socket.socket | None = None,
         log_level: str = "warning",
         drain_timeout_s: float = 1.0,
+        parser: BodyParser | None = None,
     ) -> None:
-        self.engine = EmulatedEngine(config)
+        """`parser`: a body parser shared with other engines (see `EmulatedEngine`)."""
+        self.engine = EmulatedEngine(config, parser=parser)
         self._sock = sock
+        self._host = host
+        self._port = port
         self._drain_timeout_s = drain_timeout_s
         self.server = _Server(
             uvicorn.Config(
-                self.engine.app(), host=host, port=port, log_level=log_level, lifespan="on"
+                self.engine.app(),
+                host=host,
+                port=port,
+                log_config=None,
+                log_level=log_level,
+                access_log=False,
+                lifespan="on",
             )
         )
 
@@ -69,11 +85,13 @@ class EngineServer:
             self.server.force_exit = True
 
     async def serve(self) -> None:
-        sockets = [self._sock] if self._sock is not None else None
+        sock = (
+            self._sock if self._sock is not None else bind_listening_socket(self._host, self._port)
+        )
         async with asyncio.TaskGroup() as tg:
             watcher = tg.create_task(self._die_with_the_engine())
             try:
-                await self.server.serve(sockets=sockets)
+                await self.server.serve(sockets=[sock])
             finally:
                 watcher.cancel()
 

@@ -12,6 +12,12 @@ Guarantees:
 * `detokenize` is defined for every id in range, so `tokenize(detokenize(ids)) == ids` for any
   ids the tokenizer produced; text made only of vocabulary pieces round-trips exactly (generated
   text always does: it is made of " word" tokens).
+* `tokenize(text, stop_after=N)` stops early once more than N tokens were produced (the prompt
+  is then too long anyway), so a huge text costs no more than about N tokens' work; the ids it
+  returns are then a prefix of the full tokenisation, longer than N.
+* Long texts are tokenised in chunks cut only where no piece can straddle the cut (before a
+  whitespace character, or between two characters that cannot share a piece), so chunking never
+  changes the result.
 
 Token counts approximate, but do not equal, those of a real model tokenizer: one token per short
 word, digit or punctuation mark is close to a BPE tokenizer on English text (about 1.3 tokens per
@@ -32,6 +38,14 @@ _CONSONANTS = "bcdfghjklmnprstvwz"
 _VOWELS = "aeiou"
 # Groups: 1 letters, 2 a digit, 3 any other visible character, 4 one whitespace character.
 _PIECE = re.compile(r"( ?[A-Za-z]+)|( ?\d)|( ?[^\sA-Za-z\d])|(\s)")
+# The same pieces without groups, for `findall` (a list of strings, built in C).
+_PIECES = re.compile(r" ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\s")
+# Where a chunk may end: before whitespace (a space only prefixes a non-space), after anything
+# but a space or a letter, or between a letter and a non-letter.
+_CUT = re.compile(r"\s|(?<=[^ A-Za-z]).|(?<=[A-Za-z])[^A-Za-z]", re.DOTALL)
+_CHUNK_CHARS = 1 << 16
+# Out-of-vocabulary pieces remembered beyond the vocabulary (natural text repeats its words).
+_MEMO_EXTRA = 1 << 16
 _PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
 
@@ -60,9 +74,9 @@ def _build_vocab() -> tuple[str, ...]:
 
 
 class Tokenizer:
-    """Text <-> token ids; immutable after construction."""
+    """Text <-> token ids; the mapping is fixed at construction (only a cache grows)."""
 
-    __slots__ = ("_classes", "_ids", "_vocab", "word_ids")
+    __slots__ = ("_classes", "_ids", "_memo", "_vocab", "word_ids")
 
     def __init__(self) -> None:
         self._vocab = _build_vocab()
@@ -82,26 +96,58 @@ class Tokenizer:
             if p != " ":  # a lone space would merge with a following piece
                 classes.setdefault((m.lastindex, p[0] == " "), []).append(i)
         self._classes = {k: tuple(v) for k, v in classes.items()}
+        # Piece -> id: the vocabulary plus the out-of-vocabulary pieces seen so far (bounded).
+        # Only a cache: any piece maps to the same id whether it is remembered or not.
+        self._memo = dict(self._ids)
 
     @property
     def vocab_size(self) -> int:
         return VOCAB_SIZE
 
-    def tokenize(self, text: str) -> list[int]:
-        ids = self._ids
+    def tokenize(self, text: str, *, stop_after: int | None = None) -> list[int]:
+        """Token ids of `text`; with `stop_after`, possibly only a prefix longer than it."""
         out: list[int] = []
-        for m in _PIECE.finditer(text):
-            piece = m.group()
-            tid = ids.get(piece)
-            if tid is None:
-                assert m.lastindex is not None
-                group = 4 if m.lastindex == 4 else m.lastindex
-                spaced = piece[0] == " " and group != 4
-                same = self._classes[(group, spaced)]
-                digest = hashlib.blake2b(piece.encode("utf-8"), digest_size=8).digest()
-                tid = same[int.from_bytes(digest, "little") % len(same)]
-            out.append(tid)
+        start, end = 0, len(text)
+        while start < end:
+            cut = end
+            if end - start > _CHUNK_CHARS:
+                m = _CUT.search(text, start + _CHUNK_CHARS)
+                cut = m.start() if m is not None else end
+            out += self._tokenize_chunk(text[start:cut])
+            start = cut
+            if stop_after is not None and len(out) > stop_after:
+                break
         return out
+
+    def _tokenize_chunk(self, text: str) -> list[int]:
+        pieces = _PIECES.findall(text)
+        ids: list[int | None] = list(map(self._memo.get, pieces))
+        i = -1
+        while True:  # out-of-vocabulary pieces not remembered yet (list.index scans in C)
+            try:
+                i = ids.index(None, i + 1)
+            except ValueError:
+                return ids  # type: ignore[return-value]  # no None is left
+            ids[i] = self._learn(pieces[i])
+
+    def _learn(self, piece: str) -> int:
+        memo = self._memo
+        tid = memo.get(piece)
+        if tid is None:
+            tid = self._hash_piece(piece)
+            if len(memo) < VOCAB_SIZE + _MEMO_EXTRA:
+                memo[piece] = tid
+        return tid
+
+    def _hash_piece(self, piece: str) -> int:
+        """A vocabulary piece of the same class as `piece`, chosen by a stable hash of it."""
+        m = _PIECE.fullmatch(piece)
+        assert m is not None and m.lastindex is not None
+        group = m.lastindex
+        spaced = piece[0] == " " and group != 4
+        same = self._classes[(group, spaced)]
+        digest = hashlib.blake2b(piece.encode("utf-8"), digest_size=8).digest()
+        return same[int.from_bytes(digest, "little") % len(same)]
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         self.check_ids(token_ids)

@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,11 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from l4.cliargs import default_profiles_dir
+from l4.cliargs import LOG_LEVELS, configure_logging, default_profiles_dir
 from l4.costmodel.profile import available_profiles, load_profile
 from l4.engine.fleet import EngineFleet
 from l4.engine.server import EngineConfig
-from l4.errors import ConfigError, UnavailableError, ValidationError
+from l4.errors import UnavailableError, ValidationError
 from l4.gateway.config import (
     DEFAULT_PROFILE,
     EngineKind,
@@ -39,11 +38,11 @@ from l4.gateway.config import (
 )
 from l4.gateway.routes import FrontDoor
 from l4.gateway.service import Gateway
+from l4.http_edge import bind_listening_socket
 from l4.instance.config import InstanceConfig
 from l4.policies.base import policy_names
 
 log = logging.getLogger("l4.gateway")
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GatewayConfig)}
 
 
@@ -146,7 +145,13 @@ def add_serve_parser(subparsers: Any) -> None:
         help=f"upstream connection pool size per engine{_d('max_connections_per_backend')}",
     )
     p.add_argument("--seed", type=int, help="seed of randomised policies (default: 0)")
-    p.add_argument("--log-level", choices=LOG_LEVELS, help="default: info")
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="log messages of this level and above, on standard error; info includes one "
+        "access-log line per request (default: info)",
+    )
     e = p.add_argument_group("emulated engines (no GPU needed)")
     e.add_argument("--emulate", type=int, metavar="K", help="start K emulated vLLM instances")
     e.add_argument(
@@ -239,20 +244,8 @@ def build_config(
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, or one clear line saying why not."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, kind, proto, _, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    """The listening socket, or one clear line saying why not (`ConfigError`)."""
+    sock = bind_listening_socket(host, port)
     sock.setblocking(False)
     return sock
 
@@ -318,14 +311,6 @@ async def serve_forever(config: GatewayConfig, sock: socket.socket) -> None:
             loop.remove_signal_handler(sig)
     if not server.started:
         raise UnavailableError("the gateway did not start (see the log above)")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -23,7 +23,8 @@ _START_TIMEOUT_S = 120.0
 def _serve(config: GatewayConfig, conn: Connection) -> None:
     import uvloop
 
-    from l4.gateway.cli import configure_logging, uvicorn_server
+    from l4.cliargs import configure_logging
+    from l4.gateway.cli import uvicorn_server
     from l4.gateway.routes import FrontDoor
     from l4.gateway.service import Gateway
 

@@ -42,20 +42,12 @@ from l4.gateway.protocol import ClientRequest, Endpoint, parse_request
 from l4.gateway.relay import OPENED, Trip
 from l4.gateway.render import Piece, Renderer
 from l4.gateway.service import Gateway
+from l4.http_edge import error_body
 
 access_log = logging.getLogger("l4.gateway.access")
 log = logging.getLogger("l4.gateway")
 _T = TypeVar("_T")
 Json = dict[str, Any]
-_ERROR_TYPES = {
-    400: "BadRequestError",
-    404: "NotFoundError",
-    405: "MethodNotAllowed",
-    500: "InternalServerError",
-    413: "RequestEntityTooLarge",
-    499: "ClientClosedRequest",
-    503: "ServiceUnavailableError",
-}
 
 
 def json_response(body: Json, status: int = 200) -> Response:
@@ -63,13 +55,7 @@ def json_response(body: Json, status: int = 200) -> Response:
 
 
 def error_response(status: int, message: str) -> Response:
-    err = {
-        "message": message,
-        "type": _ERROR_TYPES.get(status, "InternalServerError"),
-        "param": None,
-        "code": status,
-    }
-    return json_response({"error": err}, status)
+    return json_response(error_body(status, message), status)
 
 
 class _BodyTooLargeError(Exception):
