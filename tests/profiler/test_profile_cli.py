@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,12 +99,17 @@ def _pool(head: HeadShape) -> kernels.KvPool:
     )
 
 
-def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+CPU = torch.device("cpu")
+
+
+def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused() -> None:
     head = HeadShape(num_q_heads=6, num_kv_heads=2, head_dim=16)
     pool = _pool(head)
-    assert kernels.check_kernel("sdpa", head, pool, seed=1) < 1e-4
+    sdpa = kernels.resolve_kernel("sdpa", CPU, page_tokens=16)
+    assert kernels.check_kernel(sdpa, head, pool, seed=1) < 1e-4
+    # the same kernel over contiguous windows (the layout of flash without block tables)
+    windows = replace(sdpa, paged=False)
+    assert kernels.check_kernel(windows, head, pool, seed=1) < 1e-4
 
     def top_left_causal(batch: kernels.DeviceBatch, p: kernels.KvPool) -> kernels.Attention:
         # the classic mistake: SDPA's is_causal aligns to the top left, so a decode's one query
@@ -120,15 +126,16 @@ def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused(
 
         return run
 
-    monkeypatch.setitem(kernels.PREPARE, "sdpa", top_left_causal)
     with pytest.raises(ConfigError, match="disagrees with the reference"):
-        kernels.check_kernel("sdpa", head, pool, seed=1)
+        kernels.check_kernel(replace(sdpa, prepare=top_left_causal), head, pool, seed=1)
 
 
-def test_varlen_kernel_needs_cuda() -> None:
-    head = HeadShape(num_q_heads=4, num_kv_heads=2, head_dim=16)
+def test_flash_kernel_needs_cuda() -> None:
     with pytest.raises(ConfigError, match="needs --device cuda"):
-        kernels.check_kernel("varlen", head, _pool(head), seed=1)
+        kernels.resolve_kernel("flash", CPU, page_tokens=256)
+    args = _parse(["profile-attention", "--device", "cpu", "--kernel", "flash", "--quick"])
+    with pytest.raises(ConfigError, match="needs --device cuda"):
+        run_profile(args, _quiet())
 
 
 def test_cuda_without_a_gpu_is_one_clear_line(
