@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
+import importlib
 import io
 import json
 import os
@@ -16,16 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from rich.console import Console
 
-from l4.costmodel import load_profile
-from l4.costmodel.alpha_fit import read_skew_csv
-from l4.profiler import suite
-from l4.profiler.cli import add_calibrate_alpha_parser, add_profile_parser, run_calibrate_alpha
-from l4.profiler.cli import run_profile as cli_run_profile
-from l4.profiler.grid import NO_PREFILL, GridSpec
-from l4.profiler.uniform import UNIFORM_COLUMNS, UniformShape
+torch = pytest.importorskip("torch")  # the profiler's extra; CI may run without it
+
+from l4.costmodel import load_profile  # noqa: E402
+from l4.costmodel.alpha_fit import read_skew_csv  # noqa: E402
+from l4.profiler import provenance, suite  # noqa: E402
+from l4.profiler import run as profile_run  # noqa: E402
+from l4.profiler.cli import (  # noqa: E402
+    add_calibrate_alpha_parser,
+    add_profile_parser,
+    run_calibrate_alpha,
+)
+from l4.profiler.cli import run_profile as cli_run_profile  # noqa: E402
+from l4.profiler.grid import NO_PREFILL, GridSpec  # noqa: E402
+from l4.profiler.uniform import UNIFORM_COLUMNS, UniformShape  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = ["profile-attention", "--suite", "hopper", "--quick", "--device", "cpu"]
@@ -109,14 +117,14 @@ def test_a_rerun_keeps_finished_parts_and_other_settings_measure_again(
 def test_a_failing_part_is_recorded_and_the_others_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = suite.Bench
+    real = profile_run.Bench
 
     def bench(head: Any, cfg: Any, layouts: Any) -> Any:
         if head.num_q_heads == 24:  # Llama-3.2-3B
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real(head, cfg, layouts)
 
-    monkeypatch.setattr(suite, "Bench", bench)
+    monkeypatch.setattr(profile_run, "Bench", bench)
     argv = [*QUICK, "--profiles", "h100-llama-3.2-3b,h100-llama-3.1-8b", "--out", str(tmp_path)]
     assert run_profile(argv) == 1
     parts = {p["model"]: p for p in _summary(tmp_path)["parts"]}
@@ -192,7 +200,7 @@ def test_the_estimate_adds_bytes_flops_overheads_and_setup() -> None:
 
 
 def test_kernel_names_come_from_torchs_profiler() -> None:
-    names = suite.kernel_names(lambda: torch.ones(4) @ torch.ones(4), torch.device("cpu"))
+    names = provenance.kernel_names(lambda: torch.ones(4) @ torch.ones(4), torch.device("cpu"))
     assert "aten::matmul" in names
 
 
@@ -281,3 +289,35 @@ def test_calibrate_alpha_reads_a_suite_measurement(quick_suite: Path, tmp_path: 
     prov = json.loads(target.read_text())["provenance"]
     assert "sdpa kernel" in prov["alpha"] and f"torch {torch.__version__}" in prov["alpha"]
     assert prov["alpha_source"]["measurement"]["kernel_implementation"].startswith("torch.nn")
+
+
+def _calibrate_tool() -> Any:
+    tools = str(REPO / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    return importlib.import_module("calibrate_profiles")
+
+
+def test_a_committed_hopper_measurement_feeds_the_bundled_profiles(
+    quick_suite: Path, tmp_path: Path
+) -> None:
+    tool = _calibrate_tool()
+    assert tool.measured_alpha_source("llama-3.1-8b", tmp_path) is None  # nothing committed
+    run = quick_suite / "run"
+    with gzip.open(tmp_path / "hopper_llama-3.1-8b_skew.csv.gz", "wb") as fh:
+        fh.write((run / "llama-3.1-8b_sdpa_skew.csv").read_bytes())
+    with pytest.raises(SystemExit, match="needs its measurement record"):
+        tool.measured_alpha_source("llama-3.1-8b", tmp_path)
+    meta = json.loads((run / "llama-3.1-8b_sdpa_skew.json").read_text())
+    sidecar = tmp_path / "hopper_llama-3.1-8b_skew.json"
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match="not a GPU measurement"):  # a CPU pipeline test
+        tool.measured_alpha_source("llama-3.1-8b", tmp_path)
+    gpu = {"device": "NVIDIA H200", "device_type": "cuda", "quick": False, "driver": "580.1"}
+    meta["measurement"] |= gpu | {"triton": "3.6.0", "cuda": "13.0"}
+    sidecar.write_text(json.dumps(meta))
+    name, measurement = tool.measured_alpha_source("llama-3.1-8b", tmp_path)
+    assert name == "hopper_llama-3.1-8b_skew.csv.gz"
+    text = tool.measured_alpha_provenance(name, measurement)
+    assert "measured on NVIDIA H200 (driver 580.1; torch" in text
+    assert "Triton 3.6.0" in text and name in text

@@ -14,10 +14,14 @@ import os
 # imports it (torch imports it lazily, for compilation only).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
-import torch
 
+torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
@@ -114,3 +118,52 @@ def test_triton_kernel_matches_float32_attention(
     )
     # each layout in the whole pool and again in a few shared pages
     assert kernels.check_kernel(spec, head, pool, seed=4, layouts=layouts) < 1e-4
+
+
+COMPILE_FOR_HOPPER = textwrap.dedent(
+    """
+    import inspect, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from l4.profiler import triton_attention as ta
+
+    def signature(kernel, types, constants):
+        names = inspect.signature(kernel.fn).parameters
+        return {n: "constexpr" if n in constants else types(n) for n in names}
+
+    def attention_type(n):
+        if n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr"):
+            return "*bf16"
+        if n.startswith("part_"):
+            return "*fp32"
+        return "*i32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i64"
+
+    target = GPUTarget("cuda", 90, 32)  # an H100 / H200
+    for group, splits in ((4, 1), (4, 16), (3, 1), (3, 16)):
+        c = dict(NUM_Q_HEADS=8 * group, GROUP=group, BLOCK_Q=16 // group, BLOCK_M=16,
+                 HEAD_DIM=128, PAGE=16, TILE=32 if splits == 1 else 16, NUM_SPLITS=splits)
+        k = ta._attention_kernel
+        triton.compile(ASTSource(k, signature(k, attention_type, c), c), target=target)
+    c = dict(NUM_Q_HEADS=32, HEAD_DIM=128, NUM_SPLITS=16)
+    merge_type = lambda n: "*bf16" if n == "out_ptr" else "*fp32" if n.endswith("_ptr") else "i64"
+    k = ta._merge_kernel
+    triton.compile(ASTSource(k, signature(k, merge_type, c), c), target=target)
+    print("compiled")
+    """
+)
+
+
+def test_the_kernels_compile_for_hopper() -> None:
+    # Triton's real compiler (not the interpreter) down to sm_90 machine code, with the bundled
+    # ptxas: what the GPU machine will run, minus the launch. A fresh process, since this one
+    # imported Triton in interpreter mode.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_HOPPER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

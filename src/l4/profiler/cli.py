@@ -9,7 +9,7 @@ of ``l4`` works without it.
 columns, see ``l4.costmodel.alpha_fit``) and ``<out>/<model>_skew.json`` (the measurement's
 settings, the fitted alpha table and its errors); with ``--suite`` per model and kernel
 ``<model>_<kernel>_skew.csv``/``.json`` and ``<model>_<kernel>_uniform.csv``, plus ``suite.json``
-(see ``l4.profiler.suite``).
+(see ``l4.profiler.run``).
 
 ``main`` is ``python -m l4.profiler``: these two commands without the rest of the ``l4`` CLI,
 whose engine and gateway need packages a bare GPU machine may lack (starlette, uvicorn).
@@ -289,7 +289,8 @@ def run_profile(args: argparse.Namespace, console: Console | None = None) -> int
         console = Console() if sys.stdout.isatty() else Console(width=160)
     err = Console(stderr=True)
     # Imported here: these modules import torch at the top.
-    from l4.profiler.suite import RunSettings, estimate_s, model_stem, run_suite
+    from l4.profiler.run import run_suite
+    from l4.profiler.suite import RunSettings, estimate_s, model_stem
 
     if (args.warmup is not None and args.warmup < 0) or (
         args.repeats is not None and args.repeats < 1
