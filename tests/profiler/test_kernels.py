@@ -153,9 +153,10 @@ def test_windows_lie_back_to_back_while_the_batch_fits() -> None:
 
 
 def test_windows_overlap_when_the_batch_does_not_fit() -> None:
-    starts, back_to_back = window_starts((8, 8, 8), 10, seed=4)
+    starts, back_to_back = window_starts((8, 8, 8), 20, seed=4)
     assert not back_to_back
-    assert all(0 <= s <= 2 for s in starts)
+    # span 20 - 8 = 12 over 3 sequences: slots 0, 4, 8 in some order, one common phase <= 4
+    assert sorted(starts - starts.min()) == [0, 4, 8] and 0 <= starts.min() <= 4
     with pytest.raises(ValidationError):
         window_starts((11,), 10, seed=0)
 
@@ -173,9 +174,12 @@ def test_windows_stay_in_the_pool_and_are_disjoint_when_they_fit(
     ends = starts + np.asarray(lengths)
     assert (starts >= 0).all() and (ends <= pool).all()
     assert back_to_back == (sum(lengths) <= pool)
+    order = np.argsort(starts)
     if back_to_back:
-        order = np.argsort(starts)
         assert (starts[order][1:] >= ends[order][:-1]).all()
+    else:  # spread evenly: no two sequences walk the same bytes close together
+        spacing = (pool - max(lengths)) // len(lengths)
+        assert (np.diff(starts[order]) >= spacing).all()
 
 
 def test_a_prefill_only_batch_is_a_layout() -> None:

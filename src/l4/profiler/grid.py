@@ -229,8 +229,10 @@ def window_starts(
     whether the windows lie back to back.
 
     While the batch fits, the windows follow each other from a random offset, as a contiguous
-    cache lays out a batch; otherwise each starts at a random token, so windows overlap (the
-    oversized reference batches) without two sequences walking the same bytes in step.
+    cache lays out a batch. Otherwise (the oversized reference batches) they must overlap; their
+    starts are then spread evenly over the pool, in random order, so that no two sequences,
+    which a kernel walks in step, read the same bytes within ``span / n`` tokens of each other
+    and turn the reuse into cache hits.
     """
     lengths = np.asarray(kv_tokens, dtype=np.int64)
     if lengths.size == 0 or lengths.min() < 1:
@@ -244,7 +246,12 @@ def window_starts(
     if total <= pool_tokens:
         base = int(rng.integers(0, pool_tokens - total + 1))
         return base + np.concatenate(([0], np.cumsum(lengths)[:-1])), True
-    return rng.integers(0, pool_tokens - lengths + 1), False
+    n = lengths.size
+    span = pool_tokens - int(lengths.max())
+    slots = rng.permutation(n).astype(np.int64)
+    offsets = slots * span // n
+    phase = int(rng.integers(0, span - (n - 1) * span // n + 1))
+    return offsets + phase, False
 
 
 QUICK_GRID = GridSpec(
