@@ -35,7 +35,7 @@ from l4.profiler.grid import FULL_GRID, QUICK_GRID, GridSpec, PrefillSpec
 if TYPE_CHECKING:  # the suite module imports torch, which the CLI imports only when profiling
     from l4.profiler.suite import SuiteSpec
 
-DEFAULT_PROFILES = "h100-llama-3.2-3b,h100-llama-3.1-8b"
+DEFAULT_PROFILES = "h100-llama-3.1-8b,h100-llama-3.2-3b"
 DEFAULT_OUT = Path("out/profile-attention")
 TORCH_MISSING = "install torch to profile: pip install torch"
 KERNEL_CHOICES = ("flash", "triton", "sdpa")

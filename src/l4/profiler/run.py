@@ -1,6 +1,6 @@
 """Executing a profiling run: parts, their files, resuming, the summary and the archive.
 
-Parts run in a fixed order (both kernels of the first model, then the next model). A part times
+Parts run kernel by kernel (every model with the first kernel, then the next kernel). A part times
 its skew grid, then its uniform batches, and only then writes its files; its sidecar JSON,
 written last, marks it complete. A part whose sidecar records the same settings is not measured
 again, so a stopped run is finished by running the same command on the same folder. After every
@@ -359,9 +359,9 @@ def run_suite(settings: RunSettings, err: Console) -> RunReport:
         err.print(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)")
     parts: list[PartResult] = []
     summary_path = settings.out / SUITE_FILE
+    # kernel-major: the calibration's kernel (first) for every model before the next kernel, so
+    # a kernel that wrecks the CUDA context (an illegal access) cannot cost the calibration data
     todo = [(p, k) for k in settings.kernels for p in settings.profiles]
-    # the calibration's own data first: both kernels of the first model, then the next model
-    todo.sort(key=lambda pk: (settings.profiles.index(pk[0]), settings.kernels.index(pk[1])))
     stopped = False
     for i, (profile, kernel) in enumerate(todo, start=1):
         label = f"[{i}/{len(todo)}] {model_stem(profile.model.name)} {kernel}"
