@@ -15,11 +15,17 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from l4 import __version__
-from l4.cliargs import OneLineParser, non_negative_float, positive_float, positive_int
+from l4.cliargs import (
+    OneLineParser,
+    exit_status,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile, available_profiles, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
-from l4.errors import L4Error, ValidationError
+from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
 from l4.planning_cli import add_plan_parser, run_plan
@@ -407,14 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Off a terminal rich would wrap at 80 columns and squeeze the table; give it room.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     err = Console(stderr=True)
-    try:
-        return COMMANDS[args.command](args, console, err)
-    except (L4Error, OSError) as exc:
-        print(f"l4: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("l4: interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: COMMANDS[args.command](args, console, err))
 
 
 if __name__ == "__main__":

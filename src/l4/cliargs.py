@@ -1,13 +1,30 @@
 """Argument parsing shared by the `l4` command and the benchmark scripts.
 
 A usage error is one line (the full usage is one `--help` away), and numeric options are checked
-at parse time with a message that names what was expected.
+at parse time with a message that names what was expected. ``exit_status`` turns L4's errors
+into the commands' exit codes (the edge where exceptions become statuses).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from typing import NoReturn
+
+from l4.errors import L4Error
+
+
+def exit_status(command: Callable[[], int]) -> int:
+    """Run ``command``: an L4 or OS error is one line and exit 2, an interrupt exit 130."""
+    try:
+        return command()
+    except (L4Error, OSError) as exc:
+        print(f"l4: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("l4: interrupted", file=sys.stderr)
+        return 130
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -30,8 +30,7 @@ from l4.errors import ConfigError
 from l4.profiler import kernels
 from l4.profiler.cli import (
     TORCH_MISSING,
-    add_calibrate_alpha_parser,
-    add_profile_parser,
+    build_parser,
     run_calibrate_alpha,
     run_profile,
 )
@@ -41,11 +40,7 @@ PROFILES = Path(__file__).resolve().parents[2] / "src" / "l4" / "costmodel" / "p
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="l4")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_profile_parser(sub)
-    add_calibrate_alpha_parser(sub)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def _quiet() -> Console:

@@ -27,8 +27,7 @@ from l4.costmodel.alpha_fit import read_skew_csv  # noqa: E402
 from l4.profiler import provenance, suite  # noqa: E402
 from l4.profiler import run as profile_run  # noqa: E402
 from l4.profiler.cli import (  # noqa: E402
-    add_calibrate_alpha_parser,
-    add_profile_parser,
+    build_parser,
     run_calibrate_alpha,
 )
 from l4.profiler.cli import run_profile as cli_run_profile  # noqa: E402
@@ -40,11 +39,7 @@ QUICK = ["profile-attention", "--suite", "hopper", "--quick", "--device", "cpu"]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="l4")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_profile_parser(sub)
-    add_calibrate_alpha_parser(sub)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def run_profile(argv: list[str]) -> int:

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from l4.cliargs import exit_status
 from l4.costmodel.profile import Profile, available_profiles, load_profile
-from l4.errors import ConfigError, L4Error
+from l4.errors import ConfigError
 from l4.profiler.calibrate import alpha_update, write_update
 from l4.profiler.grid import FULL_GRID, QUICK_GRID, GridSpec, PrefillSpec
 
@@ -382,8 +383,8 @@ def run_calibrate_alpha(args: argparse.Namespace, console: Console | None = None
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m l4.profiler profile-attention|calibrate-alpha ...`` (exit codes as ``l4``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m l4.profiler``: the two profiler commands alone."""
     parser = argparse.ArgumentParser(
         prog="python -m l4.profiler",
         description="The attention profiler's commands of l4, runnable where only torch, "
@@ -392,13 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_profile_parser(sub)
     add_calibrate_alpha_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m l4.profiler profile-attention|calibrate-alpha ...`` (exit codes as ``l4``)."""
+    args = build_parser().parse_args(argv)
     run = run_profile if args.command == "profile-attention" else run_calibrate_alpha
-    try:
-        return run(args)
-    except (L4Error, OSError) as exc:
-        print(f"l4: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("l4: interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: run(args))
