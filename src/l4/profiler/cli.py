@@ -326,7 +326,7 @@ def run_profile(args: argparse.Namespace, console: Console | None = None) -> int
             "(use --device cpu --quick for a CPU smoke run)"
         )
     if "flash" in settings.kernels and not cuda:
-        raise ConfigError("--kernel flash (FlashAttention) needs --device cuda")
+        raise ConfigError("the flash kernel (FlashAttention) needs --device cuda")
     threads = torch.get_num_threads()
     if not cuda:
         # A CPU run is a smoke test; on one thread it does not stall in OpenMP spin-waits when
