@@ -642,6 +642,39 @@ def _decode_128k_s(model: ModelSpec, decode: dict[str, float]) -> float:
     return model.num_layers * t
 
 
+def measured_alpha_source(short: str, sources: Path = SOURCES) -> tuple[str, dict[str, Any]] | None:
+    """The measured skew CSV of a Hopper profile and its measurement, if one is committed:
+    ``hopper_<short>_skew.csv.gz`` (``short`` as ``llama-3.1-8b``) next to the sidecar JSON that
+    ``l4 profile-attention`` wrote with it, ``hopper_<short>_skew.json``."""
+    csv_name = f"hopper_{short}_skew.csv.gz"
+    if not (sources / csv_name).exists():
+        return None
+    sidecar = sources / f"hopper_{short}_skew.json"
+    if not sidecar.exists():
+        raise SystemExit(f"{csv_name} needs its measurement record {sidecar.name} beside it")
+    meta = json.loads(sidecar.read_text())
+    measurement = meta.get("measurement") if isinstance(meta, dict) else None
+    if not isinstance(measurement, dict) or measurement.get("device_type") != "cuda":
+        raise SystemExit(f"{sidecar.name}: not a GPU measurement of l4 profile-attention")
+    if measurement.get("quick"):
+        raise SystemExit(f"{sidecar.name}: a --quick run tests the pipeline, not a calibration")
+    return csv_name, measurement
+
+
+def measured_alpha_provenance(csv_name: str, m: dict[str, Any]) -> str:
+    software = ", ".join(
+        f"{label} {m[key]}"
+        for key, label in (("torch", "torch"), ("cuda", "CUDA"), ("triton", "Triton"))
+        if m.get(key)
+    )
+    return (
+        f"measured on {m.get('device')} (driver {m.get('driver')}; {software}) by l4 "
+        f"profile-attention, {m.get('kernel_implementation') or m.get('kernel')}, "
+        f"{m.get('dtype')}, medians of {m.get('repeats')} runs ({csv_name}); median alpha per n "
+        "(H100 and H200 have the same SMs; the H200's HBM is 4.8 vs 3.35 TB/s)"
+    )
+
+
 def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
     fields, prov = common_fields(H100, model)
     tokens, time_s = h100_linear(model)
@@ -670,10 +703,9 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
     }
     literal_decode = dict(v0["decode"])  # same bytes/s: the "bandwidth-bound" reading
     literal_prefill_ptc = v0["prefill"]["per_token_context_s"] * q_ratio
-    # A GPU run of `l4 profile-attention`, gzipped here, replaces the borrowed RTX table.
-    measured = f"h100_{short}_skew.csv.gz"
-    own_alpha = (SOURCES / measured).exists()
-    alpha_source = measured if own_alpha else "rtxpro6000_llama31_8b_tp1_skew.csv.gz"
+    # A Hopper run of `l4 profile-attention`, gzipped here, replaces the borrowed RTX table.
+    measured = measured_alpha_source(short)
+    alpha_source = measured[0] if measured else "rtxpro6000_llama31_8b_tp1_skew.csv.gz"
     alpha = fit_alpha(read_source(alpha_source), num_decodes=ALPHA_N)
     cross: dict[str, Any] = {"note": "the v0 layer profile is of Llama-3.1-8B: see that profile"}
     if model is LLAMA31_8B:
@@ -747,8 +779,8 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
             / H100.peak_hbm_bytes_per_s,
         },
         "alpha": (
-            f"measured on H100 by l4 profile-attention ({measured}), medians per n"
-            if own_alpha
+            measured_alpha_provenance(*measured)
+            if measured
             else "no H100 skew data is public: borrowed from the RTX PRO 6000 table (skew.csv "
             "medians per n); a GPU run of the project's profiler should replace it"
         ),

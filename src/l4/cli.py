@@ -19,6 +19,7 @@ from l4.cliargs import (
     OneLineParser,
     Outputs,
     add_profile_options,
+    exit_status,
     non_negative_float,
     output_paths,
     positive_float,
@@ -28,7 +29,7 @@ from l4.cliargs import (
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
-from l4.errors import L4Error, ValidationError
+from l4.errors import ValidationError
 from l4.gateway.cli import add_serve_parser, run_serve
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
@@ -464,14 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wide = sys.stdout.isatty() or "COLUMNS" in os.environ
     console = Console() if wide else Console(width=160)
     err = Console(stderr=True)
-    try:
-        return COMMANDS[args.command](args, console, err)
-    except (L4Error, OSError) as exc:
-        print(f"l4: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("l4: interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: COMMANDS[args.command](args, console, err))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ a write error; ``-`` names standard output (``write_output``). ``--profiles-dir`
 the environment here, at the edge (``default_profiles_dir``); nothing below the CLI reads it.
 The servers share `--log-level` and the log format (`configure_logging`, vLLM's: level,
 time, logger, message, on standard error).
+``exit_status`` turns L4's errors into the commands' exit codes (the edge where exceptions
+become statuses).
 """
 
 from __future__ import annotations
@@ -15,17 +17,29 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from l4.costmodel.profile import available_profiles
-from l4.errors import ConfigError
+from l4.errors import ConfigError, L4Error
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMAT = "%(levelname)s %(asctime)s [%(name)s] %(message)s"
 LOG_DATE_FORMAT = "%m-%d %H:%M:%S"
+
+
+def exit_status(command: Callable[[], int]) -> int:
+    """Run ``command``: an L4 or OS error is one line and exit 2, an interrupt exit 130."""
+    try:
+        return command()
+    except (L4Error, OSError) as exc:
+        print(f"l4: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("l4: interrupted", file=sys.stderr)
+        return 130
 
 
 class OneLineParser(argparse.ArgumentParser):

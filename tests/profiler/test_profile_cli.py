@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,7 @@ from l4.costmodel.alpha_fit import (
 from l4.errors import ConfigError
 from l4.profiler.cli import (
     TORCH_MISSING,
-    add_calibrate_alpha_parser,
-    add_profile_parser,
+    build_parser,
     run_calibrate_alpha,
     run_profile,
 )
@@ -46,15 +46,12 @@ except ImportError:  # the profile extra is not installed
     torch = None  # type: ignore[assignment]
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (l4-serve[profile])")
+CPU = torch.device("cpu") if torch is not None else None
 PROFILES = Path(__file__).resolve().parents[2] / "src" / "l4" / "costmodel" / "profiles"
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="l4")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_profile_parser(sub)
-    add_calibrate_alpha_parser(sub)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def _quiet() -> Console:
@@ -111,12 +108,14 @@ def _pool(head: HeadShape) -> kernels.KvPool:
 
 
 @needs_torch
-def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused() -> None:
     head = HeadShape(num_q_heads=6, num_kv_heads=2, head_dim=16)
     pool = _pool(head)
-    assert kernels.check_kernel("sdpa", head, pool, seed=1) < 1e-4
+    sdpa = kernels.resolve_kernel("sdpa", CPU, page_tokens=16)
+    assert kernels.check_kernel(sdpa, head, pool, seed=1) < 1e-4
+    # the same kernel over contiguous windows (the layout of flash without block tables)
+    windows = replace(sdpa, paged=False)
+    assert kernels.check_kernel(windows, head, pool, seed=1) < 1e-4
 
     def top_left_causal(batch: kernels.DeviceBatch, p: kernels.KvPool) -> kernels.Attention:
         # the classic mistake: SDPA's is_causal aligns to the top left, so a decode's one query
@@ -133,16 +132,17 @@ def test_sdpa_kernel_matches_the_reference_and_a_wrong_kernel_is_refused(
 
         return run
 
-    monkeypatch.setitem(kernels.PREPARE, "sdpa", top_left_causal)
     with pytest.raises(ConfigError, match="disagrees with the reference"):
-        kernels.check_kernel("sdpa", head, pool, seed=1)
+        kernels.check_kernel(replace(sdpa, prepare=top_left_causal), head, pool, seed=1)
 
 
 @needs_torch
-def test_varlen_kernel_needs_cuda() -> None:
-    head = HeadShape(num_q_heads=4, num_kv_heads=2, head_dim=16)
+def test_flash_kernel_needs_cuda() -> None:
     with pytest.raises(ConfigError, match="needs --device cuda"):
-        kernels.check_kernel("varlen", head, _pool(head), seed=1)
+        kernels.resolve_kernel("flash", CPU, page_tokens=256)
+    args = _parse(["profile-attention", "--device", "cpu", "--kernel", "flash", "--quick"])
+    with pytest.raises(ConfigError, match="needs --device cuda"):
+        run_profile(args, _quiet())
 
 
 @needs_torch

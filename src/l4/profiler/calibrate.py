@@ -151,9 +151,14 @@ def alpha_update(
     where = "no measurement metadata next to the CSV"
     if meta is not None:
         m = meta["measurement"]
+        software = f"torch {m.get('torch')}" + "".join(
+            f", {label} {m[key]}"
+            for key, label in (("cuda", "CUDA"), ("triton", "Triton"), ("driver", "driver"))
+            if m.get(key)
+        )
         where = (
-            f"measured on {m.get('device')} ({m.get('kernel')} kernel, {m.get('dtype')}, torch "
-            f"{m.get('torch')}, medians of {m.get('repeats')} runs)"
+            f"measured on {m.get('device')} ({m.get('kernel')} kernel, {m.get('dtype')}, "
+            f"{software}, medians of {m.get('repeats')} runs)"
         )
     target = write_target(source, str(doc.get("name", profile)), user_dir=user_dir, name=name)
     if out is not None:

@@ -7,40 +7,41 @@ of ``l4`` works without it.
 
 ``profile-attention`` writes, per model, ``<out>/<model>_skew.csv`` (LLMServingSim's skew.csv
 columns, see ``l4.costmodel.alpha_fit``) and ``<out>/<model>_skew.json`` (the measurement's
-settings, the fitted alpha table and its errors).
+settings, the fitted alpha table and its errors); with ``--suite`` per model and kernel
+``<model>_<kernel>_skew.csv``/``.json`` and ``<model>_<kernel>_uniform.csv``, plus ``suite.json``
+(see ``l4.profiler.run``).
+
+``main`` is ``python -m l4.profiler``: these two commands without the rest of the ``l4`` CLI,
+whose engine and gateway need packages a bare GPU machine may lack (starlette, uvicorn).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import platform
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from l4.cliargs import add_profile_options, check_output_file, default_profiles_dir
-from l4.costmodel.alpha_fit import AlphaFit, fit_alpha, read_skew_csv, write_skew_csv
+from l4.cliargs import add_profile_options, check_output_file, default_profiles_dir, exit_status
 from l4.costmodel.profile import Profile, load_profile
 from l4.errors import ConfigError
 from l4.profiler.calibrate import alpha_update, write_update
-from l4.profiler.grid import FULL_GRID, QUICK_GRID, GridSpec, HeadShape, PrefillSpec, grid_points
+from l4.profiler.grid import FULL_GRID, QUICK_GRID, GridSpec, PrefillSpec
 
-if TYPE_CHECKING:  # measure imports torch, which the CLI only imports when profiling
-    from l4.profiler.measure import RunConfig
+if TYPE_CHECKING:  # the suite module imports torch, which the CLI imports only when profiling
+    from l4.profiler.suite import SuiteSpec
 
-DEFAULT_PROFILES = "h100-llama-3.2-3b,h100-llama-3.1-8b"
+DEFAULT_PROFILES = "h100-llama-3.1-8b,h100-llama-3.2-3b"
 DEFAULT_OUT = Path("out/profile-attention")
 TORCH_MISSING = "install torch to profile: pip install torch"
-GIB = 1024**3
+KERNEL_CHOICES = ("flash", "triton", "sdpa")
+"""= l4.profiler.kernels.KERNELS (that module imports torch)"""
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -78,9 +79,10 @@ def add_profile_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "profile-attention",
         help="measure the attention heterogeneity penalty (alpha) on a GPU",
-        description="Time decode attention over a paged KV cache for mixed-length batches and "
+        description="Time decode attention over a KV cache for mixed-length batches and "
         "for uniform batches at their mean and longest length; write a skew CSV and the "
-        "fitted alpha table per model (see docs/profiler.md).",
+        "fitted alpha table per model (see docs/profiler.md). --suite hopper runs the whole "
+        "Hopper measurement (both kernel families, uniform throughput too) in one go.",
     )
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="default: cuda")
     p.add_argument(
@@ -102,13 +104,46 @@ def add_profile_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--kernel",
-        choices=("auto", "varlen", "sdpa"),
+        choices=("auto", *KERNEL_CHOICES),
         default="auto",
-        help="varlen: one FlashAttention launch per step (CUDA); sdpa: a call per sequence "
-        "(reference, any device); auto: varlen on cuda, sdpa on cpu",
+        help="flash: one FlashAttention-2 launch per step (CUDA); triton: the vLLM-style paged "
+        "split-KV Triton kernel; sdpa: a call per sequence (reference, any device); auto: "
+        "flash on cuda, sdpa on cpu",
+    )
+    p.add_argument(
+        "--flash-layout",
+        choices=("auto", "paged", "windows"),
+        default="auto",
+        help="flash KV layout: paged needs a torch whose flash op takes a block table (2.13+); "
+        "windows (a contiguous window per sequence) works with older ones; auto picks paged "
+        "when available and falls back if it fails its check",
     )
     p.add_argument("--warmup", type=int, help="untimed runs per batch (default: 3; quick 1)")
     p.add_argument("--repeats", type=int, help="timed runs per batch (default: 15; quick 3)")
+    s = p.add_argument_group("suite (one command for a whole measurement)")
+    s.add_argument(
+        "--suite",
+        choices=("hopper",),
+        help="hopper: issue 14's measurement, every model x --kernels, skew grid + uniform "
+        "throughput, resumable (with --quick: the same pipeline on tiny shapes)",
+    )
+    s.add_argument(
+        "--kernels",
+        help="suite kernels, comma-separated (default: flash,triton on cuda; sdpa on cpu, where "
+        "triton runs in Triton's interpreter: minutes even for --quick)",
+    )
+    s.add_argument("--archive", type=Path, help="keep a tar.gz of --out here after every part")
+    s.add_argument(
+        "--deadline-s",
+        type=float,
+        help="stop starting work after this many seconds; finished parts are kept, a rerun "
+        "resumes the rest",
+    )
+    s.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the run's estimated GPU time and exit (needs no GPU)",
+    )
     g = p.add_argument_group("grid (defaults: the full grid, or the tiny one with --quick)")
     g.add_argument("--num-decodes", type=_int_list, help="e.g. 2,4,8,16,32,64,128,256")
     g.add_argument("--short", type=_int_list, help="short context lengths, e.g. 256,1024,4096")
@@ -129,13 +164,13 @@ def add_profile_parser(subparsers: Any) -> None:
     k.add_argument(
         "--page-size",
         type=int,
-        help="tokens per KV page (default: 256 for varlen, FlashAttention-2's minimum; else 16)",
+        help="tokens per KV page (default: 256 for flash, FlashAttention-2's minimum; else 16)",
     )
     k.add_argument(
         "--kv-pool-gib",
         type=float,
-        default=8.0,
-        help="at most this much KV per model; larger reference batches reuse pages (default: 8)",
+        help="at most this much KV per model; larger reference batches reuse pages "
+        "(default: 8; hopper suite 16)",
     )
     p.add_argument("--seed", type=int, default=0, help="page placement and tensor contents")
 
@@ -178,12 +213,12 @@ def _import_torch() -> Any:
         raise ConfigError(TORCH_MISSING) from None
 
 
-def _grid(args: argparse.Namespace, profile: Profile) -> GridSpec:
-    base = (
-        QUICK_GRID
-        if args.quick
-        else replace(FULL_GRID, max_batch_tokens=profile.kv_capacity_tokens)
-    )
+GRID_OPTIONS = ("num_decodes", "short", "long", "num_long", "long_shares", "prefills")
+
+
+def _grid(args: argparse.Namespace) -> GridSpec:
+    """The single-measurement grid: full or quick, with the command line's overrides."""
+    base = QUICK_GRID if args.quick else FULL_GRID
     overrides: dict[str, Any] = {
         "num_decodes": args.num_decodes,
         "short_tokens": args.short,
@@ -191,12 +226,11 @@ def _grid(args: argparse.Namespace, profile: Profile) -> GridSpec:
         "num_long": args.num_long,
         "long_shares": args.long_shares,
         "prefills": args.prefills,
-        "max_batch_tokens": args.max_batch_tokens,
     }
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _profiles(text: str, user_dir: Path) -> list[Profile]:
+def _profiles(text: str, user_dir: Path) -> tuple[Profile, ...]:
     """The profiles to take head shapes from, one per distinct model."""
     seen: dict[str, Profile] = {}
     for name in (n.strip() for n in text.split(",") if n.strip()):
@@ -204,150 +238,127 @@ def _profiles(text: str, user_dir: Path) -> list[Profile]:
         seen.setdefault(p.model.name, p)
     if not seen:
         raise ConfigError("--profiles is empty")
-    return list(seen.values())
+    return tuple(seen.values())
 
 
-def model_stem(model_name: str) -> str:
-    """``meta-llama/Llama-3.1-8B`` -> ``llama-3.1-8b``: the output file stem."""
-    return model_name.rsplit("/", 1)[-1].lower()
+def _kernels(args: argparse.Namespace) -> tuple[str, ...]:
+    cuda = args.device == "cuda"
+    if args.suite is None:
+        if args.kernels is not None:
+            raise ConfigError("--kernels is for --suite; give one --kernel")
+        kernel = args.kernel
+        if kernel == "auto":
+            kernel = "flash" if cuda else "sdpa"
+        return (kernel,)
+    if args.kernels is None:
+        # Triton's CPU interpreter needs minutes even for the quick shapes: opt in on a CPU
+        return ("flash", "triton") if cuda else ("sdpa",)
+    names = tuple(dict.fromkeys(k.strip() for k in args.kernels.split(",") if k.strip()))
+    unknown = [k for k in names if k not in KERNEL_CHOICES]
+    if unknown or not names:
+        raise ConfigError(
+            f"--kernels: expected some of {', '.join(KERNEL_CHOICES)}, got {args.kernels!r}"
+        )
+    return names
 
 
-def _alpha_table(title: str, fit: AlphaFit) -> Table:
+def _suite_spec(args: argparse.Namespace) -> SuiteSpec:
+    """The SuiteSpec of this command line (imported lazily: the suite module imports torch)."""
+    from l4.profiler.suite import HOPPER_SUITE, QUICK_SUITE, SuiteSpec
+
+    if args.suite is not None:
+        if any(getattr(args, o) is not None for o in GRID_OPTIONS):
+            raise ConfigError("the grid options apply without --suite (the suite has its own)")
+        spec = QUICK_SUITE if args.quick else HOPPER_SUITE
+    else:
+        spec = SuiteSpec(
+            name="quick" if args.quick else "full",
+            grids=(_grid(args),),
+            warmup=1 if args.quick else 3,
+            repeats=3 if args.quick else 15,
+            kernel_in_file_names=False,
+        )
+    overrides = {"warmup": args.warmup, "repeats": args.repeats, "kv_pool_gib": args.kv_pool_gib}
+    return replace(spec, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _alpha_table(title: str, table_doc: dict[str, Any]) -> Table:
     table = Table(title=title)
     for name in ("n", "alpha decode-only", "alpha with prefill"):
         table.add_column(name, justify="right")
-    t = fit.table
-    for n, a, b in zip(t.num_decodes, t.decode_only, t.with_prefill, strict=True):
+    rows = zip(
+        table_doc["num_decodes"], table_doc["decode_only"], table_doc["with_prefill"], strict=True
+    )
+    for n, a, b in rows:
         table.add_row(str(n), f"{a:.3f}", f"{b:.3f}")
     return table
 
 
 def run_profile(args: argparse.Namespace, console: Console | None = None) -> int:
-    """Run ``l4 profile-attention``: measure, write CSV + JSON per model, print the tables."""
+    """Run ``l4 profile-attention``: measure every part, write CSV + JSON, print the tables.
+
+    Returns 0 when every part is measured (or was earlier), 1 when a suite left parts failed
+    or unfinished (their reasons are in ``suite.json`` and on stderr)."""
     torch = _import_torch()
     if console is None:
         console = Console() if sys.stdout.isatty() else Console(width=160)
     err = Console(stderr=True)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    # Imported here: these modules import torch at the top.
+    from l4.profiler.run import run_suite
+    from l4.profiler.suite import RunSettings, estimate_s, model_stem
+
+    if (args.warmup is not None and args.warmup < 0) or (
+        args.repeats is not None and args.repeats < 1
+    ):
+        raise ConfigError("--warmup must be >= 0 and --repeats >= 1")
+    if args.kv_pool_gib is not None and args.kv_pool_gib <= 0:
+        raise ConfigError("--kv-pool-gib must be positive")
+    cuda = args.device == "cuda"
+    settings = RunSettings(
+        suite=_suite_spec(args),
+        kernels=_kernels(args),
+        profiles=_profiles(args.profiles, args.profiles_dir),
+        device=torch.device(args.device),
+        dtype=torch.bfloat16 if cuda else torch.float32,
+        page_size=args.page_size,
+        flash_layout=args.flash_layout,
+        flush_bytes=256 * 1024**2 if cuda else 0,
+        seed=args.seed,
+        quick=bool(args.quick),
+        out=args.out,
+        archive=args.archive,
+        deadline_s=args.deadline_s,
+        max_batch_tokens=args.max_batch_tokens,
+        keep_going=args.suite is not None,
+    )
+    if args.estimate:
+        console.print(f"estimated GPU time: {estimate_s(settings):.0f} s (an H100; see docs)")
+        return 0
+    if cuda and not torch.cuda.is_available():
         raise ConfigError(
             f"--device cuda: torch {torch.__version__} sees no CUDA GPU "
             "(use --device cpu --quick for a CPU smoke run)"
         )
-    kernel = args.kernel
-    if kernel == "auto":
-        kernel = "varlen" if args.device == "cuda" else "sdpa"
-    if kernel == "varlen" and args.device != "cuda":
-        raise ConfigError("--kernel varlen (FlashAttention) needs --device cuda")
-    page = args.page_size or (256 if kernel == "varlen" else 16)
-    if page < 1 or args.kv_pool_gib <= 0:
-        raise ConfigError("--page-size and --kv-pool-gib must be positive")
-    # Imported here: these modules import torch at the top.
-    from l4.profiler.measure import RunConfig, TimingConfig
-
-    cfg = RunConfig(
-        kernel=kernel,
-        device=torch.device(args.device),
-        dtype=torch.bfloat16 if args.device == "cuda" else torch.float32,
-        page_tokens=page,
-        max_pool_pages=1,  # per model, from its KV bytes per page
-        timing=TimingConfig(
-            warmup=args.warmup if args.warmup is not None else (1 if args.quick else 3),
-            repeats=args.repeats if args.repeats is not None else (3 if args.quick else 15),
-            flush_bytes=256 * 1024**2 if args.device == "cuda" else 0,
-        ),
-        seed=args.seed,
-    )
+    if "flash" in settings.kernels and not cuda:
+        raise ConfigError("the flash kernel (FlashAttention) needs --device cuda")
     threads = torch.get_num_threads()
-    if args.device == "cpu":
+    if not cuda:
         # A CPU run is a smoke test; on one thread it does not stall in OpenMP spin-waits when
         # the cores are shared (CI runners, parallel jobs), which made it 20x slower there.
         torch.set_num_threads(1)
     try:
-        for profile in _profiles(args.profiles, args.profiles_dir):
-            _profile_model(args, profile, cfg, console, err)
+        report = run_suite(settings, err)
     finally:
         torch.set_num_threads(threads)
+    for part in report.parts:
+        if part.alpha is not None:
+            title = f"{model_stem(part.model)} {part.kernel} ({part.status}): fitted alpha"
+            console.print(_alpha_table(title, part.alpha))
+    err.print(f"wrote {', '.join(f for p in report.parts for f in p.files)} in {args.out}")
+    if not report.complete:
+        err.print(f"incomplete: see {report.summary_path}; rerun the same command to resume")
+        return 1
     return 0
-
-
-def _device_name(torch: Any, device: Any) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return str(name or platform.machine())
-
-
-def _profile_model(
-    args: argparse.Namespace, profile: Profile, base: RunConfig, console: Console, err: Console
-) -> None:
-    """Measure one model's head shape; write its CSV and JSON; print its alpha table."""
-    import torch
-
-    from l4.profiler.measure import profile_points
-
-    head = HeadShape.from_model(profile.model)
-    spec = _grid(args, profile)
-    points = grid_points(spec)
-    page_bytes = base.page_tokens * head.kv_bytes_per_token(base.dtype.itemsize)
-    cfg = replace(base, max_pool_pages=max(1, int(args.kv_pool_gib * GIB // page_bytes)))
-    stem = model_stem(profile.model.name)
-    device_name = _device_name(torch, cfg.device)
-    err.print(f"[dim]{stem}: {len(points)} grid points on {device_name} ({cfg.kernel})[/dim]")
-    t0 = time.perf_counter()
-    run = profile_points(head, points, cfg, progress=_progress(err, stem))
-    wall_s = time.perf_counter() - t0
-    csv_path = args.out / f"{stem}_skew.csv"
-    write_skew_csv(csv_path, run.rows)
-    fit = fit_alpha(read_skew_csv(csv_path))
-    timing = cfg.timing
-    meta = {
-        "format": "l4-skew-profile",
-        "version": 1,
-        "model": {"name": profile.model.name, **asdict(head)},
-        "profile": profile.name,
-        "csv": csv_path.name,
-        "points": len(run.rows),
-        "measurement": {
-            "device": device_name,
-            "device_type": cfg.device.type,
-            "torch": torch.__version__,
-            "kernel": cfg.kernel,
-            "dtype": str(cfg.dtype).removeprefix("torch."),
-            "page_tokens": cfg.page_tokens,
-            "kv_pool_pages": run.pool_pages,
-            "warmup": timing.warmup,
-            "repeats": timing.repeats,
-            "timer": "cuda-events" if cfg.device.type == "cuda" else "perf_counter",
-            "l2_flush_bytes": timing.flush_bytes,
-            "kernel_check_max_abs_error": run.check_max_abs_error,
-            "quick": bool(args.quick),
-            "seed": cfg.seed,
-            "wall_s": wall_s,
-            "grid": _grid_dict(spec),
-        },
-        "alpha": fit.table_dict(),
-        "fit_error": fit.errors,
-    }
-    meta_path = csv_path.with_suffix(".json")
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    console.print(_alpha_table(f"{stem} on {device_name}: fitted alpha", fit))
-    err.print(f"wrote {csv_path} and {meta_path} ({wall_s:.1f} s)")
-
-
-def _grid_dict(spec: GridSpec) -> dict[str, Any]:
-    d = asdict(spec)
-    d["prefills"] = [[p.chunk_tokens, p.prior_tokens] for p in spec.prefills]
-    return d
-
-
-def _progress(err: Console, stem: str) -> Callable[[int, int], None]:
-    step = {"next": 0.1}
-
-    def report(done: int, total: int) -> None:
-        # a quick grid is done before anyone reads a progress line
-        if total >= 50 and done / total >= step["next"] and done < total:
-            err.print(f"[dim]{stem}: {done}/{total} points[/dim]")
-            step["next"] += 0.1
-
-    return report
 
 
 def run_calibrate_alpha(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -397,3 +408,23 @@ def run_calibrate_alpha(args: argparse.Namespace, console: Console | None = None
             highlight=False,
         )
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m l4.profiler``: the two profiler commands alone."""
+    parser = argparse.ArgumentParser(
+        prog="python -m l4.profiler",
+        description="The attention profiler's commands of l4, runnable where only torch, "
+        "numpy and rich are installed.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_profile_parser(sub)
+    add_calibrate_alpha_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m l4.profiler profile-attention|calibrate-alpha ...`` (exit codes as ``l4``)."""
+    args = build_parser().parse_args(argv)
+    run = run_profile if args.command == "profile-attention" else run_calibrate_alpha
+    return exit_status(lambda: run(args))

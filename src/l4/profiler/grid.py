@@ -4,9 +4,11 @@ Pure (numpy, no torch). A grid point is a ``SkewShape``; each point is timed as 
 (``BatchKind``): the mixed batch, every decode at the mean length, every decode at the long
 length, all with the same prefill chunk. ``page_table`` places a batch in a KV pool of fixed size
 the way a paged engine does after some churn: pages in random order, never shared within a batch
-while the pool lasts. Batches larger than the pool (the uniform-at-max reference of a long
-context, which no engine could hold) reuse pages; random placement keeps two sequences from
-streaming the same page at the same moment, so the reuse does not turn into cache hits.
+while the pool lasts. ``window_starts`` places it as one contiguous window per sequence (for a
+kernel without block tables): back to back while the batch fits. Batches larger than the pool
+(the uniform-at-max reference of a long context, which no engine could hold) reuse pages or
+overlap windows; random placement keeps two sequences from streaming the same bytes at the same
+moment, so the reuse does not turn into cache hits.
 """
 
 from __future__ import annotations
@@ -143,8 +145,10 @@ class BatchLayout:
     kv_tokens: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        if not self.decode_kv_tokens or min(self.decode_kv_tokens) < 1:
-            raise ValidationError("a batch needs decodes with >= 1 KV token each")
+        if not self.decode_kv_tokens and not self.prefill.chunk_tokens:
+            raise ValidationError("a batch needs decodes or a prefill chunk")
+        if self.decode_kv_tokens and min(self.decode_kv_tokens) < 1:
+            raise ValidationError("a decode needs >= 1 KV token")
         q = (1,) * len(self.decode_kv_tokens)
         kv = self.decode_kv_tokens
         if self.prefill.chunk_tokens:
@@ -157,6 +161,10 @@ class BatchLayout:
     @property
     def total_kv_tokens(self) -> int:
         return sum(self.kv_tokens)
+
+    @property
+    def max_kv_tokens(self) -> int:
+        return max(self.kv_tokens)
 
     @property
     def has_prefill(self) -> bool:
@@ -212,6 +220,38 @@ def page_table(
         table[i, :c] = flat[start : start + c]
         start += c
     return table
+
+
+def window_starts(
+    kv_tokens: Sequence[int], pool_tokens: int, seed: int
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """First token of each sequence's contiguous window in a flat pool of ``pool_tokens``, and
+    whether the windows lie back to back.
+
+    While the batch fits, the windows follow each other from a random offset, as a contiguous
+    cache lays out a batch. Otherwise (the oversized reference batches) they must overlap; their
+    starts are then spread evenly over the pool, in random order, so that no two sequences,
+    which a kernel walks in step, read the same bytes within ``span / n`` tokens of each other
+    and turn the reuse into cache hits.
+    """
+    lengths = np.asarray(kv_tokens, dtype=np.int64)
+    if lengths.size == 0 or lengths.min() < 1:
+        raise ValidationError("every sequence needs >= 1 KV token")
+    if lengths.max() > pool_tokens:
+        raise ValidationError(
+            f"a sequence of {int(lengths.max())} tokens does not fit a pool of {pool_tokens}"
+        )
+    rng = np.random.default_rng(seed)
+    total = int(lengths.sum())
+    if total <= pool_tokens:
+        base = int(rng.integers(0, pool_tokens - total + 1))
+        return base + np.concatenate(([0], np.cumsum(lengths)[:-1])), True
+    n = lengths.size
+    span = pool_tokens - int(lengths.max())
+    slots = rng.permutation(n).astype(np.int64)
+    offsets = slots * span // n
+    phase = int(rng.integers(0, span - (n - 1) * span // n + 1))
+    return offsets + phase, False
 
 
 QUICK_GRID = GridSpec(

@@ -1,10 +1,12 @@
-"""Timing: medians of repeated runs, interleaved across the three batches of a grid point.
+"""Timing: medians of repeated runs, interleaved across the batches timed together.
 
-On CUDA each run is bracketed by CUDA events after a write of ``flush_bytes`` that evicts the L2
-cache (a real step reaches a layer's KV cold: the other layers ran in between) and keeps the GPU
-busy while the launch is queued, so the events time the kernel, not the Python call. On a CPU,
-``perf_counter`` around the call. The three batches of a point take turns within every repeat, so
-clock or thermal drift moves their times together instead of biasing alpha.
+A ``Bench`` is one head shape on one kernel: a KV pool sized for the batches it will time, the
+kernel checked against the reference first, and a timer. On CUDA each run is bracketed by CUDA
+events after a write of ``flush_bytes`` that evicts the L2 cache (a real step reaches a layer's
+KV cold: the other layers ran in between) and keeps the GPU busy while the launch is queued, so
+the events time the kernel, not the Python call. On a CPU, ``perf_counter`` around the call. The
+batches of a grid point take turns within every repeat, so clock or thermal drift moves their
+times together instead of biasing alpha.
 """
 
 from __future__ import annotations
@@ -18,8 +20,17 @@ import torch
 
 from l4.costmodel.alpha_fit import SkewRow, SkewShape
 from l4.errors import ValidationError
-from l4.profiler.grid import BatchKind, HeadShape, batch_layout, pages_needed
-from l4.profiler.kernels import PREPARE, allocate_pool, check_kernel, device_batch
+from l4.profiler.grid import BatchKind, BatchLayout, HeadShape, batch_layout, pages_needed
+from l4.profiler.kernels import (
+    CHECK_LAYOUTS,
+    KernelSpec,
+    allocate_pool,
+    check_kernel,
+    device_batch,
+)
+
+SKEW_KINDS = (BatchKind.SKEW, BatchKind.MEAN, BatchKind.MAX)
+"""The order of the three batches of a point (and of ``times_s``' result)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +47,7 @@ class TimingConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
-    kernel: str
+    kernel: KernelSpec
     device: torch.device
     dtype: torch.dtype
     page_tokens: int
@@ -45,7 +56,7 @@ class RunConfig:
     seed: int = 0
 
 
-class _Timer:
+class Timer:
     def __init__(self, device: torch.device, flush_bytes: int) -> None:
         self.cuda = device.type == "cuda"
         self.flush = (
@@ -86,12 +97,49 @@ class _Timer:
         return [statistics.median(s) for s in samples]
 
 
-def pool_pages(points: Sequence[SkewShape], page_tokens: int, max_pool_pages: int) -> int:
-    """Enough pages for the largest batch of the grid, at most ``max_pool_pages``."""
-    need = max(
-        pages_needed(batch_layout(p, kind), page_tokens) for p in points for kind in BatchKind
-    )
+def skew_layouts(points: Sequence[SkewShape]) -> list[BatchLayout]:
+    return [batch_layout(p, kind) for p in points for kind in SKEW_KINDS]
+
+
+def pool_pages(layouts: Sequence[BatchLayout], page_tokens: int, max_pool_pages: int) -> int:
+    """Enough pages for the largest batch (and the kernel check), at most ``max_pool_pages``."""
+    need = max(pages_needed(b, page_tokens) for b in (*layouts, *CHECK_LAYOUTS))
     return max(1, min(need, max_pool_pages))
+
+
+class Bench:
+    """One head shape on one kernel: the pool, the kernel's check, the timer."""
+
+    def __init__(self, head: HeadShape, cfg: RunConfig, layouts: Sequence[BatchLayout]) -> None:
+        """``layouts``: every batch this bench will time (they size the pool)."""
+        self.head = head
+        self.cfg = cfg
+        with torch.inference_mode():
+            self.pool_pages = pool_pages(layouts, cfg.page_tokens, cfg.max_pool_pages)
+            self.pool = allocate_pool(
+                head,
+                num_pages=self.pool_pages,
+                page_tokens=cfg.page_tokens,
+                device=cfg.device,
+                dtype=cfg.dtype,
+                seed=cfg.seed,
+            )
+            self.check_max_abs_error = check_kernel(cfg.kernel, head, self.pool, seed=cfg.seed + 1)
+        self.timer = Timer(cfg.device, cfg.timing.flush_bytes)
+
+    def times_s(self, layouts: Sequence[BatchLayout], seed: int) -> list[float]:
+        """Median seconds of each batch, the batches interleaved in every repeat."""
+        with torch.inference_mode():
+            fns = [
+                self.cfg.kernel.prepare(
+                    device_batch(
+                        layout, self.head, self.pool, paged=self.cfg.kernel.paged, seed=seed + j
+                    ),
+                    self.pool,
+                )
+                for j, layout in enumerate(layouts)
+            ]
+            return self.timer.times_s(fns, self.cfg.timing)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +147,22 @@ class ModelRun:
     rows: tuple[SkewRow, ...]
     pool_pages: int
     check_max_abs_error: float
+
+
+def time_points(
+    bench: Bench,
+    points: Sequence[SkewShape],
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[SkewRow, ...]:
+    """Time every grid point on ``bench`` (the three batches of a point interleaved)."""
+    rows: list[SkewRow] = []
+    for i, point in enumerate(points):
+        layouts = [batch_layout(point, kind) for kind in SKEW_KINDS]
+        t_skew, t_mean, t_max = bench.times_s(layouts, seed=bench.cfg.seed + 3 * i)
+        rows.append(SkewRow(shape=point, t_mean_s=t_mean, t_max_s=t_max, t_skew_s=t_skew))
+        if progress is not None:
+            progress(i + 1, len(points))
+    return tuple(rows)
 
 
 def profile_points(
@@ -110,31 +174,8 @@ def profile_points(
     """Time every grid point for one head shape: one KV pool, the kernel checked first."""
     if not points:
         raise ValidationError("the grid is empty (every point exceeds --max-batch-tokens?)")
-    kinds = (BatchKind.SKEW, BatchKind.MEAN, BatchKind.MAX)
-    with torch.inference_mode():
-        pages = pool_pages(points, cfg.page_tokens, cfg.max_pool_pages)
-        pool = allocate_pool(
-            head,
-            num_pages=pages,
-            page_tokens=cfg.page_tokens,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            seed=cfg.seed,
-        )
-        check = check_kernel(cfg.kernel, head, pool, seed=cfg.seed + 1)
-        timer = _Timer(cfg.device, cfg.timing.flush_bytes)
-        prepare = PREPARE[cfg.kernel]
-        rows: list[SkewRow] = []
-        for i, point in enumerate(points):
-            fns = [
-                prepare(
-                    device_batch(batch_layout(point, kind), head, pool, seed=cfg.seed + 3 * i + j),
-                    pool,
-                )
-                for j, kind in enumerate(kinds)
-            ]
-            t_skew, t_mean, t_max = timer.times_s(fns, cfg.timing)
-            rows.append(SkewRow(shape=point, t_mean_s=t_mean, t_max_s=t_max, t_skew_s=t_skew))
-            if progress is not None:
-                progress(i + 1, len(points))
-    return ModelRun(rows=tuple(rows), pool_pages=pages, check_max_abs_error=check)
+    bench = Bench(head, cfg, skew_layouts(points))
+    rows = time_points(bench, points, progress)
+    return ModelRun(
+        rows=rows, pool_pages=bench.pool_pages, check_max_abs_error=bench.check_max_abs_error
+    )
