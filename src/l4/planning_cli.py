@@ -2,9 +2,10 @@
 
 ``add_plan_parser(subparsers)`` adds the subcommand; ``run_plan(args)`` runs it and returns the
 exit code. Errors are raised as ``L4Error`` for the main CLI to map to exit codes. The JSON written
-by ``--json`` is ``Plan.to_dict()``: ``{"planning_time_s", "cost", "stages": [{"lo_tokens",
-"hi_tokens", "instances", "ttft_s", "tpot_s"}]}`` with ``hi_tokens`` null for the last stage (and
-``cost`` null when no partition is sustainable).
+by ``--json`` is ``Plan.to_dict()``: ``{"planning_time_s", "cost", "block_instances", "stages":
+[{"lo_tokens", "hi_tokens", "instances", "ttft_s", "tpot_s"}]}`` with ``hi_tokens`` null for the
+last stage (and ``cost`` null when no partition is sustainable); ``block_instances`` is 1 when the
+partition was searched instance by instance, q > 1 when in blocks of q (fleets above 64).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from l4.core.grid import DEFAULT_MIN_TOKENS, DEFAULT_SUBSTEPS_PER_OCTAVE, exponential_grid
-from l4.core.planner import Plan, plan_stages
+from l4.core.planner import MAX_PLAN_INSTANCES, Plan, check_fleet_size, plan_stages
 from l4.core.qoe import MECHANISMS, MigrationModel, StageModel
 from l4.core.summary import WorkloadSummary, summarize_workload, summary_from_histogram
 from l4.costmodel.profile import available_profiles, load_profile
-from l4.errors import ValidationError, WorkloadError
+from l4.errors import WorkloadError
 from l4.instance.config import InstanceConfig
 from l4.workload import WorkloadSpec, build_workload, bundled_traces
 
@@ -49,7 +50,12 @@ def add_plan_parser(subparsers: Any) -> None:
         default="h100-llama-3.2-3b",
         help=f"{', '.join(available_profiles())} or a JSON path (default: %(default)s)",
     )
-    p.add_argument("--instances", type=int, default=16, help="default: %(default)s")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=16,
+        help=f"instances to plan, 1..{MAX_PLAN_INSTANCES} (default: %(default)s)",
+    )
     p.add_argument("--rate-scale", type=float, help="multiply the arrival rate (default: 1)")
     p.add_argument("--duration", type=float, help="use only the first seconds of the trace")
     p.add_argument(
@@ -95,8 +101,7 @@ def _summary(args: argparse.Namespace, max_context_tokens: int) -> WorkloadSumma
 
 def compute_plan(args: argparse.Namespace) -> Plan:
     """Everything ``run_plan`` does except printing and writing."""
-    if args.instances < 1:
-        raise ValidationError(f"--instances must be >= 1, got {args.instances}")
+    check_fleet_size(args.instances)
     profile = load_profile(args.profile).with_overrides(alpha=args.alpha)
     summary = _summary(args, profile.model.max_context_tokens)
     model = StageModel(
@@ -129,8 +134,14 @@ def print_plan(plan: Plan, console: Console) -> None:
         )
     console.print(table)
     state = "" if plan.feasible else " [bold red](no sustainable plan: overloaded)[/]"
+    search = (
+        ""
+        if plan.block_instances == 1
+        else f" (partition searched in blocks of {plan.block_instances} instances, split exact)"
+    )
     console.print(
-        f"total QoE cost {plan.cost:.4g} s/s{state}; planned in {plan.planning_time_s * 1e3:.2f} ms"
+        f"total QoE cost {plan.cost:.4g} s/s{state}; planned in "
+        f"{plan.planning_time_s * 1e3:.2f} ms{search}"
     )
 
 

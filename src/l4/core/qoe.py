@@ -49,6 +49,8 @@ FloatArray = npt.NDArray[np.float64]
 MECHANISMS = ("kv-transfer", "replay")
 _NEWTON_STEPS = 40
 _NEWTON_TOL = 1e-5  # relative change of the decode batch
+# Stage x count elements evaluated at once by evaluate_stages (its temporaries: ~30 MB).
+_EVAL_ELEMENTS = 1 << 16
 
 
 class _MigrationConfigLike(Protocol):
@@ -252,6 +254,29 @@ class StageModel:
         jj = np.asarray(hi, dtype=np.intp)
         cost, _, _, load = self._evaluate(ranges, ii, jj, np.array([[float(n)]]))
         return cost[:, 0], load[:, 0]
+
+    def evaluate_stages(
+        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, counts: npt.ArrayLike
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Raw cost, TTFT, TPOT and load of stages ``[g_lo[p], g_hi[p])`` with each of ``counts``
+        instances: arrays (pairs, counts), without the idle rule of ``cost_table``.
+
+        For the planner's large-fleet search, which asks for a few counts of every stage or every
+        count of a few stages; evaluated a slice of stages at a time so memory stays bounded.
+        """
+        ii = np.asarray(lo, dtype=np.intp)
+        jj = np.asarray(hi, dtype=np.intp)
+        n = np.asarray(counts, dtype=np.float64)[None, :]
+        step = max(1, _EVAL_ELEMENTS // max(n.size, 1))
+        parts = [
+            self._evaluate(ranges, ii[s : s + step], jj[s : s + step], n)
+            for s in range(0, len(ii), step)
+        ]
+        if not parts:
+            empty = np.zeros((0, n.size))
+            return empty, empty.copy(), empty.copy(), empty.copy()
+        cost, ttft, tpot, load = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        return cost, ttft, tpot, load
 
     def _evaluate(
         self, rt: RangeTable, ii: npt.NDArray[np.intp], jj: npt.NDArray[np.intp], n: FloatArray
