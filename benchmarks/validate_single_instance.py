@@ -4,9 +4,10 @@ Replays, on one simulated instance, the workloads behind public vLLM measurement
 on one H100 (sources and caveats in docs/validation.md), plus rate sweeps from light to saturated
 load on matched-length (vLLM-bench ShareGPT-like) and bundled (Sarathi multi-turn ShareGPT) traces.
 Deterministic (fixed seeds); takes well under a minute. Prints tables and writes
-docs/validation.json. Usage:
+docs/validation.json. ``--quick`` runs a smoke-sized version (the small public runs, two rates of
+a few requests) for tests; its figures are not the published ones. Usage:
 
-    python benchmarks/validate_single_instance.py [--out docs/validation.json]
+    python benchmarks/validate_single_instance.py [--out docs/validation.json] [--quick]
 """
 
 from __future__ import annotations
@@ -344,13 +345,21 @@ def print_table(title: str, rows: Sequence[dict[str, object]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "validation.json")
+    parser.add_argument("--quick", action="store_true", help="smoke size (for tests)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     comparisons: list[dict[str, object]] = []
     sweeps: dict[str, list[dict[str, object]]] = {}
+    sources = source_scenarios()
+    matched_rates: tuple[float, ...] = (1, 2, 4, 8, 16, 24, 32, 48)
+    bundled_rates: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+    matched_n, bundled_n = 1000, 500
+    if args.quick:
+        sources = [s for s in sources if len(s.input_tokens) <= 160]
+        matched_rates, bundled_rates, matched_n, bundled_n = (1, 8), (1.0,), 40, 20
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for s in source_scenarios():
+        for s in sources:
             sim = simulate(s, tmp)
             real = SOURCES[s.compare_to or s.name]
             ratios = {k: ratio(sim.get(k), real.get(k)) for k, _ in COLUMNS if k in real}
@@ -359,10 +368,10 @@ def main() -> None:
             )
         for profile in ("h100-llama-3.1-8b", "h100-llama-3.2-3b"):
             rows: list[dict[str, object]] = []
-            for s in sweep_scenarios(profile, (1, 2, 4, 8, 16, 24, 32, 48), 1000):
+            for s in sweep_scenarios(profile, matched_rates, matched_n):
                 rows.append({"name": s.name, **simulate(s, tmp)})
-            for rate in (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0):
-                rows.append(simulate_bundled(profile, rate, 500))
+            for rate in bundled_rates:
+                rows.append(simulate_bundled(profile, rate, bundled_n))
             sweeps[profile] = rows
     floors = {p: decode_floor(p) for p in ("h100-llama-3.1-8b", "h100-llama-3.2-3b")}
 
