@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from l4.core.migration import MigrationConfig
 from l4.core.summary import DEFAULT_LMAX_QUANTILE, RangeTable, WorkloadSummary
-from l4.costmodel.profile import Profile
+from l4.costmodel.profile import MixedAttention, Profile
 from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 
@@ -135,9 +135,11 @@ class StageModel:
         "_alpha_do",
         "_alpha_log_n",
         "_alpha_wp",
+        "_decode_base_s",
         "_lin_slope",
         "_lin_x",
         "_lin_y",
+        "_mixed",
         "_per_seq_s",
         "_per_token_s",
         "_step_fixed_s",
@@ -168,7 +170,8 @@ class StageModel:
         self._per_token_s = (
             layers * p.model.kv_bytes_per_token_per_layer / p.decode_attention.bytes_per_s
         )
-        self._step_fixed_s = p.step_fixed_s + layers * p.decode_attention.base_s
+        self._decode_base_s = layers * p.decode_attention.base_s
+        self._step_fixed_s = p.step_fixed_s + self._decode_base_s
         self._per_seq_s = p.step_per_seq_s + layers * p.decode_attention.per_seq_s
         self._lin_x = np.asarray(p.linear.x, dtype=np.float64)
         self._lin_y = np.asarray(p.linear.y, dtype=np.float64)
@@ -176,6 +179,7 @@ class StageModel:
         self._alpha_log_n = np.log2(np.asarray(p.alpha.num_decodes, dtype=np.float64))
         self._alpha_do = np.asarray(p.alpha.decode_only, dtype=np.float64)
         self._alpha_wp = np.asarray(p.alpha.with_prefill, dtype=np.float64)
+        self._mixed = None if p.mixed_attention is None else _MixedWork(p.mixed_attention, layers)
 
     # ---- the step-cost model, vectorised ------------------------------------------------------
     def decode_step_s(
@@ -183,9 +187,11 @@ class StageModel:
     ) -> tuple[FloatArray, FloatArray]:
         """Step time of ``batch`` decodes (real-valued, >= 1) and its slope in ``batch``.
 
-        Equals ``StepCostModel.step_time_s`` for whole batches of one context length per
-        statistic (decode-only; with ``prefill_frac`` = 1 the alpha of a step carrying a prefill
-        chunk, the chunk's own time excluded). Alpha is frozen in the slope (Newton's model).
+        A share ``prefill_frac`` of the steps carries a prefill chunk. Decode-only steps equal
+        ``StepCostModel.step_time_s`` for whole batches of one context length per statistic;
+        steps with a chunk are its one-kernel attention (``MixedAttention``) without the chunk's
+        own terms (``prefill_work_s`` counts those) and without the critical-path maximum.
+        Alpha is frozen in the slope (Newton's model).
         """
         xs = self._lin_x
         seg = np.minimum(np.maximum(np.searchsorted(xs, batch, side="right") - 1, 0), len(xs) - 2)
@@ -194,10 +200,27 @@ class StageModel:
         lb = np.log2(np.maximum(batch, 1.0))
         a_do = np.interp(lb, self._alpha_log_n, self._alpha_do)
         a_wp = np.interp(lb, self._alpha_log_n, self._alpha_wp)
-        alpha = a_do + prefill_frac * (a_wp - a_do)
-        per_seq = self._per_seq_s + self._per_token_s * (l_mean + alpha * (l_max - l_mean))
-        value: FloatArray = self._step_fixed_s + lin + per_seq * batch
-        slope: FloatArray = lin_slope + per_seq
+        if self._mixed is None:  # no one-kernel fit: the prefill step's decodes as alone
+            alpha = a_do + prefill_frac * (a_wp - a_do)
+            per_seq = self._per_seq_s + self._per_token_s * (l_mean + alpha * (l_max - l_mean))
+            value: FloatArray = self._step_fixed_s + lin + per_seq * batch
+            slope: FloatArray = lin_slope + per_seq
+            return value, slope
+        alone = self._per_seq_s + self._per_token_s * (l_mean + a_do * (l_max - l_mean))
+        w_mean, dw_mean = self._mixed.work(batch, l_mean)
+        w_max, dw_max = self._mixed.work(batch, l_max)
+        packed = w_mean + a_wp * (w_max - w_mean)
+        packed_slope = dw_mean + a_wp * (dw_max - dw_mean)
+        host = self.profile.step_per_seq_s
+        keep = 1.0 - prefill_frac
+        value = (
+            self._step_fixed_s
+            - prefill_frac * self._decode_base_s
+            + lin
+            + keep * alone * batch
+            + prefill_frac * (host * batch + packed)
+        )
+        slope = lin_slope + keep * alone + prefill_frac * (host + packed_slope)
         return value, slope
 
     def prefill_work_s(
@@ -213,7 +236,9 @@ class StageModel:
         budget = float(self.instance.max_num_batched_tokens)
         lin_budget = p.linear(budget)
         per_token = (lin_budget - p.linear(1.0)) / max(budget - 1.0, 1.0)
-        pa = p.prefill_attention
+        # Steps with a chunk run one attention kernel: its chunk terms (and base) here, its
+        # decode rows in decode_step_s.
+        pa = p.prefill_attention if p.mixed_attention is None else p.mixed_attention
         out: FloatArray = (
             (per_token + layers * pa.per_token_s) * tokens
             + layers * pa.per_token_context_s * (tokens_sq + tokens) / 2.0
@@ -429,6 +454,60 @@ class StageModel:
         refill = self.prefill_work_s(context_tokens, context_tokens**2, chunks)
         out = m.replay_overhead_s + refill + chunks * step_s
         return out
+
+
+class _MixedWork:
+    """``layers * (per_seq n + W(n, l))`` of ``MixedAttention`` on arrays, and its slope in n.
+
+    The same bilinear table as ``MixedAttention.decode_work_s`` (proportional beyond the knots).
+    """
+
+    __slots__ = ("_grid", "_layers", "_n", "_per_seq_s", "_x")
+
+    def __init__(self, mixed: MixedAttention, layers: int) -> None:
+        self._n = np.asarray(mixed.num_decodes, dtype=np.float64)
+        self._x = np.asarray(mixed.context_tokens, dtype=np.float64)
+        self._grid = mixed.work_grid()
+        self._layers = float(layers)
+        self._per_seq_s = mixed.per_seq_s
+
+    def work(self, n: FloatArray, context: FloatArray) -> tuple[FloatArray, FloatArray]:
+        rows = [_proportional(self._x, row, context)[0] for row in self._grid]
+        column = np.stack(np.broadcast_arrays(*rows))  # (knots_n, elements)
+        value, slope = _proportional_columns(self._n, column, n)
+        out: FloatArray = self._layers * (self._per_seq_s * n + value)
+        out_slope: FloatArray = self._layers * (self._per_seq_s + slope)
+        return out, out_slope
+
+
+def _proportional(
+    knots: FloatArray, values: FloatArray, x: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Linear between knots, proportional to x beyond either end: (value, slope in x)."""
+    x = np.asarray(x, dtype=np.float64)
+    j = np.minimum(np.maximum(np.searchsorted(knots, x, side="right") - 1, 0), len(knots) - 2)
+    inner_slope = (values[j + 1] - values[j]) / (knots[j + 1] - knots[j])
+    lo, hi = x <= knots[0], x >= knots[-1]
+    slope = np.where(lo, values[0] / knots[0], np.where(hi, values[-1] / knots[-1], inner_slope))
+    value = np.where(lo | hi, slope * x, values[j] + inner_slope * (x - knots[j]))
+    return value, slope
+
+
+def _proportional_columns(
+    knots: FloatArray, columns: FloatArray, x: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """``_proportional`` where each element has its own values at the knots: (knots, ...)."""
+    shape = np.broadcast_shapes(columns.shape[1:], np.shape(x))
+    cols = np.broadcast_to(columns, (columns.shape[0], *shape))
+    x = np.broadcast_to(np.asarray(x, dtype=np.float64), shape)
+    j = np.minimum(np.maximum(np.searchsorted(knots, x, side="right") - 1, 0), len(knots) - 2)
+    v0 = np.take_along_axis(cols, j[None], axis=0)[0]
+    v1 = np.take_along_axis(cols, j[None] + 1, axis=0)[0]
+    inner_slope = (v1 - v0) / (knots[j + 1] - knots[j])
+    lo, hi = x <= knots[0], x >= knots[-1]
+    slope = np.where(lo, cols[0] / knots[0], np.where(hi, cols[-1] / knots[-1], inner_slope))
+    value = np.where(lo | hi, slope * x, v0 + inner_slope * (x - knots[j]))
+    return value, slope
 
 
 def _batch_max(
