@@ -1,13 +1,16 @@
 """Single-instance validation: simulated TTFT/TPOT/ITL/E2E/throughput next to public vLLM figures.
 
 Replays, on one simulated instance, the workloads behind public vLLM measurements of Llama-3(.1)-8B
-on one H100 (sources and caveats in docs/validation.md), plus rate sweeps from light to saturated
-load on matched-length (vLLM-bench ShareGPT-like) and bundled (Sarathi multi-turn ShareGPT) traces.
+on one H100 (sources and caveats in docs/validation.md), a public saturated vLLM 0.19 run on an RTX
+PRO 6000 request by request (``_saturated_run.py``: mean TTFT/TPOT/E2E against the issue's
+5% / 3% / 3% targets), plus rate sweeps from light to saturated load on matched-length
+(vLLM-bench ShareGPT-like) and bundled (Sarathi multi-turn ShareGPT) traces.
 Deterministic (fixed seeds); takes well under a minute. Prints tables and writes
 docs/validation.json. ``--quick`` runs a smoke-sized version (the small public runs, two rates of
 a few requests) for tests; its figures are not the published ones. Usage:
 
     python benchmarks/validate_single_instance.py [--out docs/validation.json] [--quick]
+    python benchmarks/validate_single_instance.py --import-saturated-run DIR  # re-copy the run
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _saturated_run import import_run, print_saturated
+from _saturated_run import validate as validate_saturated
 from l4 import __version__
 from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
@@ -346,7 +351,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "validation.json")
     parser.add_argument("--quick", action="store_true", help="smoke size (for tests)")
+    parser.add_argument(
+        "--import-saturated-run",
+        type=Path,
+        metavar="DIR",
+        help="re-make benchmarks/data's copy of the saturated run from its two originals",
+    )
     args = parser.parse_args()
+    if args.import_saturated_run is not None:
+        import_run(args.import_saturated_run)
+        return
     t0 = time.perf_counter()
     comparisons: list[dict[str, object]] = []
     sweeps: dict[str, list[dict[str, object]]] = {}
@@ -374,6 +388,7 @@ def main() -> None:
                 rows.append(simulate_bundled(profile, rate, bundled_n))
             sweeps[profile] = rows
     floors = {p: decode_floor(p) for p in ("h100-llama-3.1-8b", "h100-llama-3.2-3b")}
+    saturated = validate_saturated()
 
     sim_rows: list[dict[str, object]] = []
     for c in comparisons:
@@ -392,6 +407,7 @@ def main() -> None:
             f"\n{profile}: batch-1 decode (128 in / 512 out alone): TPOT {f['tpot_mean_ms']} ms, "
             f"TTFT {f['ttft_mean_ms']} ms"
         )
+    print_saturated(saturated)
     elapsed = time.perf_counter() - t0
     report = {
         "generated_by": "benchmarks/validate_single_instance.py",
@@ -400,6 +416,7 @@ def main() -> None:
         "policy": "round_robin (one instance)",
         "comparisons": comparisons,
         "batch1_decode": floors,
+        "saturated": saturated,
         "sweeps": sweeps,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
