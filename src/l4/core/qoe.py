@@ -200,7 +200,8 @@ class StageModel:
         lb = np.log2(np.maximum(batch, 1.0))
         a_do = np.interp(lb, self._alpha_log_n, self._alpha_do)
         a_wp = np.interp(lb, self._alpha_log_n, self._alpha_wp)
-        if self._mixed is None:  # no one-kernel fit: the prefill step's decodes as alone
+        if self._mixed is None or not np.any(prefill_frac):
+            # No one-kernel fit (a prefill step's decodes priced as alone), or no prefill.
             alpha = a_do + prefill_frac * (a_wp - a_do)
             per_seq = self._per_seq_s + self._per_token_s * (l_mean + alpha * (l_max - l_mean))
             value: FloatArray = self._step_fixed_s + lin + per_seq * batch
@@ -459,55 +460,56 @@ class StageModel:
 class _MixedWork:
     """``layers * (per_seq n + W(n, l))`` of ``MixedAttention`` on arrays, and its slope in n.
 
-    The same bilinear table as ``MixedAttention.decode_work_s`` (proportional beyond the knots).
+    The same bilinear table as ``MixedAttention.decode_work_s`` (proportional beyond the knots):
+    each axis gives two knots and their weights, and the four corners come from the flat grid.
     """
 
-    __slots__ = ("_grid", "_layers", "_n", "_per_seq_s", "_x")
+    __slots__ = ("_flat", "_layers", "_n", "_per_seq_s", "_stride", "_x")
 
     def __init__(self, mixed: MixedAttention, layers: int) -> None:
         self._n = np.asarray(mixed.num_decodes, dtype=np.float64)
         self._x = np.asarray(mixed.context_tokens, dtype=np.float64)
-        self._grid = mixed.work_grid()
+        grid = mixed.work_grid()
+        self._flat = grid.ravel()
+        self._stride = grid.shape[1]
         self._layers = float(layers)
         self._per_seq_s = mixed.per_seq_s
 
     def work(self, n: FloatArray, context: FloatArray) -> tuple[FloatArray, FloatArray]:
-        rows = [_proportional(self._x, row, context)[0] for row in self._grid]
-        column = np.stack(np.broadcast_arrays(*rows))  # (knots_n, elements)
-        value, slope = _proportional_columns(self._n, column, n)
+        n_lo, n_hi, wn_lo, wn_hi = _axis_weights(self._n, n)
+        l_lo, l_hi, wl_lo, wl_hi = _axis_weights(self._x, context)
+        flat, stride = self._flat, self._stride
+        a, b = n_lo * stride, n_hi * stride
+        row_lo = wl_lo * flat[a + l_lo] + wl_hi * flat[a + l_hi]
+        row_hi = wl_lo * flat[b + l_lo] + wl_hi * flat[b + l_hi]
+        value = wn_lo * row_lo + wn_hi * row_hi
+        # d/dn: across the cell inside the grid; W(end knot) / end knot beyond it.
+        k = self._n
+        inside = (n > k[0]) & (n < k[-1])
+        width = k[n_hi] - k[n_lo]
+        slope = np.where(inside, (row_hi - row_lo) / np.where(inside, width, 1.0), row_lo / k[n_lo])
         out: FloatArray = self._layers * (self._per_seq_s * n + value)
         out_slope: FloatArray = self._layers * (self._per_seq_s + slope)
         return out, out_slope
 
 
-def _proportional(
-    knots: FloatArray, values: FloatArray, x: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """Linear between knots, proportional to x beyond either end: (value, slope in x)."""
-    x = np.asarray(x, dtype=np.float64)
-    j = np.minimum(np.maximum(np.searchsorted(knots, x, side="right") - 1, 0), len(knots) - 2)
-    inner_slope = (values[j + 1] - values[j]) / (knots[j + 1] - knots[j])
-    lo, hi = x <= knots[0], x >= knots[-1]
-    slope = np.where(lo, values[0] / knots[0], np.where(hi, values[-1] / knots[-1], inner_slope))
-    value = np.where(lo | hi, slope * x, values[j] + inner_slope * (x - knots[j]))
-    return value, slope
+def _axis_weights(
+    knots: FloatArray, x: FloatArray
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], FloatArray, FloatArray]:
+    """The two knots around ``x`` and their weights: linear inside, ``x / knot`` beyond an end.
 
-
-def _proportional_columns(
-    knots: FloatArray, columns: FloatArray, x: FloatArray
-) -> tuple[FloatArray, FloatArray]:
-    """``_proportional`` where each element has its own values at the knots: (knots, ...)."""
-    shape = np.broadcast_shapes(columns.shape[1:], np.shape(x))
-    cols = np.broadcast_to(columns, (columns.shape[0], *shape))
-    x = np.broadcast_to(np.asarray(x, dtype=np.float64), shape)
-    j = np.minimum(np.maximum(np.searchsorted(knots, x, side="right") - 1, 0), len(knots) - 2)
-    v0 = np.take_along_axis(cols, j[None], axis=0)[0]
-    v1 = np.take_along_axis(cols, j[None] + 1, axis=0)[0]
-    inner_slope = (v1 - v0) / (knots[j + 1] - knots[j])
-    lo, hi = x <= knots[0], x >= knots[-1]
-    slope = np.where(lo, cols[0] / knots[0], np.where(hi, cols[-1] / knots[-1], inner_slope))
-    value = np.where(lo | hi, slope * x, v0 + inner_slope * (x - knots[j]))
-    return value, slope
+    Beyond the first knot both indices are 0 and the weights ``x / k_0`` and 0 (the last knot
+    likewise), so ``w_lo * v[lo] + w_hi * v[hi]`` is the interpolant everywhere.
+    """
+    xc = np.minimum(np.maximum(x, knots[0]), knots[-1])
+    scale = x / xc
+    j = np.minimum(np.searchsorted(knots, xc, side="right") - 1, len(knots) - 2)
+    f = (xc - knots[j]) / (knots[j + 1] - knots[j])
+    lo = np.where(x >= knots[-1], j + 1, j)
+    hi = np.where(x <= knots[0], j, j + 1)
+    w_lo = np.where(x >= knots[-1], scale, (1.0 - f) * scale)
+    w_hi = np.where((x <= knots[0]) | (x >= knots[-1]), 0.0, f * scale)
+    return lo, hi, w_lo, w_hi
 
 
 def _batch_max(
