@@ -151,8 +151,10 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"trace with `{meta['profile']}` (128K context, 4 sub-steps per octave from 64 tokens: "
         f"{meta['grid_buckets']} buckets). One subprocess per fleet size and load; median of "
         f"{meta['repeats']} plans after a warm-up, under `nice -n 10` on a shared "
-        f"{meta['cpus']}-core machine, Python {meta['python']}, numpy {meta['numpy']}. Written "
-        "by `benchmarks/planner_speed.py`.",
+        f"{meta['cpus']}-core machine (1-minute load average {meta['load_average_1min'][0]} at "
+        f"the start, {meta['load_average_1min'][1]} at the end: wall times are inflated by the "
+        "other processes, CPU times much less), Python "
+        f"{meta['python']}, numpy {meta['numpy']}. Written by `benchmarks/planner_speed.py`.",
         "",
         "*scaled*: the trace's rate times E / 16 (the load per instance of 16 instances at the "
         "trace's rate); *x1*: the trace at its own rate. *CPU* is the process time of the plan "
@@ -202,6 +204,7 @@ def main() -> None:
         worker(args)
         return
     summary, num_requests, summary_s = _summary(args.profile)
+    load_before = os.getloadavg()[0]
     rows = []
     for instances, target in TARGETS_S.items():
         for load in LOADS:
@@ -229,6 +232,7 @@ def main() -> None:
         "requests": num_requests,
         "summary_s": summary_s,
         "cpus": len(os.sched_getaffinity(0)),
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),

@@ -208,8 +208,17 @@ class StageModel:
             slope: FloatArray = lin_slope + per_seq
             return value, slope
         alone = self._per_seq_s + self._per_token_s * (l_mean + a_do * (l_max - l_mean))
-        w_mean, dw_mean = self._mixed.work(batch, l_mean)
-        w_max, dw_max = self._mixed.work(batch, l_max)
+        # l_mean and l_max in one pass: these arrays are small in refinement's many calls.
+        if batch.shape == l_mean.shape == l_max.shape:
+            both, d_both = self._mixed.work(np.stack([batch, batch]), np.stack([l_mean, l_max]))
+        else:
+            shape = np.broadcast_shapes(batch.shape, l_mean.shape, l_max.shape)
+            both, d_both = self._mixed.work(
+                np.broadcast_to(batch, (2, *shape)),
+                np.stack([np.broadcast_to(l_mean, shape), np.broadcast_to(l_max, shape)]),
+            )
+        w_mean, w_max = both
+        dw_mean, dw_max = d_both
         packed = w_mean + a_wp * (w_max - w_mean)
         packed_slope = dw_mean + a_wp * (dw_max - dw_mean)
         host = self.profile.step_per_seq_s
@@ -476,18 +485,20 @@ class _MixedWork:
         self._per_seq_s = mixed.per_seq_s
 
     def work(self, n: FloatArray, context: FloatArray) -> tuple[FloatArray, FloatArray]:
-        n_lo, n_hi, wn_lo, wn_hi = _axis_weights(self._n, n)
-        l_lo, l_hi, wl_lo, wl_hi = _axis_weights(self._x, context)
+        if n.shape != context.shape:
+            n, context = np.broadcast_arrays(n, context)
+        n_lo, wn_lo, wn_hi = _axis_weights(self._n, n)
+        l_lo, wl_lo, wl_hi = _axis_weights(self._x, context)
         flat, stride = self._flat, self._stride
-        a, b = n_lo * stride, n_hi * stride
-        row_lo = wl_lo * flat[a + l_lo] + wl_hi * flat[a + l_hi]
-        row_hi = wl_lo * flat[b + l_lo] + wl_hi * flat[b + l_hi]
+        a = n_lo * stride + l_lo
+        b = a + stride
+        row_lo = wl_lo * flat[a] + wl_hi * flat[a + 1]
+        row_hi = wl_lo * flat[b] + wl_hi * flat[b + 1]
         value = wn_lo * row_lo + wn_hi * row_hi
-        # d/dn: across the cell inside the grid; W(end knot) / end knot beyond it.
+        # d/dn: across the cell inside the grid; W / n (proportional) beyond it.
         k = self._n
         inside = (n > k[0]) & (n < k[-1])
-        width = k[n_hi] - k[n_lo]
-        slope = np.where(inside, (row_hi - row_lo) / np.where(inside, width, 1.0), row_lo / k[n_lo])
+        slope = np.where(inside, (row_hi - row_lo) / (k[n_lo + 1] - k[n_lo]), value / n)
         out: FloatArray = self._layers * (self._per_seq_s * n + value)
         out_slope: FloatArray = self._layers * (self._per_seq_s + slope)
         return out, out_slope
@@ -495,21 +506,19 @@ class _MixedWork:
 
 def _axis_weights(
     knots: FloatArray, x: FloatArray
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], FloatArray, FloatArray]:
-    """The two knots around ``x`` and their weights: linear inside, ``x / knot`` beyond an end.
+) -> tuple[npt.NDArray[np.intp], FloatArray, FloatArray]:
+    """Cell ``j`` of ``x`` and the weights of knots ``j`` and ``j + 1``.
 
-    Beyond the first knot both indices are 0 and the weights ``x / k_0`` and 0 (the last knot
-    likewise), so ``w_lo * v[lo] + w_hi * v[hi]`` is the interpolant everywhere.
+    Linear inside; beyond an end, the end knot's value times ``x / knot`` (the weights of a
+    clamped position scaled by that ratio), so ``w_lo * v[j] + w_hi * v[j + 1]`` is the
+    interpolant everywhere.
     """
     xc = np.minimum(np.maximum(x, knots[0]), knots[-1])
     scale = x / xc
-    j = np.minimum(np.searchsorted(knots, xc, side="right") - 1, len(knots) - 2)
-    f = (xc - knots[j]) / (knots[j + 1] - knots[j])
-    lo = np.where(x >= knots[-1], j + 1, j)
-    hi = np.where(x <= knots[0], j, j + 1)
-    w_lo = np.where(x >= knots[-1], scale, (1.0 - f) * scale)
-    w_hi = np.where((x <= knots[0]) | (x >= knots[-1]), 0.0, f * scale)
-    return lo, hi, w_lo, w_hi
+    pos = np.interp(xc, knots, np.arange(len(knots), dtype=np.float64))
+    j = np.minimum(pos.astype(np.intp), len(knots) - 2)
+    f = pos - j
+    return j, (1.0 - f) * scale, f * scale
 
 
 def _batch_max(

@@ -147,8 +147,15 @@ class MixedAttention:
         """``W(n, l)``: per-layer work of ``num_decodes`` decode rows of ``context_tokens`` each."""
         if num_decodes <= 0 or context_tokens <= 0:
             return 0.0
-        column = [_interp_proportional(self.context_tokens, r, context_tokens) for r in self._work]
-        return _interp_proportional(self.num_decodes, column, num_decodes)
+        knots, x, rows = self.num_decodes, self.context_tokens, self._work
+        if num_decodes <= knots[0]:
+            return _interp_proportional(x, rows[0], context_tokens) * num_decodes / knots[0]
+        if num_decodes >= knots[-1]:
+            return _interp_proportional(x, rows[-1], context_tokens) * num_decodes / knots[-1]
+        i = bisect.bisect_right(knots, num_decodes) - 1
+        lo = _interp_proportional(x, rows[i], context_tokens)
+        hi = _interp_proportional(x, rows[i + 1], context_tokens)
+        return lo + (hi - lo) * (num_decodes - knots[i]) / (knots[i + 1] - knots[i])
 
     def work_grid(self) -> npt.NDArray[np.float64]:
         """``W`` at the knots, (num_decodes, context_tokens): for vectorised evaluation."""
