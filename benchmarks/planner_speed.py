@@ -169,16 +169,30 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for r in rows:
         gap = f"{r['gap']:.1e}" if "gap" in r else ("exact" if r["block_instances"] == 1 else "")
+        target = "(limit)" if r["target_s"] is None else f"< {_fmt_s(r['target_s'])}"
         lines.append(
             f"| {r['instances']:,} | {r['load']} | {_fmt_s(r['median_s'])} | "
             f"{_fmt_s(r['max_s'])} | {_fmt_s(r['median_cpu_s'])} | "
-            f"< {_fmt_s(r['target_s'])} | {r['max_rss_mb']:.0f} MB | "
+            f"{target} | {r['max_rss_mb']:.0f} MB | "
             f"{r['traced_peak_mb']:.0f} MB | {r['block_instances']} | {r['stages']} | {gap} |"
         )
+    missed = [r for r in rows if r["meets_target"] is False]
     lines += [
         "",
+        "Targets (median wall time and RSS under 500 MB): "
+        + (
+            "all met."
+            if not missed
+            else "missed by "
+            + ", ".join(f"{r['instances']:,} ({r['load']})" for r in missed)
+            + " on this machine; the 10 ms for 16 instances (issue 3) was set on an idle core, "
+            "compare the CPU column."
+        ),
+        "",
         "*gap*: how far the plan's QoE cost lies above the exact DP optimum (a reference DP over "
-        "the full table, run with `--gap`); *exact*: the search is the exact DP.",
+        f"the full table, run with `--gap` at {', '.join(f'{g:,}' for g in GAP_SIZES)} "
+        "instances; at 4,096 that reference, O(K^2 E^2) work, is too slow to run here); *exact*: the "
+        "search is the exact DP.",
         "",
         f"Fleets above {MAX_PLAN_INSTANCES:,} instances are refused with a one-line error: the "
         "exact split of E instances over S stages costs O(S E^2), seconds at that size.",
@@ -206,19 +220,24 @@ def main() -> None:
     summary, num_requests, summary_s = _summary(args.profile)
     load_before = os.getloadavg()[0]
     rows = []
-    for instances, target in TARGETS_S.items():
+    sizes: dict[int, float | None] = {**TARGETS_S, MAX_PLAN_INSTANCES: None}
+    for instances, target in sizes.items():
         for load in LOADS:
             row = _run(args, instances, load)
             row["target_s"] = target
-            row["meets_target"] = row["median_s"] < target and row["max_rss_mb"] < TARGET_MB
+            row["meets_target"] = (
+                None
+                if target is None
+                else row["median_s"] < target and row["max_rss_mb"] < TARGET_MB
+            )
             rows.append(row)
             gap = f", gap {row['gap']:.1e}" if "gap" in row else ""
+            verdict = {None: "the limit, no target", True: "met", False: "MISSED"}
             print(
                 f"{instances:>5} instances, {load:>6}: {_fmt_s(row['median_s'])} median "
-                f"(CPU {_fmt_s(row['median_cpu_s'])}; target {_fmt_s(target)}), "
-                f"RSS {row['max_rss_mb']:.0f} MB, {row['stages']} stages, "
-                f"blocks of {row['block_instances']}{gap}: "
-                f"{'met' if row['meets_target'] else 'MISSED'}",
+                f"(CPU {_fmt_s(row['median_cpu_s'])}), RSS {row['max_rss_mb']:.0f} MB, "
+                f"{row['stages']} stages, blocks of {row['block_instances']}{gap}: "
+                f"{verdict[row['meets_target']]}",
                 flush=True,
             )
     print(f"summarising the trace ({num_requests} requests): {summary_s * 1e3:.1f} ms")
