@@ -22,7 +22,7 @@ from l4.core.planner import (
 )
 from l4.core.qoe import MigrationModel, StageModel
 from l4.core.search import block_size
-from l4.core.summary import summarize_lengths
+from l4.core.summary import WorkloadSummary, summarize_lengths
 from l4.costmodel import load_profile
 from l4.errors import ValidationError
 
@@ -63,6 +63,19 @@ def _check_segments(segs: list[tuple[int, int, int]], k: int, e: int) -> None:
     assert all(n >= 1 for *_, n in segs) and sum(n for *_, n in segs) == e
 
 
+def _tiny_stage_model(
+    reqs: list[tuple[int, int]], rate: float, mechanism: str
+) -> tuple[WorkloadSummary, StageModel]:
+    """(prompt, output) pairs at ``rate`` on the tiny grid, and the tiny profile's stage model."""
+    s = summarize_lengths(
+        TINY_GRID,
+        input_tokens=[p for p, _ in reqs],
+        output_tokens=[o for _, o in reqs],
+        duration_s=len(reqs) / rate,
+    )
+    return s, StageModel(tiny_profile(), migration=MigrationModel(mechanism=mechanism))
+
+
 workloads = st.lists(st.tuples(st.integers(1, 1800), st.integers(1, 240)), min_size=1, max_size=30)
 
 
@@ -76,13 +89,7 @@ workloads = st.lists(st.tuples(st.integers(1, 1800), st.integers(1, 240)), min_s
 def test_plans_of_the_stage_model_match_brute_force(
     reqs: list[tuple[int, int]], rate: float, e: int, mechanism: str
 ) -> None:
-    s = summarize_lengths(
-        TINY_GRID,
-        input_tokens=[p for p, _ in reqs],
-        output_tokens=[o for _, o in reqs],
-        duration_s=len(reqs) / rate,
-    )
-    model = StageModel(tiny_profile(), migration=MigrationModel(mechanism=mechanism))
+    s, model = _tiny_stage_model(reqs, rate, mechanism)
     costs = model.cost_table(s, e)
     bf_cost, _ = brute_force(costs.cost)
     plan = plan_stages(s, model, e, timer=lambda: 0.0)
@@ -169,13 +176,7 @@ def test_large_fleets_stay_within_the_block_bound_of_the_exact_dp(
     exact DP (it is a plan), never worse than the block bound of l4.core.search."""
     e = EXACT_MAX_INSTANCES + extra
     q = block_size(e)
-    s = summarize_lengths(
-        TINY_GRID,
-        input_tokens=[p for p, _ in reqs],
-        output_tokens=[o for _, o in reqs],
-        duration_s=len(reqs) / rate,
-    )
-    model = StageModel(tiny_profile(), migration=MigrationModel(mechanism=mechanism))
+    s, model = _tiny_stage_model(reqs, rate, mechanism)
     costs = model.cost_table(s, e)
     best, best_segs = solve_dp(costs.cost)
     plan = plan_stages(s, model, e, timer=lambda: 0.0)
