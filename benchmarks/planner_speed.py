@@ -191,8 +191,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "*gap*: how far the plan's QoE cost lies above the exact DP optimum (a reference DP over "
         f"the full table, run with `--gap` at {', '.join(f'{g:,}' for g in GAP_SIZES)} "
-        "instances; at 4,096 that reference, O(K^2 E^2) work, is too slow to run here); *exact*: the "
-        "search is the exact DP.",
+        "instances; at 4,096 that reference, O(K^2 E^2) work, is too slow to run here); "
+        "*exact*: the search is the exact DP.",
         "",
         f"Fleets above {MAX_PLAN_INSTANCES:,} instances are refused with a one-line error: the "
         "exact split of E instances over S stages costs O(S E^2), seconds at that size.",
