@@ -1,12 +1,16 @@
 """Single-instance validation: simulated TTFT/TPOT/ITL/E2E/throughput next to public vLLM figures.
 
 Replays, on one simulated instance, the workloads behind public vLLM measurements of Llama-3(.1)-8B
-on one H100 (sources and caveats in docs/validation.md), plus rate sweeps from light to saturated
-load on matched-length (vLLM-bench ShareGPT-like) and bundled (Sarathi multi-turn ShareGPT) traces.
+on one H100 (sources and caveats in docs/validation.md), a public saturated vLLM 0.19 run on an RTX
+PRO 6000 request by request (``_saturated_run.py``: mean TTFT/TPOT/E2E against the issue's
+5% / 3% / 3% targets), plus rate sweeps from light to saturated load on matched-length
+(vLLM-bench ShareGPT-like) and bundled (Sarathi multi-turn ShareGPT) traces.
 Deterministic (fixed seeds); takes well under a minute. Prints tables and writes
-docs/validation.json. Usage:
+docs/validation.json. ``--quick`` runs a smoke-sized version (the small public runs, two rates of
+a few requests) for tests; its figures are not the published ones. Usage:
 
-    python benchmarks/validate_single_instance.py [--out docs/validation.json]
+    python benchmarks/validate_single_instance.py [--out docs/validation.json] [--quick]
+    python benchmarks/validate_single_instance.py --import-saturated-run DIR  # re-copy the run
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _saturated_run import import_run, print_saturated
+from _saturated_run import validate as validate_saturated
 from l4 import __version__
 from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
@@ -344,13 +350,30 @@ def print_table(title: str, rows: Sequence[dict[str, object]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "validation.json")
+    parser.add_argument("--quick", action="store_true", help="smoke size (for tests)")
+    parser.add_argument(
+        "--import-saturated-run",
+        type=Path,
+        metavar="DIR",
+        help="re-make benchmarks/data's copy of the saturated run from its two originals",
+    )
     args = parser.parse_args()
+    if args.import_saturated_run is not None:
+        import_run(args.import_saturated_run)
+        return
     t0 = time.perf_counter()
     comparisons: list[dict[str, object]] = []
     sweeps: dict[str, list[dict[str, object]]] = {}
+    sources = source_scenarios()
+    matched_rates: tuple[float, ...] = (1, 2, 4, 8, 16, 24, 32, 48)
+    bundled_rates: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+    matched_n, bundled_n = 1000, 500
+    if args.quick:
+        sources = [s for s in sources if len(s.input_tokens) <= 160]
+        matched_rates, bundled_rates, matched_n, bundled_n = (1, 8), (1.0,), 40, 20
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for s in source_scenarios():
+        for s in sources:
             sim = simulate(s, tmp)
             real = SOURCES[s.compare_to or s.name]
             ratios = {k: ratio(sim.get(k), real.get(k)) for k, _ in COLUMNS if k in real}
@@ -359,12 +382,13 @@ def main() -> None:
             )
         for profile in ("h100-llama-3.1-8b", "h100-llama-3.2-3b"):
             rows: list[dict[str, object]] = []
-            for s in sweep_scenarios(profile, (1, 2, 4, 8, 16, 24, 32, 48), 1000):
+            for s in sweep_scenarios(profile, matched_rates, matched_n):
                 rows.append({"name": s.name, **simulate(s, tmp)})
-            for rate in (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0):
-                rows.append(simulate_bundled(profile, rate, 500))
+            for rate in bundled_rates:
+                rows.append(simulate_bundled(profile, rate, bundled_n))
             sweeps[profile] = rows
     floors = {p: decode_floor(p) for p in ("h100-llama-3.1-8b", "h100-llama-3.2-3b")}
+    saturated = validate_saturated()
 
     sim_rows: list[dict[str, object]] = []
     for c in comparisons:
@@ -383,6 +407,7 @@ def main() -> None:
             f"\n{profile}: batch-1 decode (128 in / 512 out alone): TPOT {f['tpot_mean_ms']} ms, "
             f"TTFT {f['ttft_mean_ms']} ms"
         )
+    print_saturated(saturated)
     elapsed = time.perf_counter() - t0
     report = {
         "generated_by": "benchmarks/validate_single_instance.py",
@@ -391,6 +416,7 @@ def main() -> None:
         "policy": "round_robin (one instance)",
         "comparisons": comparisons,
         "batch1_decode": floors,
+        "saturated": saturated,
         "sweeps": sweeps,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

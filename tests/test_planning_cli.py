@@ -31,13 +31,14 @@ def test_plan_json_shape(tmp_path: Path) -> None:
     buf = io.StringIO()
     assert run_plan(args, Console(file=buf, width=160)) == 0
     doc = json.loads(out.read_text())
-    assert set(doc) == {"config", "planning_time_s", "cost", "stages"}
+    assert set(doc) == {"config", "planning_time_s", "cost", "block_instances", "stages"}
     config = doc["config"]
     assert (config["trace"], config["histogram"], config["instances"]) == ("mooncake", None, 4)
     assert (config["rate_scale"], config["rate_source"]) == (
         1.0,
         "trace timestamps x1 (--rate-scale)",
     )
+    assert doc["block_instances"] == 1
     assert doc["planning_time_s"] > 0 and doc["cost"] > 0
     stages = doc["stages"]
     assert all(
@@ -88,3 +89,23 @@ def test_plan_defaults_follow_simulate_for_bundled_traces() -> None:
     _plan, config = compute_plan(_parse(["--trace", "azure-conv", "--duration", "60"]))
     assert config["rate_scale"] == 4.0
     assert str(config["rate_source"]).startswith("trace timestamps x4 (default for bundled")
+
+
+def test_a_fleet_above_the_limit_is_one_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    from l4.cli import main
+
+    assert main(["plan", "--instances", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "l4: error: --instances 100000" in err
+    assert "Traceback" not in err
+
+
+def test_a_large_fleet_is_planned_in_blocks(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    args = _parse(["--instances", "200", "--duration", "300", "--json", str(out)])
+    buf = io.StringIO()
+    assert run_plan(args, Console(file=buf, width=160)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["block_instances"] == 4  # ceil(200 / 64)
+    assert sum(s["instances"] for s in doc["stages"]) == 200
+    assert "blocks of 4 instances" in buf.getvalue()

@@ -135,6 +135,11 @@ HOST_PER_REQUEST_S = 4 * US
 V0_KV_BYTES_PER_TOKEN_PER_LAYER = 2 * 2 * 128 * 2  # 70B TP4: 2 KV heads per GPU, K and V, bf16
 V0_Q_HEADS = 16
 ALPHA_N = (2, 4, 8, 16, 32, 64, 128, 256)
+# Knots of the mixed-step decode work table: the decodes and contexts attention.csv measures
+# with a chunk (contexts below 256 tokens are per-sequence overhead, the per_seq_s term).
+MIXED_DECODES = (1, 2, 4, 8, 16, 32, 64, 128)
+MIXED_CONTEXTS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+MIXED_FIT_ROUNDS = 40
 RTX_PER_LAYER_OPS = {  # op -> calls per layer; vLLM's Llama layer runs two RMSNorms
     "qkv_proj": 1, "o_proj": 1, "gate_up_proj": 1, "down_proj": 1, "act_fn": 1,
     "rotary_emb": 1, "layernorm": 2,
@@ -370,10 +375,16 @@ def rtx_attention() -> dict[str, Any]:
     small = pre & (pc < 128)
     mixed = (pc > 0) & (nd > 0)
     mixed_pred = p_design(mixed) @ p + d[0] + d[1] * nd[mixed] + d[2] * nd[mixed] * kv[mixed] * kvb
+    chunked = pc > 0
+    one_kernel, one_kernel_err = rtx_mixed_attention(
+        pc[chunked], kp[chunked], nd[chunked], kv[chunked], t[chunked]
+    )
     return {
         "decode": {"base_s": d[0], "per_seq_s": d[1], "bytes_per_s": 1.0 / d[2]},
         "prefill": {"base_s": p[0], "per_token_s": p[1], "per_token_context_s": p[2]},
+        "mixed": one_kernel,
         "fit_error": {
+            **one_kernel_err,
             "decode_attention_uniform_rows": rel_error(d_design @ d, t[dec]),
             "prefill_attention_chunk_ge_128_rows": rel_error(p_design(full) @ p, t[full]),
             "prefill_attention_chunk_lt_128_rows_not_fitted": rel_error(
@@ -382,6 +393,93 @@ def rtx_attention() -> dict[str, Any]:
             "mixed_rows_prefill_plus_decode_not_fitted": rel_error(mixed_pred, t[mixed]),
         },
     }
+
+
+def extended_hat(x: Array, knots: Array) -> Array:
+    """Weights (rows, knots) of linear interpolation between ``knots``, proportional outside.
+
+    Below the first knot a value is ``f(k_0) x / k_0``, above the last ``f(k_K) x / k_K``: the
+    mixed-step decode work grows in proportion to sequences and context beyond the measured grid.
+    """
+    w = np.zeros((len(x), len(knots)))
+    rows = np.arange(len(x))
+    lo, hi = x <= knots[0], x >= knots[-1]
+    w[lo, 0] = x[lo] / knots[0]
+    w[hi, -1] = x[hi] / knots[-1]
+    mid = ~(lo | hi)
+    j = np.searchsorted(knots, x[mid], side="right") - 1
+    f = (x[mid] - knots[j]) / (knots[j + 1] - knots[j])
+    w[rows[mid], j] = 1.0 - f
+    w[rows[mid], j + 1] = f
+    return w
+
+
+def rtx_mixed_attention(
+    pc: Array, kp: Array, nd: Array, kv: Array, t: Array
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One attention call per step with a prefill chunk: fit to every row with a chunk.
+
+    vLLM's FLASH_ATTN backend runs the step's prefill and decode rows in one varlen kernel, so
+    its time is the larger of the critical path (the longest chunk's key range, one tile per
+    head walking it) and the total work (chunk terms + a per-sequence term + the decode rows'
+    work W(n, l), tabulated per (decodes, context) because the kernel reads KV far less
+    efficiently for decode rows packed with a prefill than alone, and the more so the more
+    and the longer they are). Fitted on relative error by alternating which rows the critical
+    path decides, then W is made non-decreasing in n and l.
+    """
+    n_knots = np.array(MIXED_DECODES, dtype=np.float64)
+    l_knots = np.array(MIXED_CONTEXTS, dtype=np.float64)
+    wn = extended_hat(np.maximum(nd, 1.0), n_knots) * (nd > 0)[:, None]
+    wl = extended_hat(np.maximum(kv, 1.0), l_knots)
+    corner = (n_knots[:, None] * l_knots[None, :]).ravel()  # W = n l D at each knot
+    cells = (wn[:, :, None] * wl[:, None, :]).reshape(len(t), -1) * corner
+    span = kp + pc
+    work = np.concatenate([np.ones((len(t), 1)), np.stack([pc, pc * (kp + (pc + 1) / 2), nd], 1),
+                           cells], axis=1)  # fmt: skip
+    # Start: the critical path of prefill-only chunks shorter than one 128-query tile.
+    tile = (nd == 0) & (pc < 128)
+    q = fit_relative(np.stack([np.ones(tile.sum()), span[tile]], 1), t[tile])
+    p_work = fit_relative(work[~tile], t[~tile])
+    is_path = q[0] + q[1] * span > work @ p_work
+    best: tuple[float, Array] | None = None
+    for _ in range(MIXED_FIT_ROUNDS):
+        design = np.zeros((len(t), work.shape[1] + 1))
+        design[:, 0] = 1.0
+        design[is_path, 1] = span[is_path]
+        design[~is_path, 2:] = work[~is_path, 1:]
+        p = fit_relative(design, t)
+        path_s = p[0] + p[1] * span
+        work_s = p[0] + work[:, 1:] @ p[2:]
+        mape = float(np.mean(np.abs(np.maximum(path_s, work_s) / t - 1.0)))
+        if best is None or mape < best[0]:
+            best = (mape, p)
+        now = path_s > work_s
+        if (now == is_path).all():
+            break
+        is_path = now
+    assert best is not None
+    p = best[1]
+    table_w = (p[5:] * corner).reshape(len(n_knots), len(l_knots))
+    table_w = np.maximum.accumulate(np.maximum.accumulate(table_w, axis=0), axis=1)
+    per_token = table_w / (n_knots[:, None] * l_knots[None, :])
+    pred = p[0] + np.maximum(p[1] * span, work[:, 1:4] @ p[2:5] + cells @ (per_token.ravel()))
+    mixed = nd > 0
+    fitted = {
+        "base_s": p[0],
+        "path_s_per_token": p[1],
+        "per_token_s": p[2],
+        "per_token_context_s": p[3],
+        "per_seq_s": p[4],
+        "num_decodes": list(MIXED_DECODES),
+        "context_tokens": list(MIXED_CONTEXTS),
+        "decode_s_per_token": per_token.tolist(),
+    }
+    errors = {
+        "mixed_rows_one_kernel_fit": rel_error(pred[mixed], t[mixed]),
+        "prefill_only_rows_one_kernel_fit": rel_error(pred[~mixed], t[~mixed]),
+        "rows_on_critical_path": int(np.sum(p[1] * span > pred - p[0] - 1e-15)),
+    }
+    return fitted, errors
 
 
 def gemm_flops_per_s_rtx(tokens: int) -> float:
@@ -597,6 +695,15 @@ def rtx_profile() -> dict[str, Any]:
             "attention.csv rows with prefill_chunk 0 (uniform decode, per layer, kv_decode per "
             "request): u = base + per_seq n + n kv 4096 B / bytes_per_s, fitted on relative error"
         ),
+        "mixed_attention": (
+            "every attention.csv row with a prefill chunk (mixed and prefill-only), as ONE "
+            "kernel: base + max(path x longest key range, chunk work + per_seq n + W(n, l)); W "
+            f"= n l D(n, l) with D at decodes {list(MIXED_DECODES)} x contexts "
+            f"{list(MIXED_CONTEXTS)}, bilinear in W, proportional beyond. Relative least "
+            "squares, alternating which rows the critical path decides (the lowest-error round "
+            "kept), then W made non-decreasing along both axes. Steps with a chunk use it; "
+            "prefill_attention stays for profiles without it"
+        ),
         "prefill_attention": (
             "attention.csv rows with n_decode 0 and prefill_chunk >= 128 (kv_prefill = prior "
             "tokens). Chunks under one 128-query kernel tile cost ~ prior tokens regardless of "
@@ -629,6 +736,7 @@ def rtx_profile() -> dict[str, Any]:
         "linear": table_dict(knots, values),
         "decode_attention": attn["decode"],
         "prefill_attention": attn["prefill"],
+        "mixed_attention": attn["mixed"],
         "alpha": alpha.table_dict(),
         "provenance": prov,
         "fit_error": fit_error,
@@ -701,6 +809,7 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
         * (model.num_q_heads / LLAMA31_8B.num_q_heads)
         * flop_ratio,
     }
+    mixed = h100_mixed(rtx["mixed"], model, bw_ratio, flop_ratio, v0["prefill"]["base_s"])
     literal_decode = dict(v0["decode"])  # same bytes/s: the "bandwidth-bound" reading
     literal_prefill_ptc = v0["prefill"]["per_token_context_s"] * q_ratio
     # A Hopper run of `l4 profile-attention`, gzipped here, replaces the borrowed RTX table.
@@ -757,6 +866,14 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
             f"{model.num_q_heads}/32 x GEMM-rate ratio RTX {rtx_gemm / 1e12:.0f} / H100 "
             f"{rates['gemm_flops_per_s'] / 1e12:.0f} TFLOP/s (both measured at 2048 tokens)"
         ),
+        "mixed_attention": (
+            "no H100 mixed-step rows are public: the RTX PRO 6000 one-kernel fit transferred. "
+            f"Decode work table and per_seq_s x peak-HBM ratio 1 / {bw_ratio:.3f} x q-head ratio "
+            f"{model.num_q_heads}/32 (decode rows packed with a prefill are read per query "
+            f"head); per_token_s and per_token_context_s x q-head ratio x GEMM-rate ratio "
+            f"{flop_ratio:.3f}, the critical path per key token x the GEMM-rate ratio; base_s "
+            "from the v0 prefill fit, as prefill_attention"
+        ),
         "attention_choice": {
             "why_not_v0_throughput": (
                 "the v0 FLASH_ATTENTION rows are not bandwidth- or FLOP-bound: decode reaches "
@@ -805,9 +922,27 @@ def h100_profile(model: ModelSpec, short: str) -> dict[str, Any]:
         "linear": table_dict(knots, values),
         "decode_attention": decode,
         "prefill_attention": prefill,
+        "mixed_attention": mixed,
         "alpha": alpha.table_dict(),
         "provenance": prov,
         "fit_error": fit_error,
+    }
+
+
+def h100_mixed(
+    rtx: dict[str, Any], model: ModelSpec, bw_ratio: float, flop_ratio: float, base_s: float
+) -> dict[str, Any]:
+    """The RTX PRO 6000 one-kernel fit carried to an H100 (provenance: mixed_attention)."""
+    q_ratio = model.num_q_heads / LLAMA31_8B.num_q_heads
+    kv_scale = q_ratio / bw_ratio
+    return {
+        **rtx,
+        "base_s": base_s,
+        "path_s_per_token": rtx["path_s_per_token"] * flop_ratio,
+        "per_token_s": rtx["per_token_s"] * q_ratio * flop_ratio,
+        "per_token_context_s": rtx["per_token_context_s"] * q_ratio * flop_ratio,
+        "per_seq_s": rtx["per_seq_s"] * kv_scale,
+        "decode_s_per_token": [[v * kv_scale for v in row] for row in rtx["decode_s_per_token"]],
     }
 
 

@@ -4,9 +4,11 @@
 exit code. Errors are raised as ``L4Error`` for the main CLI to map to exit codes. The JSON written
 by ``--json`` is ``Plan.to_dict()`` plus what it was planned for: ``{"config": {"trace",
 "histogram", "rate", "rate_scale", "rate_source", "instances", "profile", "alpha", "migration"},
-"planning_time_s", "cost", "stages": [{"lo_tokens", "hi_tokens", "instances", "ttft_s",
-"tpot_s"}]}`` with ``hi_tokens`` null for the last stage (and ``cost`` null when no partition is
-sustainable). The arrival rate follows ``l4.runrate``, the rule ``l4 simulate`` uses.
+"planning_time_s", "cost", "block_instances", "stages": [{"lo_tokens", "hi_tokens", "instances",
+"ttft_s", "tpot_s"}]}`` with ``hi_tokens`` null for the last stage (and ``cost`` null when no
+partition is sustainable); ``block_instances`` is 1 when the partition was searched instance by
+instance, q > 1 when in blocks of q (fleets above 64). The arrival rate follows ``l4.runrate``,
+the rule ``l4 simulate`` uses.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from rich.table import Table
 
 from l4.cliargs import add_profile_options, check_output_file, to_stdout, write_output
 from l4.core.grid import DEFAULT_MIN_TOKENS, DEFAULT_SUBSTEPS_PER_OCTAVE, exponential_grid
-from l4.core.planner import Plan, plan_stages
+from l4.core.planner import MAX_PLAN_INSTANCES, Plan, check_fleet_size, plan_stages
 from l4.core.qoe import MECHANISMS, MigrationModel, StageModel
 from l4.core.summary import WorkloadSummary, summarize_workload, summary_from_histogram
 from l4.costmodel.profile import load_profile
-from l4.errors import ValidationError, WorkloadError
+from l4.errors import WorkloadError
 from l4.instance.config import InstanceConfig
 from l4.runrate import DEMO_RATE_SCALE, choose_rate, rate_caption, rate_fields
 from l4.workload import WorkloadSpec, build_workload, bundled_traces
@@ -50,7 +52,12 @@ def add_plan_parser(subparsers: Any) -> None:
     )
     src.add_argument("--histogram", type=Path, help="an l4-length-histogram JSON file instead")
     add_profile_options(p, default="h100-llama-3.2-3b", environ=os.environ)
-    p.add_argument("--instances", type=int, default=16, help="default: %(default)s")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=16,
+        help=f"instances to plan, 1..{MAX_PLAN_INSTANCES} (default: %(default)s)",
+    )
     p.add_argument(
         "--rate-scale",
         type=float,
@@ -114,8 +121,7 @@ def _summary(
 def compute_plan(args: argparse.Namespace) -> tuple[Plan, dict[str, object]]:
     """Everything ``run_plan`` does except printing and writing: the plan and the ``config``
     that describes what it was planned for."""
-    if args.instances < 1:
-        raise ValidationError(f"--instances must be >= 1, got {args.instances}")
+    check_fleet_size(args.instances)
     profile = load_profile(args.profile, user_dir=args.profiles_dir).with_overrides(
         alpha=args.alpha
     )
@@ -159,8 +165,14 @@ def print_plan(plan: Plan, console: Console) -> None:
         )
     console.print(table)
     state = "" if plan.feasible else " [bold red](no sustainable plan: overloaded)[/]"
+    search = (
+        ""
+        if plan.block_instances == 1
+        else f" (partition searched in blocks of {plan.block_instances} instances, split exact)"
+    )
     console.print(
-        f"total QoE cost {plan.cost:.4g} s/s{state}; planned in {plan.planning_time_s * 1e3:.2f} ms"
+        f"total QoE cost {plan.cost:.4g} s/s{state}; planned in "
+        f"{plan.planning_time_s * 1e3:.2f} ms{search}"
     )
 
 

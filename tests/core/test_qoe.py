@@ -34,13 +34,23 @@ def _summary(rate_rps: float, *, max_context: int = 131072) -> object:
 def test_decode_step_matches_step_cost_model(n: int, l_mean: int, l_max: int) -> None:
     model = StageModel(H100)
     step = StepCostModel(H100)
+    mixed = H100.mixed_attention
+    assert mixed is not None
     for has_prefill in (False, True):
-        want = step.step_time_s(
-            num_decodes=n, context_sum_tokens=n * l_mean, context_max_tokens=l_max
-        )
-        if has_prefill:  # the alpha of a step with a chunk, minus the chunk's own time
-            want += step.decode_attention_s(n, n * l_mean, l_max, True) - step.decode_attention_s(
-                n, n * l_mean, l_max, False
+        if has_prefill:
+            # The decode rows of the one attention kernel of a step with a chunk, by the
+            # documented formula (the chunk's own terms are prefill_work_s's).
+            w_mean, w_max = mixed.decode_work_s(n, l_mean), mixed.decode_work_s(n, l_max)
+            attention = mixed.per_seq_s * n + w_mean + H100.alpha(n, True) * (w_max - w_mean)
+            want = (
+                H100.step_fixed_s
+                + H100.step_per_seq_s * n
+                + H100.linear(n)
+                + H100.model.num_layers * attention
+            )
+        else:
+            want = step.step_time_s(
+                num_decodes=n, context_sum_tokens=n * l_mean, context_max_tokens=l_max
             )
         got, _ = model.decode_step_s(
             np.array([float(n)]),
@@ -49,6 +59,38 @@ def test_decode_step_matches_step_cost_model(n: int, l_mean: int, l_max: int) ->
             np.array([1.0 if has_prefill else 0.0]),
         )
         assert got[0] == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 3, 16])
+def test_without_a_one_kernel_fit_prefill_steps_keep_the_summed_form(n: int) -> None:
+    profile = tiny_profile()
+    assert profile.mixed_attention is None
+    step = StepCostModel(profile)
+    want = step.step_time_s(num_decodes=n, context_sum_tokens=n * 300, context_max_tokens=900)
+    # the alpha of a step with a chunk, minus the chunk's own time
+    want += step.decode_attention_s(n, n * 300, 900, True) - step.decode_attention_s(
+        n, n * 300, 900, False
+    )
+    got, _ = StageModel(profile).decode_step_s(
+        np.array([float(n)]), np.array([300.0]), np.array([900.0]), np.array([1.0])
+    )
+    assert got[0] == pytest.approx(want, rel=1e-9)
+
+
+def test_vectorised_mixed_work_equals_the_profiles_table() -> None:
+    from l4.core.qoe import _MixedWork
+
+    mixed = H100.mixed_attention
+    assert mixed is not None
+    layers = H100.model.num_layers
+    rng = np.random.default_rng(1)
+    n = rng.uniform(0.5, 700.0, (30, 20))
+    ctx = np.exp(rng.uniform(0.0, np.log(200_000), (30, 1)))  # broadcast like _evaluate
+    value, slope = _MixedWork(mixed, layers).work(n, ctx)
+    want = np.vectorize(lambda a, b: layers * (mixed.per_seq_s * a + mixed.decode_work_s(a, b)))
+    assert value == pytest.approx(want(n, ctx), rel=1e-12)
+    bumped, _ = _MixedWork(mixed, layers).work(n + 1e-6, ctx)
+    assert (bumped - value) / 1e-6 == pytest.approx(slope, rel=1e-5)
 
 
 def test_more_instances_never_raise_a_stage_cost() -> None:

@@ -44,9 +44,13 @@ class LoadModel:
         )
         # Per token at full chunks, without the causal-attention part (counted by pairs).
         pairs_in_full = budget_tokens * (budget_tokens + 1) / 2
-        one = cost.prefill_attention_s(PrefillChunk(tokens=1, prior_tokens=0))
-        far = cost.prefill_attention_s(PrefillChunk(tokens=1, prior_tokens=1024))
-        self._pair_s = max(far - one, 0.0) / 1024.0
+        # Per query-key pair: two full chunks a chunk of prior tokens apart. (A one-token chunk
+        # would time the attention kernel's critical path, not its work.)
+        near = cost.prefill_attention_s(PrefillChunk(tokens=budget_tokens, prior_tokens=0))
+        far = cost.prefill_attention_s(
+            PrefillChunk(tokens=budget_tokens, prior_tokens=budget_tokens)
+        )
+        self._pair_s = max(far - near, 0.0) / budget_tokens**2
         self._prefill_per_token_s = max(full - self._pair_s * pairs_in_full, 0.0) / budget_tokens
         step1 = cost.step_time_s(num_decodes=1, context_sum_tokens=1, context_max_tokens=1)
         step2 = cost.step_time_s(num_decodes=2, context_sum_tokens=2, context_max_tokens=1)

@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from l4.core.migration import MigrationConfig
 from l4.core.summary import DEFAULT_LMAX_QUANTILE, RangeTable, WorkloadSummary
-from l4.costmodel.profile import Profile
+from l4.costmodel.profile import MixedAttention, Profile
 from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 
@@ -49,6 +49,8 @@ FloatArray = npt.NDArray[np.float64]
 MECHANISMS = ("kv-transfer", "replay")
 _NEWTON_STEPS = 40
 _NEWTON_TOL = 1e-5  # relative change of the decode batch
+# Stage x count elements evaluated at once by evaluate_stages (its temporaries: ~30 MB).
+_EVAL_ELEMENTS = 1 << 16
 
 
 class _MigrationConfigLike(Protocol):
@@ -133,9 +135,11 @@ class StageModel:
         "_alpha_do",
         "_alpha_log_n",
         "_alpha_wp",
+        "_decode_base_s",
         "_lin_slope",
         "_lin_x",
         "_lin_y",
+        "_mixed",
         "_per_seq_s",
         "_per_token_s",
         "_step_fixed_s",
@@ -166,7 +170,8 @@ class StageModel:
         self._per_token_s = (
             layers * p.model.kv_bytes_per_token_per_layer / p.decode_attention.bytes_per_s
         )
-        self._step_fixed_s = p.step_fixed_s + layers * p.decode_attention.base_s
+        self._decode_base_s = layers * p.decode_attention.base_s
+        self._step_fixed_s = p.step_fixed_s + self._decode_base_s
         self._per_seq_s = p.step_per_seq_s + layers * p.decode_attention.per_seq_s
         self._lin_x = np.asarray(p.linear.x, dtype=np.float64)
         self._lin_y = np.asarray(p.linear.y, dtype=np.float64)
@@ -174,6 +179,7 @@ class StageModel:
         self._alpha_log_n = np.log2(np.asarray(p.alpha.num_decodes, dtype=np.float64))
         self._alpha_do = np.asarray(p.alpha.decode_only, dtype=np.float64)
         self._alpha_wp = np.asarray(p.alpha.with_prefill, dtype=np.float64)
+        self._mixed = None if p.mixed_attention is None else _MixedWork(p.mixed_attention, layers)
 
     # ---- the step-cost model, vectorised ------------------------------------------------------
     def decode_step_s(
@@ -181,9 +187,11 @@ class StageModel:
     ) -> tuple[FloatArray, FloatArray]:
         """Step time of ``batch`` decodes (real-valued, >= 1) and its slope in ``batch``.
 
-        Equals ``StepCostModel.step_time_s`` for whole batches of one context length per
-        statistic (decode-only; with ``prefill_frac`` = 1 the alpha of a step carrying a prefill
-        chunk, the chunk's own time excluded). Alpha is frozen in the slope (Newton's model).
+        A share ``prefill_frac`` of the steps carries a prefill chunk. Decode-only steps equal
+        ``StepCostModel.step_time_s`` for whole batches of one context length per statistic;
+        steps with a chunk are its one-kernel attention (``MixedAttention``) without the chunk's
+        own terms (``prefill_work_s`` counts those) and without the critical-path maximum.
+        Alpha is frozen in the slope (Newton's model).
         """
         xs = self._lin_x
         seg = np.minimum(np.maximum(np.searchsorted(xs, batch, side="right") - 1, 0), len(xs) - 2)
@@ -192,10 +200,37 @@ class StageModel:
         lb = np.log2(np.maximum(batch, 1.0))
         a_do = np.interp(lb, self._alpha_log_n, self._alpha_do)
         a_wp = np.interp(lb, self._alpha_log_n, self._alpha_wp)
-        alpha = a_do + prefill_frac * (a_wp - a_do)
-        per_seq = self._per_seq_s + self._per_token_s * (l_mean + alpha * (l_max - l_mean))
-        value: FloatArray = self._step_fixed_s + lin + per_seq * batch
-        slope: FloatArray = lin_slope + per_seq
+        if self._mixed is None or not np.any(prefill_frac):
+            # No one-kernel fit (a prefill step's decodes priced as alone), or no prefill.
+            alpha = a_do + prefill_frac * (a_wp - a_do)
+            per_seq = self._per_seq_s + self._per_token_s * (l_mean + alpha * (l_max - l_mean))
+            value: FloatArray = self._step_fixed_s + lin + per_seq * batch
+            slope: FloatArray = lin_slope + per_seq
+            return value, slope
+        alone = self._per_seq_s + self._per_token_s * (l_mean + a_do * (l_max - l_mean))
+        # l_mean and l_max in one pass: these arrays are small in refinement's many calls.
+        if batch.shape == l_mean.shape == l_max.shape:
+            both, d_both = self._mixed.work(np.stack([batch, batch]), np.stack([l_mean, l_max]))
+        else:
+            shape = np.broadcast_shapes(batch.shape, l_mean.shape, l_max.shape)
+            both, d_both = self._mixed.work(
+                np.broadcast_to(batch, (2, *shape)),
+                np.stack([np.broadcast_to(l_mean, shape), np.broadcast_to(l_max, shape)]),
+            )
+        w_mean, w_max = both
+        dw_mean, dw_max = d_both
+        packed = w_mean + a_wp * (w_max - w_mean)
+        packed_slope = dw_mean + a_wp * (dw_max - dw_mean)
+        host = self.profile.step_per_seq_s
+        keep = 1.0 - prefill_frac
+        value = (
+            self._step_fixed_s
+            - prefill_frac * self._decode_base_s
+            + lin
+            + keep * alone * batch
+            + prefill_frac * (host * batch + packed)
+        )
+        slope = lin_slope + keep * alone + prefill_frac * (host + packed_slope)
         return value, slope
 
     def prefill_work_s(
@@ -211,7 +246,9 @@ class StageModel:
         budget = float(self.instance.max_num_batched_tokens)
         lin_budget = p.linear(budget)
         per_token = (lin_budget - p.linear(1.0)) / max(budget - 1.0, 1.0)
-        pa = p.prefill_attention
+        # Steps with a chunk run one attention kernel: its chunk terms (and base) here, its
+        # decode rows in decode_step_s.
+        pa = p.prefill_attention if p.mixed_attention is None else p.mixed_attention
         out: FloatArray = (
             (per_token + layers * pa.per_token_s) * tokens
             + layers * pa.per_token_context_s * (tokens_sq + tokens) / 2.0
@@ -252,6 +289,29 @@ class StageModel:
         jj = np.asarray(hi, dtype=np.intp)
         cost, _, _, load = self._evaluate(ranges, ii, jj, np.array([[float(n)]]))
         return cost[:, 0], load[:, 0]
+
+    def evaluate_stages(
+        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, counts: npt.ArrayLike
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Raw cost, TTFT, TPOT and load of stages ``[g_lo[p], g_hi[p])`` with each of ``counts``
+        instances: arrays (pairs, counts), without the idle rule of ``cost_table``.
+
+        For the planner's large-fleet search, which asks for a few counts of every stage or every
+        count of a few stages; evaluated a slice of stages at a time so memory stays bounded.
+        """
+        ii = np.asarray(lo, dtype=np.intp)
+        jj = np.asarray(hi, dtype=np.intp)
+        n = np.asarray(counts, dtype=np.float64)[None, :]
+        step = max(1, _EVAL_ELEMENTS // max(n.size, 1))
+        parts = [
+            self._evaluate(ranges, ii[s : s + step], jj[s : s + step], n)
+            for s in range(0, len(ii), step)
+        ]
+        if not parts:
+            empty = np.zeros((0, n.size))
+            return empty, empty.copy(), empty.copy(), empty.copy()
+        cost, ttft, tpot, load = (np.concatenate([p[k] for p in parts]) for k in range(4))
+        return cost, ttft, tpot, load
 
     def _evaluate(
         self, rt: RangeTable, ii: npt.NDArray[np.intp], jj: npt.NDArray[np.intp], n: FloatArray
@@ -404,6 +464,61 @@ class StageModel:
         refill = self.prefill_work_s(context_tokens, context_tokens**2, chunks)
         out = m.replay_overhead_s + refill + chunks * step_s
         return out
+
+
+class _MixedWork:
+    """``layers * (per_seq n + W(n, l))`` of ``MixedAttention`` on arrays, and its slope in n.
+
+    The same bilinear table as ``MixedAttention.decode_work_s`` (proportional beyond the knots):
+    each axis gives two knots and their weights, and the four corners come from the flat grid.
+    """
+
+    __slots__ = ("_flat", "_layers", "_n", "_per_seq_s", "_stride", "_x")
+
+    def __init__(self, mixed: MixedAttention, layers: int) -> None:
+        self._n = np.asarray(mixed.num_decodes, dtype=np.float64)
+        self._x = np.asarray(mixed.context_tokens, dtype=np.float64)
+        grid = mixed.work_grid()
+        self._flat = grid.ravel()
+        self._stride = grid.shape[1]
+        self._layers = float(layers)
+        self._per_seq_s = mixed.per_seq_s
+
+    def work(self, n: FloatArray, context: FloatArray) -> tuple[FloatArray, FloatArray]:
+        if n.shape != context.shape:
+            n, context = np.broadcast_arrays(n, context)
+        n_lo, wn_lo, wn_hi = _axis_weights(self._n, n)
+        l_lo, wl_lo, wl_hi = _axis_weights(self._x, context)
+        flat, stride = self._flat, self._stride
+        a = n_lo * stride + l_lo
+        b = a + stride
+        row_lo = wl_lo * flat[a] + wl_hi * flat[a + 1]
+        row_hi = wl_lo * flat[b] + wl_hi * flat[b + 1]
+        value = wn_lo * row_lo + wn_hi * row_hi
+        # d/dn: across the cell inside the grid; W / n (proportional) beyond it.
+        k = self._n
+        inside = (n > k[0]) & (n < k[-1])
+        slope = np.where(inside, (row_hi - row_lo) / (k[n_lo + 1] - k[n_lo]), value / n)
+        out: FloatArray = self._layers * (self._per_seq_s * n + value)
+        out_slope: FloatArray = self._layers * (self._per_seq_s + slope)
+        return out, out_slope
+
+
+def _axis_weights(
+    knots: FloatArray, x: FloatArray
+) -> tuple[npt.NDArray[np.intp], FloatArray, FloatArray]:
+    """Cell ``j`` of ``x`` and the weights of knots ``j`` and ``j + 1``.
+
+    Linear inside; beyond an end, the end knot's value times ``x / knot`` (the weights of a
+    clamped position scaled by that ratio), so ``w_lo * v[j] + w_hi * v[j + 1]`` is the
+    interpolant everywhere.
+    """
+    xc = np.minimum(np.maximum(x, knots[0]), knots[-1])
+    scale = x / xc
+    pos = np.interp(xc, knots, np.arange(len(knots), dtype=np.float64))
+    j = np.minimum(pos.astype(np.intp), len(knots) - 2)
+    f = pos - j
+    return j, (1.0 - f) * scale, f * scale
 
 
 def _batch_max(

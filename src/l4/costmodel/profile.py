@@ -13,12 +13,17 @@ finds a bundled name first, then ``<user_dir>/NAME.json``.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from l4.errors import ConfigError, UnknownNameError, ValidationError
 
@@ -84,6 +89,83 @@ class PrefillAttention:
     per_token_context_s: float
 
 
+def _interp_proportional(knots: tuple[float, ...], values: Sequence[float], x: float) -> float:
+    """Linear between knots; beyond either end, proportional to ``x`` (``f(k) x / k``)."""
+    if x <= knots[0]:
+        return values[0] * x / knots[0]
+    if x >= knots[-1]:
+        return values[-1] * x / knots[-1]
+    i = bisect.bisect_right(knots, x) - 1
+    f = (x - knots[i]) / (knots[i + 1] - knots[i])
+    return values[i] + (values[i + 1] - values[i]) * f
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MixedAttention:
+    """Per-layer attention of a step that carries prefill chunks: ONE varlen kernel for all rows.
+
+    vLLM runs the step's prefill and decode rows in a single attention call, not a prefill
+    kernel plus a decode kernel, so its time is the larger of the critical path (the longest
+    chunk's key range) and the total work::
+
+        t = base + max(path * max_i(prior_i + c_i),
+                       sum_i(per_token * c_i + per_token_context * c_i * (prior_i + (c_i + 1) / 2))
+                       + per_seq * n + W(n, l))
+
+    ``W(n, l)`` is the work of ``n`` decode rows of context ``l``: ``n * l * D`` with ``D``
+    (seconds per sequence-token) tabulated at ``num_decodes x context_tokens``; ``W`` is bilinear
+    between the knots and proportional to ``n`` and ``l`` beyond them. Decode rows packed with a
+    prefill read KV less efficiently than alone, the more so the more and longer they are.
+    """
+
+    base_s: float
+    path_s_per_token: float
+    per_token_s: float
+    per_token_context_s: float
+    per_seq_s: float
+    num_decodes: tuple[float, ...]
+    context_tokens: tuple[float, ...]
+    decode_s_per_token: tuple[tuple[float, ...], ...]
+    _work: tuple[tuple[float, ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n, c = self.num_decodes, self.context_tokens
+        rows = self.decode_s_per_token
+        if len(n) < 2 or len(c) < 2 or len(rows) != len(n) or any(len(r) != len(c) for r in rows):
+            raise ValidationError("mixed-attention table: >= 2 knots per axis, rows x columns")
+        for knots in (n, c):
+            if knots[0] <= 0 or any(b <= a for a, b in itertools.pairwise(knots)):
+                raise ValidationError("mixed-attention knots must be positive and increasing")
+        work = tuple(
+            tuple(ni * cj * d for cj, d in zip(c, r, strict=True))
+            for ni, r in zip(n, rows, strict=True)
+        )
+        for a, b in itertools.pairwise(work):
+            if any(y < x for x, y in zip(a, b, strict=True)):
+                raise ValidationError("mixed-attention work must not fall with more decodes")
+        if any(b < a for r in work for a, b in itertools.pairwise(r)):
+            raise ValidationError("mixed-attention work must not fall with longer contexts")
+        object.__setattr__(self, "_work", work)
+
+    def decode_work_s(self, num_decodes: float, context_tokens: float) -> float:
+        """``W(n, l)``: per-layer work of ``num_decodes`` decode rows of ``context_tokens`` each."""
+        if num_decodes <= 0 or context_tokens <= 0:
+            return 0.0
+        knots, x, rows = self.num_decodes, self.context_tokens, self._work
+        if num_decodes <= knots[0]:
+            return _interp_proportional(x, rows[0], context_tokens) * num_decodes / knots[0]
+        if num_decodes >= knots[-1]:
+            return _interp_proportional(x, rows[-1], context_tokens) * num_decodes / knots[-1]
+        i = bisect.bisect_right(knots, num_decodes) - 1
+        lo = _interp_proportional(x, rows[i], context_tokens)
+        hi = _interp_proportional(x, rows[i + 1], context_tokens)
+        return lo + (hi - lo) * (num_decodes - knots[i]) / (knots[i + 1] - knots[i])
+
+    def work_grid(self) -> npt.NDArray[np.float64]:
+        """``W`` at the knots, (num_decodes, context_tokens): for vectorised evaluation."""
+        return np.array(self._work, dtype=np.float64)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlphaTable:
     """Heterogeneity coefficient alpha by number of decodes, with and without a prefill chunk.
@@ -144,7 +226,10 @@ class Profile:
     """Non-attention time of all layers versus tokens in the step, seconds."""
     decode_attention: DecodeAttention
     prefill_attention: PrefillAttention
+    """The prefill-only kernel fit; steps with a chunk use ``mixed_attention`` when present."""
     alpha: AlphaTable
+    mixed_attention: MixedAttention | None = None
+    """One-kernel attention of steps with prefill chunks (None: prefill + decode parts summed)."""
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
     fit_error: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -282,6 +367,20 @@ def profile_from_dict(d: dict[str, Any]) -> Profile:
             decode_only=tuple(float(v) for v in alpha["decode_only"]),
             with_prefill=tuple(float(v) for v in alpha["with_prefill"]),
         ),
+        mixed_attention=_mixed_from_dict(d["mixed_attention"]) if "mixed_attention" in d else None,
         provenance=dict(d.get("provenance", {})),
         fit_error=dict(d.get("fit_error", {})),
+    )
+
+
+def _mixed_from_dict(m: dict[str, Any]) -> MixedAttention:
+    return MixedAttention(
+        base_s=float(m["base_s"]),
+        path_s_per_token=float(m["path_s_per_token"]),
+        per_token_s=float(m["per_token_s"]),
+        per_token_context_s=float(m["per_token_context_s"]),
+        per_seq_s=float(m["per_seq_s"]),
+        num_decodes=tuple(float(v) for v in m["num_decodes"]),
+        context_tokens=tuple(float(v) for v in m["context_tokens"]),
+        decode_s_per_token=tuple(tuple(float(v) for v in row) for row in m["decode_s_per_token"]),
     )

@@ -87,7 +87,13 @@ def run_policy(
         cost=cost,
         instance_config=cfg.instance_config,
         seed=cfg.seed,
-        workload=summarize_workload(grid, workload) if workload.requests else None,
+        # A workload arriving at one instant (a burst: vllm bench's rate inf) has no rate to plan
+        # for; the policies then start cold, as they do without requests.
+        workload=(
+            summarize_workload(grid, workload)
+            if workload.requests and workload.mean_rate_rps > 0
+            else None
+        ),
         migration=cfg.migration,
     )
     made = make_policy(policy, ctx)
