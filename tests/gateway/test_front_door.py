@@ -12,6 +12,7 @@ import orjson
 
 from gateway.harness import MODEL, engine_config, engine_process, gateway_over, gateway_over_urls
 from l4.engine.tokenizer import Tokenizer
+from l4.gateway.config import EngineKind
 from l4.views import StaticPlan
 
 
@@ -248,5 +249,47 @@ def test_a_thousand_concurrent_streams_complete_without_errors() -> None:
             assert used == [40] * 1000
             assert peak == 1000  # all open at once
             assert run.gateway.cluster.in_flight() == 0
+
+    asyncio.run(main())
+
+
+def test_a_local_tokenizer_file_counts_text_prompts(tmp_path: Any) -> None:
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {"[UNK]": 0, "hello": 11, "world": 12}
+    tok = HfTokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()  # type: ignore[assignment]
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+
+    async def main() -> None:
+        async with gateway_over([engine_config(0)], tokenizer=path) as run:
+            body = {"prompt": "hello world hello", "max_tokens": 3, "stream": True,
+                    "return_token_ids": True}  # fmt: skip
+            chunks = await sse(run.url, body)
+            assert chunks[0]["choices"][0]["prompt_token_ids"] == [11, 12, 11]
+            status, full = await post(
+                run.url, "/v1/completions", {"prompt": "world world", "max_tokens": 2}
+            )
+            assert status == 200 and full["usage"]["prompt_tokens"] == 2
+
+    asyncio.run(main())
+
+
+def test_an_engine_without_token_ids_is_routed_but_never_moved() -> None:
+    async def main() -> None:
+        engines = [engine_config(i) for i in range(2)]
+        plan = StaticPlan(boundaries_tokens=(64,), stage_sizes=(1, 1))
+        async with gateway_over(engines, static_plan=plan, engine_kind=EngineKind.OPENAI) as run:
+            body = {"prompt": "x " * 20, "max_tokens": 200, "ignore_eos": True, "stream": True}
+            chunks = await sse(run.url, body)
+            assert sum(1 for c in chunks if c["choices"]) == 200  # relayed as the engine wrote
+            # The prompt (10 tokens by the four-characters rule) entered stage 0; it grew past
+            # the 64-token boundary there, and stayed: nothing can be replayed.
+            assert run.gateway.state()["recent_migrations"] == []
+            status, full = await post(run.url, "/v1/completions", {**body, "stream": False})
+            assert status == 200 and full["usage"]["completion_tokens"] == 200
 
     asyncio.run(main())

@@ -66,8 +66,8 @@ def add_serve_parser(subparsers: Any) -> None:
     p.add_argument(
         "--engine-kind",
         choices=[k.value for k in EngineKind],
-        help="vllm: token-id prompts and return_token_ids, every request can move; openai: any "
-        "OpenAI-compatible server, requests never move (default: vllm)",
+        help="vllm: token-id prompts and return_token_ids, every request can move; sglang, "
+        "openai: routed and relayed, never moved (no token ids come back) (default: vllm)",
     )
     p.add_argument(
         "--policy",

@@ -24,7 +24,16 @@ class EngineKind(enum.Enum):
     """How token ids are obtained and sent (`--engine-kind`)."""
 
     VLLM = "vllm"  # /tokenize, token-id prompts, return_token_ids: every request can move
+    # SGLang's OpenAI API returns no token ids (and its native /generate streams them in a shape
+    # that changed across versions), so its requests are routed and relayed but never moved;
+    # its sglang:* metrics are read.
+    SGLANG = "sglang"
     OPENAI = "openai"  # any OpenAI-compatible server: no token ids, so requests never move
+
+    @property
+    def replays(self) -> bool:
+        """Whether requests can move mid-stream (the engine gives back token ids)."""
+        return self is EngineKind.VLLM
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

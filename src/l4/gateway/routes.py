@@ -37,7 +37,6 @@ from l4.errors import (
     UnknownNameError,
 )
 from l4.gateway.book import LiveRequest
-from l4.gateway.config import EngineKind
 from l4.gateway.protocol import ClientRequest, Endpoint, parse_request
 from l4.gateway.relay import OPENED, Trip
 from l4.gateway.render import Piece, Renderer
@@ -261,7 +260,7 @@ class FrontDoor:
         gw = self.gw
         ids = await gw.lengths.ids(req, gw.tokenizing_backend())
         pinned = req.pin_reason is not None or ids is None
-        if gw.config.engine_kind is EngineKind.OPENAI:
+        if not gw.config.engine_kind.replays:
             pinned = True
         length = len(ids) if ids is not None else gw.lengths.estimate(req)
         if pinned and req.pin_reason is None:

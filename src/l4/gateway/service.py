@@ -27,7 +27,7 @@ from l4.costmodel.profile import load_profile
 from l4.costmodel.step import StepCostModel
 from l4.errors import BackendError, L4Error, UnavailableError, ValidationError
 from l4.gateway.book import LiveCluster, LiveInstance
-from l4.gateway.config import EngineKind, GatewayConfig
+from l4.gateway.config import GatewayConfig
 from l4.gateway.lengths import PromptLengths, load_tokenizer
 from l4.gateway.metrics import GatewayMetrics
 from l4.gateway.relay import Relay
@@ -134,7 +134,7 @@ class Gateway:
         self.lengths = PromptLengths(
             model=self.model,
             tokenizer=tokenizer,
-            engine_tokenizes=self.config.engine_kind is EngineKind.VLLM,
+            engine_tokenizes=self.config.engine_kind.replays,
         )
         self._update_gauges()
         log.info(
