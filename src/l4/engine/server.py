@@ -333,7 +333,11 @@ class EmulatedEngine:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def prometheus(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # Rendering the page takes ~10 ms of Python; on the step loop's thread that would stall
+        # emulated steps every scrape (a gateway scrapes several times a second), which a real
+        # vLLM does not suffer: its API server renders metrics beside the engine core.
+        page = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return Response(page, media_type=CONTENT_TYPE_LATEST)
 
     async def tokenize(self, request: Request) -> Response:
         return await self._tokenizer_route(request, "tokenize")

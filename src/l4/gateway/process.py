@@ -24,7 +24,7 @@ def _serve(config: GatewayConfig, conn: Connection) -> None:
     import uvloop
 
     from l4.cliargs import configure_logging
-    from l4.gateway.cli import uvicorn_server
+    from l4.gateway.cli import tune_gc, uvicorn_server
     from l4.gateway.routes import FrontDoor
     from l4.gateway.service import Gateway
 
@@ -42,6 +42,7 @@ def _serve(config: GatewayConfig, conn: Connection) -> None:
                 conn.send(f"the gateway did not start: {serving.exception()!r}")
                 return
             await asyncio.sleep(0.01)
+        tune_gc()
         conn.send(sock.getsockname()[1])
         await stop
         server.should_exit = True
