@@ -18,14 +18,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from l4 import __version__
@@ -36,11 +36,17 @@ from l4.errors import (
     UnavailableError,
     UnknownNameError,
 )
-from l4.gateway.book import LiveRequest
 from l4.gateway.protocol import ClientRequest, Endpoint, parse_request
 from l4.gateway.relay import OPENED, Trip
-from l4.gateway.render import Piece, Renderer
+from l4.gateway.render import Renderer
 from l4.gateway.service import Gateway
+from l4.gateway.streaming import (
+    AccessLog,
+    EventStream,
+    collect_or_disconnect,
+    first_or_disconnect,
+    status_of,
+)
 from l4.http_edge import error_body
 
 access_log = logging.getLogger("l4.gateway.access")
@@ -73,39 +79,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _BodyTooLargeError
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class _EventStream(StreamingResponse):
-    """Server-sent events from an async iterator; the client leaving cancels the iterator (so the
-    upstream request is aborted) even while nothing is being written, e.g. in a long queue."""
-
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
-        super().__init__(
-            events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
-        self._events = events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def pump() -> None:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for event in self._events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                streaming = tg.create_task(pump())
-                watching = tg.create_task(_until_disconnect(receive))
-                await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
-                streaming.cancel()
-                watching.cancel()
-        except* OSError:
-            pass  # the client went away in the middle of a send
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -270,17 +243,17 @@ class FrontDoor:
         rid = request.headers.get("x-request-id") or (
             f"{'chatcmpl' if req.chat else 'cmpl'}-{uuid.uuid4().hex}"
         )
-        log = _AccessLog(rid, endpoint, live, trip, t0, self)
+        log = AccessLog(rid, endpoint, live, trip, t0, gw.clock, gw.metrics)
         if pinned:
             raw = gw.relay.passthrough(live, req, trip)
             try:
                 await anext(raw)
             except BaseException as exc:
-                log.write(_status_of(exc))
+                log.write(status_of(exc))
                 raise
             if req.stream:
-                return _EventStream(log.wrap_bytes(raw))
-            body = await _first_or_disconnect(raw, request.receive)
+                return EventStream(log.wrap_bytes(raw))
+            body = await first_or_disconnect(raw, request.receive)
             await raw.aclose()
             log.write(200 if body is not None else 499)
             if body is None:
@@ -290,7 +263,7 @@ class FrontDoor:
         try:
             first = await anext(journey)
         except BaseException as exc:
-            log.write(_status_of(exc))
+            log.write(status_of(exc))
             raise
         assert first is OPENED
         renderer = Renderer(
@@ -303,8 +276,8 @@ class FrontDoor:
             continuous_usage=req.continuous_usage,
         )
         if req.stream:
-            return _EventStream(log.sse(journey, renderer, req))
-        collected = await _collect_or_disconnect(journey, log, request.receive)
+            return EventStream(log.sse(journey, renderer, req))
+        collected = await collect_or_disconnect(journey, log, request.receive)
         if collected is None:
             log.write(499)
             return Response(status_code=499)
@@ -317,168 +290,3 @@ class FrontDoor:
 
 def _pinned(req: ClientRequest, why: str) -> ClientRequest:
     return replace(req, pin_reason=why)
-
-
-def _status_of(exc: BaseException) -> int:
-    if isinstance(exc, BackendRejectedError):
-        return exc.status
-    if isinstance(exc, UnavailableError | BackendError):
-        return 503
-    if isinstance(exc, ConfigError):
-        return 400
-    return 499
-
-
-async def _collect_or_disconnect(
-    journey: AsyncGenerator[Any, None], log: _AccessLog, receive: Receive
-) -> list[Piece] | UnavailableError | None:
-    """All pieces of a non-streaming request; None if the client left first."""
-
-    async def collect() -> list[Piece] | UnavailableError:
-        out: list[Piece] = []
-        try:
-            async for item in journey:
-                if isinstance(item, Piece):
-                    log.token_written()
-                    out.append(item)
-        except UnavailableError as exc:
-            return exc
-        finally:
-            await journey.aclose()
-        return out
-
-    return await _race(collect(), receive)
-
-
-async def _first_or_disconnect(raw: AsyncIterator[Any], receive: Receive) -> bytes | None:
-    async def first() -> bytes:
-        item = await anext(raw)
-        assert isinstance(item, bytes)
-        return item
-
-    return await _race(first(), receive)
-
-
-async def _race(work: Awaitable[_T], receive: Receive) -> _T | None:
-    async with asyncio.TaskGroup() as tg:
-        doing = tg.create_task(_as_coro(work))
-        watching = tg.create_task(_until_disconnect(receive))
-        await asyncio.wait({doing, watching}, return_when=asyncio.FIRST_COMPLETED)
-        watching.cancel()
-        if not doing.done():
-            doing.cancel()
-    if doing.cancelled():
-        return None
-    return doing.result()
-
-
-async def _as_coro(work: Awaitable[_T]) -> _T:
-    return await work
-
-
-class _AccessLog:
-    """One structured line per request, and the gateway-side latency metrics."""
-
-    def __init__(
-        self,
-        rid: str,
-        endpoint: Endpoint,
-        live: LiveRequest,
-        trip: Trip,
-        t0: float,
-        door: FrontDoor,
-    ) -> None:
-        self.rid = rid
-        self.endpoint = endpoint
-        self.live = live
-        self.trip = trip
-        self.t0 = t0
-        self.door = door
-        self.first_s: float | None = None
-        self.last_s: float | None = None
-        self.written = False
-
-    def token_written(self) -> None:
-        now = self.door.gw.clock()
-        m = self.door.gw.metrics
-        if self.first_s is None:
-            self.first_s = now
-            m.ttft.observe(now - self.t0)
-        elif self.last_s is not None:
-            m.itl.observe(now - self.last_s)
-        self.last_s = now
-
-    async def sse(
-        self, journey: AsyncGenerator[Any, None], renderer: Renderer, req: ClientRequest
-    ) -> AsyncIterator[bytes]:
-        """The client's events: one pass over the journey (each generator layer a token passes
-        through costs a resumption, and this is the hot path)."""
-        status = 499
-        generated = 0
-        try:
-            opening = renderer.opening()
-            if opening:
-                yield opening
-            first = True
-            async for piece in journey:
-                if not isinstance(piece, Piece):
-                    continue
-                self.token_written()
-                generated = piece.num_generated
-                yield renderer.chunk(piece, first=first)
-                first = False
-            if req.include_usage:
-                yield renderer.final_usage(generated)
-            yield renderer.done()
-            status = 200
-        except UnavailableError as exc:
-            yield renderer.error_event(str(exc), 503)
-            yield renderer.done()
-            status = 503
-        finally:
-            await journey.aclose()
-            self.write(status)
-
-    async def wrap_bytes(self, raw: AsyncGenerator[Any, None]) -> AsyncIterator[bytes]:
-        status = 499
-        try:
-            async for item in raw:
-                if isinstance(item, bytes):
-                    yield item
-            status = 200
-        except UnavailableError as exc:
-            yield Renderer.error_event(str(exc), 503)
-            yield Renderer.done()
-            status = 503
-        finally:
-            await raw.aclose()
-            self.write(status)
-
-    def write(self, status: int) -> None:
-        if self.written:
-            return
-        self.written = True
-        gw = self.door.gw
-        now = gw.clock()
-        seq = self.live.seq
-        gw.metrics.requests.labels(self.endpoint.value, str(status)).inc()
-        if status == 200:
-            gw.metrics.e2e.observe(now - self.t0)
-            gw.metrics.prompt_tokens.inc(seq.spec.input_tokens)
-            gw.metrics.generation_tokens.inc(seq.generated_tokens)
-        ttft = "-" if self.first_s is None else f"{self.first_s - self.t0:.4f}"
-        access_log.info(
-            "id=%s route=%s status=%d prompt_tokens=%d generated_tokens=%d hops=%d "
-            "failures=%d backends=%s ttft_s=%s e2e_s=%.4f%s",
-            self.rid,
-            self.endpoint.value,
-            status,
-            seq.spec.input_tokens,
-            seq.generated_tokens,
-            self.trip.hops,
-            self.trip.failures,
-            ",".join(self.trip.backends) or "-",
-            ttft,
-            now - self.t0,
-            "" if not self.live.pinned else " pinned=1",
-        )
