@@ -41,10 +41,8 @@ import numpy as np
 from l4.costmodel import load_profile
 from l4.costmodel.step import StepCostModel
 from l4.engine.fleet import EngineFleet
-from l4.engine.server import EngineConfig
 from l4.gateway.config import GatewayConfig
 from l4.gateway.process import GatewayProcess
-from l4.instance import InstanceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_TOKEN_ID = 1000
@@ -151,21 +149,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_row(args: argparse.Namespace, streams: int, time_scale: float) -> dict[str, float]:
-    profile = load_profile(args.profile)
-    icfg = InstanceConfig.from_profile(profile)
-    engines = [
-        EngineConfig(
-            profile=profile,
-            instance_config=icfg,
-            served_model_name=profile.model.name,
-            time_scale=time_scale,
-            seed=args.seed,
-            instance_id=i,
-        )
-        for i in range(args.instances)
-    ]
+    fleet = EngineFleet.emulating(
+        args.instances,
+        profile=load_profile(args.profile),
+        time_scale=time_scale,
+        seed=args.seed,
+    )
     times = schedule(args, streams, time_scale)
-    with EngineFleet(engines) as urls:
+    with fleet as urls:
         direct = asyncio.run(replay(urls, times, args))
         config = GatewayConfig(
             backends=tuple(urls), policy=args.policy, profile=args.profile, log_level="warning"

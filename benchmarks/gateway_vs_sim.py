@@ -33,7 +33,6 @@ from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel import load_profile
 from l4.engine.fleet import EngineFleet
 from l4.engine.replay import ReplayConfig, replay
-from l4.engine.server import EngineConfig
 from l4.gateway.config import GatewayConfig
 from l4.gateway.process import GatewayProcess
 from l4.instance import InstanceConfig
@@ -84,20 +83,13 @@ def write_trace(workload: Workload, path: Path) -> None:
 def live_run(
     args: argparse.Namespace, workload: Workload, trace_path: Path, policy: str
 ) -> dict[str, float]:
-    profile = load_profile(args.profile)
-    icfg = InstanceConfig.from_profile(profile)
-    engines = [
-        EngineConfig(
-            profile=profile,
-            instance_config=icfg,
-            served_model_name=profile.model.name,
-            time_scale=args.time_scale,
-            seed=args.seed,
-            instance_id=i,
-        )
-        for i in range(args.instances)
-    ]
-    with EngineFleet(engines) as urls:
+    fleet = EngineFleet.emulating(
+        args.instances,
+        profile=load_profile(args.profile),
+        time_scale=args.time_scale,
+        seed=args.seed,
+    )
+    with fleet as urls:
         config = GatewayConfig(
             backends=tuple(urls),
             policy=policy,

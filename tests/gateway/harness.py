@@ -55,7 +55,8 @@ def _listening() -> socket.socket:
 
 @asynccontextmanager
 async def gateway_over(engines: list[EngineConfig], **options: object) -> AsyncIterator[Running]:
-    """Emulated engines and a gateway over them (options: GatewayConfig fields)."""
+    """Emulated engines in this process and a gateway over them (options: GatewayConfig
+    fields; the policy's clock follows the engines' time scale)."""
     async with AsyncExitStack() as stack:
         urls: list[str] = []
         servers: list[EngineServer] = []
@@ -63,37 +64,12 @@ async def gateway_over(engines: list[EngineConfig], **options: object) -> AsyncI
             url, server = await stack.enter_async_context(serving_engine(cfg))
             urls.append(url)
             servers.append(server)
-        time_scale = engines[0].time_scale if engines else 1.0
-        defaults: dict[str, object] = {
-            "backends": tuple(urls),
-            "time_scale": time_scale,
-            "scrape_interval_s": 0.05,
-            "health_interval_s": 0.2,
-            "startup_timeout_s": 5.0,
-            "log_level": "warning",
-        }
-        config = GatewayConfig(**{**defaults, **options})  # type: ignore[arg-type]
-        gateway = Gateway(config)
-        sock = _listening()
-        stack.callback(sock.close)
-        port = sock.getsockname()[1]
-        server = uvicorn_server(FrontDoor(gateway).app(), "warning")
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            async with asyncio.timeout(10):
-                while not server.started:
-                    if serving.done():
-                        serving.result()  # raises what stopped it
-                    await asyncio.sleep(0.01)
-            yield Running(f"http://127.0.0.1:{port}", gateway, servers, urls)
-        finally:
-            # A graceful stop even when the test failed: the lifespan closes the clients.
-            server.should_exit = True
-            try:
-                async with asyncio.timeout(10):
-                    await serving
-            except TimeoutError:
-                serving.cancel()
+        scale = engines[0].time_scale if engines else 1.0
+        run = await stack.enter_async_context(
+            gateway_over_urls(urls, **{"time_scale": scale, "startup_timeout_s": 5.0, **options})
+        )
+        run.engines = servers
+        yield run
 
 
 def with_faults(cfg: EngineConfig, faults: FaultConfig) -> EngineConfig:
@@ -102,7 +78,10 @@ def with_faults(cfg: EngineConfig, faults: FaultConfig) -> EngineConfig:
 
 def engine_process(instances: int, time_scale: float) -> EngineFleet:
     """K emulated instances in a child process (its own core), on ports the OS picked."""
-    return EngineFleet([engine_config(i, time_scale=time_scale) for i in range(instances)])
+    profile = load_profile("h100-llama-3.2-3b")
+    return EngineFleet.emulating(
+        instances, profile=profile, time_scale=time_scale, seed=7, served_model_name=MODEL
+    )
 
 
 @asynccontextmanager

@@ -122,7 +122,7 @@ def reassign(
     return tuple(stages)
 
 
-def split_in_proportion(total: int, weights: Sequence[int]) -> tuple[int, ...]:
+def split_in_proportion(total: int, weights: Sequence[float]) -> tuple[int, ...]:
     """``total`` instances over stages in proportion to ``weights``, at least one each (largest
     remainders, ties to the earlier stage); needs ``1 <= len(weights) <= total``."""
     k = len(weights)

@@ -17,9 +17,11 @@ import socket
 from multiprocessing.connection import Connection
 from types import TracebackType
 
+from l4.costmodel.profile import Profile
 from l4.engine.server import EngineConfig
 from l4.engine.serving import EngineServer
 from l4.errors import UnavailableError
+from l4.instance.config import InstanceConfig
 
 _START_TIMEOUT_S = 60.0
 
@@ -61,6 +63,33 @@ class EngineFleet:
         self._parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(configs, host, child), daemon=True)
         self.urls: list[str] = []
+
+    @classmethod
+    def emulating(
+        cls,
+        count: int,
+        *,
+        profile: Profile,
+        time_scale: float = 1.0,
+        seed: int = 0,
+        served_model_name: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> EngineFleet:
+        """``count`` identical instances of ``profile`` with vLLM's defaults for its GPU (the
+        profile's KV capacity: override it with ``Profile.with_overrides``)."""
+        icfg = InstanceConfig.from_profile(profile)
+        configs = [
+            EngineConfig(
+                profile=profile,
+                instance_config=icfg,
+                served_model_name=served_model_name or profile.model.name,
+                time_scale=time_scale,
+                seed=seed,
+                instance_id=i,
+            )
+            for i in range(count)
+        ]
+        return cls(configs, host=host)
 
     def start(self) -> list[str]:
         self._proc.start()

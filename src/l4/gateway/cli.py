@@ -28,7 +28,6 @@ import uvloop
 from l4.cliargs import LOG_LEVELS, configure_logging, default_profiles_dir
 from l4.costmodel.profile import available_profiles, load_profile
 from l4.engine.fleet import EngineFleet
-from l4.engine.server import EngineConfig
 from l4.errors import UnavailableError, ValidationError
 from l4.gateway.config import (
     DEFAULT_PROFILE,
@@ -40,7 +39,6 @@ from l4.gateway.config import (
 from l4.gateway.routes import FrontDoor
 from l4.gateway.service import Gateway
 from l4.http_edge import bind_listening_socket
-from l4.instance.config import InstanceConfig
 from l4.policies.base import policy_names
 
 log = logging.getLogger("l4.gateway")
@@ -273,22 +271,13 @@ def uvicorn_server(app: Any, log_level: str) -> _Server:
 
 def emulated_fleet(count: int, *, host: str, args: argparse.Namespace) -> EngineFleet:
     """K `l4 engine` instances in a child process, on ports the OS picks."""
-    profile = load_profile(
-        args.profile or DEFAULT_PROFILE, user_dir=args.profiles_dir
-    ).with_overrides(kv_capacity_tokens=args.kv_capacity_tokens)
-    icfg = InstanceConfig.from_profile(profile)
-    configs = [
-        EngineConfig(
-            profile=profile,
-            instance_config=icfg,
-            served_model_name=profile.model.name,
-            time_scale=args.time_scale or 1.0,
-            seed=args.seed or 0,
-            instance_id=i,
-        )
-        for i in range(count)
-    ]
-    return EngineFleet(configs, host=host)
+    name = args.profile or DEFAULT_PROFILE
+    profile = load_profile(name, user_dir=args.profiles_dir).with_overrides(
+        kv_capacity_tokens=args.kv_capacity_tokens
+    )
+    return EngineFleet.emulating(
+        count, profile=profile, time_scale=args.time_scale or 1.0, seed=args.seed or 0, host=host
+    )
 
 
 def tune_gc() -> None:

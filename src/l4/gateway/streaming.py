@@ -32,34 +32,6 @@ async def until_disconnect(receive: Receive) -> None:
         pass
 
 
-class _EventStream(StreamingResponse):
-    """Server-sent events from an async iterator; the client leaving cancels the iterator (so the
-    upstream request is aborted) even while nothing is being written, e.g. in a long queue."""
-
-    def __init__(self, events: AsyncIterator[bytes]) -> None:
-        super().__init__(
-            events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
-        self._events = events
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def pump() -> None:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for event in self._events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                streaming = tg.create_task(pump())
-                watching = tg.create_task(until_disconnect(receive))
-                await asyncio.wait({streaming, watching}, return_when=asyncio.FIRST_COMPLETED)
-                streaming.cancel()
-                watching.cancel()
-        except* OSError:
-            pass  # the client went away in the middle of a send
-
-
 class EventStream(StreamingResponse):
     """Server-sent events from an async iterator; the client leaving cancels the iterator (so the
     upstream request is aborted) even while nothing is being written, e.g. in a long queue."""

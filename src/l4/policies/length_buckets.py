@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from l4.agents.stages import split_in_proportion
 from l4.core.summary import WorkloadSummary
 from l4.errors import ValidationError
 from l4.policies.base import available, least_loaded, register_policy
@@ -70,20 +71,10 @@ class BucketPlan:
 def apportion(total: int, weights: list[float]) -> tuple[int, ...]:
     """``total`` split in proportion to ``weights``, at least one each (largest remainders).
 
-    Needs ``1 <= len(weights) <= total``; ties in the remainders go to the earlier entry.
+    Needs ``1 <= len(weights) <= total``; ties in the remainders go to the earlier entry. The
+    same rule L4 uses to share instances among pinned stages (``split_in_proportion``).
     """
-    k = len(weights)
-    if not 1 <= k <= total:
-        raise ValidationError(f"cannot give {k} buckets at least one of {total} instances")
-    spare = total - k
-    wsum = sum(weights)
-    ideal = [spare * w / wsum if wsum > 0 else spare / k for w in weights]
-    sizes = [1 + int(x) for x in ideal]
-    left = total - sum(sizes)
-    order = sorted(range(k), key=lambda i: (-(ideal[i] - int(ideal[i])), i))
-    for i in order[:left]:
-        sizes[i] += 1
-    return tuple(sizes)
+    return split_in_proportion(total, weights)
 
 
 def quantile_bounds(
