@@ -7,7 +7,7 @@ import pytest
 from factories import make_instance, req, tiny_profile
 from l4.errors import InvariantError
 from l4.instance import Instance, SeqState, Sequence
-from l4.instance.engine import StepResult
+from l4.instance.engine import StepPlan, StepResult
 
 
 def drive(inst: Instance, seqs: list[Sequence], *, max_steps: int = 1 << 62) -> list[StepResult]:
@@ -132,3 +132,58 @@ def test_detach_requires_a_step_boundary() -> None:
     assert inst.plan(0.0) is not None
     with pytest.raises(InvariantError):
         inst.detach(seq)
+
+
+# ---- closed-form plans and preemption accounting, pinned by hand -------------------------------
+def test_steps_done_by_counts_whole_steps_with_the_boundary_inclusive() -> None:
+    # Steps last 1.0, 1.5, 2.0, 2.5 s: they end at 1.0, 2.5, 4.5 and 7.0.
+    plan = StepPlan(start_s=0.0, first_step_s=1.0, slope_s=0.5, num_steps=4, num_decodes=1)
+    assert [plan.end_of_step_s(j) for j in range(4)] == [1.0, 2.5, 4.5, 7.0]
+    assert plan.end_s == 7.0
+    expected = {0.0: 0, 0.99: 0, 1.0: 1, 2.49: 1, 2.5: 2, 4.5: 3, 6.99: 3, 7.0: 4, 100.0: 4}
+    assert {t: plan.steps_done_by(t) for t in expected} == expected
+    shifted = StepPlan(start_s=10.0, first_step_s=1.0, slope_s=0.0, num_steps=3, num_decodes=1)
+    assert [shifted.steps_done_by(t) for t in (10.5, 11.0, 12.0, 13.0)] == [0, 1, 2, 3]
+
+
+def _prefilling_with_a_migrated_decode(
+    num_kv_blocks: int, decode_prompt: int
+) -> tuple[Instance, Sequence, Sequence]:
+    """A 600-token prompt half prefilled (256 tokens, 16 blocks), then a decoding request
+    attached by KV migration after it: the latest admitted, so the first preemption victim."""
+    inst = make_instance(num_kv_blocks=num_kv_blocks)
+    a = Sequence(req(0, 600, 5))
+    inst.admit(a)
+    plan = inst.plan(0.0)
+    assert plan is not None and plan.chunks == ((a, 256),)
+    inst.complete(plan.end_s)
+    c = Sequence(req(1, decode_prompt, 10))
+    c.generated_tokens = 1  # its first token came from the instance it left
+    c.last_token_s = 0.0
+    blocks = -(-decode_prompt // 16)
+    assert inst.reserve(blocks)
+    inst.attach_decoding(c, blocks)
+    return inst, a, c
+
+
+def test_preempting_a_decode_that_needed_a_block_frees_that_block_too() -> None:
+    # 32 blocks: a holds 16, c (32 tokens) 2 and needs a 3rd for its next token: 13 free.
+    # a's next chunk (255 tokens: the budget less c's token) needs 16 more blocks: c is preempted,
+    # which frees its 2 blocks and the 1 it no longer needs: 13 + 3 = 16, exactly enough.
+    inst, a, c = _prefilling_with_a_migrated_decode(32, 32)
+    plan = inst.plan(1.0)
+    assert plan is not None and plan.chunks == ((a, 255),) and plan.num_decodes == 0
+    assert c.state is SeqState.WAITING and c.preemptions == 1
+    assert a.state is SeqState.PREFILL and a.preemptions == 0
+    assert inst.num_preemptions == 1
+    assert inst.free_blocks() == 0
+
+
+def test_preempting_a_decode_that_needed_no_block_frees_only_its_blocks() -> None:
+    # 31 blocks: a holds 16, c (33 tokens) 3 and needs no new one: 12 free. Preempting c frees
+    # 3: 15 < 16, so a itself is preempted and nothing runs this step.
+    inst, a, c = _prefilling_with_a_migrated_decode(31, 33)
+    assert inst.plan(1.0) is None
+    assert c.state is SeqState.WAITING and a.state is SeqState.WAITING
+    assert inst.num_preemptions == 2
+    assert inst.free_blocks() == 31

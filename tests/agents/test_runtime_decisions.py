@@ -1,0 +1,206 @@
+"""The runtime's own decisions on hand-built instances (agent_factories): where the front door
+places an arrival, when windows close and to whom they are reported, and how boundary moves and
+re-plans are applied. Fast unit tests; test_runtime.py checks the invariants of whole runs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent_factories import FakeCluster, FakeView, seq
+from factories import req, tiny_profile
+from l4.agents.agent import AgentConfig
+from l4.agents.leaders import combine_reports, propose_plan
+from l4.agents.messages import FRONT, Bid, BoundaryMove, LengthReport, Message, PlanUpdate
+from l4.agents.refinement import RefinementConfig
+from l4.agents.runtime import L4Config, L4Runtime
+from l4.agents.stages import StageTable
+from l4.costmodel import StepCostModel
+from l4.instance import InstanceConfig
+from l4.instance.sequence import SeqState
+from l4.views import PolicyContext
+
+PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
+CONFIG = L4Config(
+    replan_period_s=1.0,
+    replan_min_gain=0.0,
+    agent=AgentConfig(balance=False),
+    refinement=RefinementConfig(period_s=0.5, freeze_min_requests=0, min_relative_move=0.0),
+)
+
+
+def _runtime(
+    table: StageTable, config: L4Config = CONFIG, **views: FakeView
+) -> tuple[L4Runtime, FakeCluster]:
+    n = len(table.stage_of_instance)
+    ctx = PolicyContext(
+        num_instances=n,
+        profile=PROFILE,
+        cost=StepCostModel(PROFILE),
+        instance_config=InstanceConfig.from_profile(PROFILE),
+        seed=0,
+    )
+    policy = L4Runtime(ctx, config)
+    policy.table = table
+    for a in policy.agents:
+        a.table = table
+    cluster = FakeCluster({i: views.get(f"v{i}", FakeView(i)) for i in range(n)})
+    return policy, cluster
+
+
+ONE = StageTable(boundaries_tokens=(), stage_of_instance=(0, 0, 0))
+TWO = StageTable(boundaries_tokens=(100,), stage_of_instance=(0, 1, 1))
+THREE = StageTable(boundaries_tokens=(100, 200), stage_of_instance=(0, 1, 2))
+
+
+def _busy(i: int, length: int = 1000) -> FakeView:
+    v = FakeView(i)
+    v.add(seq(50 + i, length), length)
+    return v
+
+
+# ---- the front door -----------------------------------------------------------------------------
+def test_arrivals_go_to_the_bidder_that_accepts_earliest() -> None:
+    # Instance 0 is idle but full (never accepts); 1 and 2 accept now, 2 is lighter.
+    policy, cluster = _runtime(ONE, v0=FakeView(0, free=0), v1=_busy(1))
+    assert policy.route(req(1, 50, 10), cluster, 0.0) == 2
+    assert all(a.reserved_blocks() == 0 for a in policy.agents)  # awarded or declined
+
+
+def test_arrivals_among_equal_bids_go_to_the_lower_id() -> None:
+    policy, cluster = _runtime(ONE, v0=FakeView(0, free=0))
+    assert policy.route(req(1, 50, 10), cluster, 0.0) == 1
+
+
+def test_when_nobody_accepts_now_the_lightest_takes_the_arrival() -> None:
+    # All three full and never releasing: equal earliest acceptance, then load decides.
+    full = {f"v{i}": FakeView(i, free=0) for i in range(3)}
+    full["v0"] = _busy(0)
+    full["v0"].free = 0
+    policy, cluster = _runtime(ONE, **full)
+    assert policy.route(req(1, 50, 10), cluster, 0.0) == 1
+
+
+def test_the_entry_stage_is_the_stage_of_the_prompt() -> None:
+    policy, cluster = _runtime(TWO, v1=_busy(1))
+    assert policy.route(req(1, 99, 10), cluster, 0.0) == 0  # a one-instance stage: no ask
+    assert policy.bus.sent["Ask"] == 0
+    assert policy.route(req(2, 100, 10), cluster, 0.0) == 2
+    assert policy.bus.sent["Ask"] == 2
+
+
+def test_round_robin_inside_the_entry_stage_without_bids() -> None:
+    config = replace(CONFIG, agent=AgentConfig(use_bids=False))
+    policy, cluster = _runtime(TWO, config)
+    routed = [policy.route(req(i, 150, 10), cluster, 0.0) for i in range(3)]
+    assert routed == [1, 2, 1]
+    assert policy.bus.sent["Ask"] == 0
+
+
+def test_lost_bids_fall_back_to_round_robin() -> None:
+    policy, cluster = _runtime(TWO, v2=FakeView(2))
+    policy.bus._drop = lambda dst, msg: isinstance(msg, Bid)
+    assert [policy.route(req(i, 150, 10), cluster, 0.0) for i in range(2)] == [1, 2]
+
+
+# ---- boundary moves and re-plans reaching the front door ---------------------------------------
+def _to_front(policy: L4Runtime, msg: Message) -> None:
+    policy.bus.send(FRONT, msg)
+    policy.bus.flush()
+
+
+def test_a_boundary_move_of_the_plan_in_force_is_applied_and_counted() -> None:
+    policy, _ = _runtime(TWO)
+    _to_front(policy, BoundaryMove(index=1, tokens=150, version=0, sender=0))
+    assert policy.table.boundaries_tokens == (150,) and policy.boundary_moves == 1
+    _to_front(policy, BoundaryMove(index=1, tokens=120, version=3, sender=0))  # stale plan
+    _to_front(policy, BoundaryMove(index=2, tokens=300, version=0, sender=0))  # no such bound
+    assert policy.table.boundaries_tokens == (150,) and policy.boundary_moves == 1
+
+
+def test_a_plan_update_replaces_the_table_and_counts_a_replan() -> None:
+    policy, _ = _runtime(ONE)
+    update = PlanUpdate(version=1, boundaries_tokens=(64,), stage_of_instance=(0, 1, 1), sender=0)
+    _to_front(policy, update)
+    assert policy.table == StageTable(
+        boundaries_tokens=(64,), stage_of_instance=(0, 1, 1), version=1
+    )
+    assert policy.replans == 1
+    assert policy.stats()["replans"] == 1 and policy.stats()["stages"] == 2
+
+
+# ---- windows, reports and the coordinator --------------------------------------------------------
+def _reports_sent(policy: L4Runtime) -> int:
+    return policy.bus.sent[LengthReport.__name__]
+
+
+def test_windows_close_every_refinement_period_and_reach_the_leaders() -> None:
+    # Three one-instance stages: every agent reports to its own stage's leader and to the leader
+    # of the stage above (the two boundaries it touches): 1 + 2 + 2 = 5 reports; at a re-plan the
+    # coordinator (leader of stage 0) also gets stage 2's: 6.
+    policy, cluster = _runtime(THREE)
+    policy.on_tick(cluster, 0.0)  # opens the windows
+    assert _reports_sent(policy) == 0
+    policy.on_tick(cluster, 0.25)
+    assert _reports_sent(policy) == 0
+    policy.on_tick(cluster, 0.5)
+    assert _reports_sent(policy) == 5
+    policy.on_tick(cluster, 1.0)  # refinement and re-plan are both due
+    assert _reports_sent(policy) == 5 + 6
+    policy.on_tick(cluster, 1.5)
+    assert _reports_sent(policy) == 5 + 6 + 5
+
+
+def test_without_refinement_windows_close_only_for_replans() -> None:
+    policy, cluster = _runtime(THREE, replace(CONFIG, refine=False))
+    for now in (0.0, 0.5):
+        policy.on_tick(cluster, now)
+    assert _reports_sent(policy) == 0
+    policy.on_tick(cluster, 1.0)
+    assert _reports_sent(policy) == 6
+
+
+def test_static_runtime_never_reports() -> None:
+    policy, cluster = _runtime(THREE, replace(CONFIG, refine=False, replan=False))
+    for now in (0.0, 0.5, 1.0, 1.5, 2.0):
+        policy.on_tick(cluster, now)
+    assert _reports_sent(policy) == 0 and policy.replans == 0
+
+
+def _bimodal(i: int) -> FakeView:
+    """Many short decodes and a few long ones: the mix a length split serves better."""
+    v = FakeView(i)
+    for k in range(12):
+        v.add(seq(100 * i + k, 40 + k), 40 + k)
+    for k in range(2):
+        v.add(seq(100 * i + 50 + k, 1500 + k), 1500 + k)
+    return v
+
+
+def test_the_coordinator_adopts_the_plan_the_dp_proposes_from_the_reports() -> None:
+    views = {f"v{i}": _bimodal(i) for i in range(4)}
+    table = StageTable.single(4)
+    policy, cluster = _runtime(table, **views)
+    policy.on_tick(cluster, 0.0)
+    for v in cluster.views.values():  # every request here grew by 20 tokens in the window
+        for s in v.run:
+            s.instances.append(v.instance_id)
+            v.lengths[s.request_id] += 20
+    policy.on_tick(cluster, 0.5)
+    for v in cluster.views.values():
+        for s in v.run:
+            v.lengths[s.request_id] += 20
+    coordinator = policy.agents[0]
+    policy.on_tick(cluster, 1.0)
+    reports = [coordinator.reports[i] for i in range(4)]
+    assert all(r.sent_s == 1.0 for r in reports)
+    summary = combine_reports(policy.grid, reports, arrival_batch_excess=0.0)
+    assert summary is not None
+    expected = propose_plan(summary, policy.model, table, min_gain=CONFIG.replan_min_gain, sender=0)
+    assert expected is not None and len(expected.boundaries_tokens) >= 1  # the DP splits them
+    assert policy.replans == 1
+    assert policy.table.boundaries_tokens == expected.boundaries_tokens
+    assert policy.table.stage_of_instance == expected.stage_of_instance
+    assert all(a.table == policy.table for a in policy.agents)
+    moved = [a for a in policy.agents if a.stage != 0]
+    assert moved and all(a.draining for a in moved)
+    assert all(s.state is SeqState.DECODE for v in cluster.views.values() for s in v.run)
