@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -32,9 +34,15 @@ def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "time and each step sleeps the cost model's predicted time divided by --time-scale.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, help="port of the (single) instance")
+    p.add_argument(
+        "--port", type=int, help="port of the (single) instance; 0: any free port (printed)"
+    )
     p.add_argument("--instances", type=int, default=1, help="instances to serve (default: 1)")
-    p.add_argument("--base-port", type=int, help="port of instance 0; instance i uses base + i")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        help="port of instance 0; instance i uses base + i; 0: any free port each (printed)",
+    )
     p.add_argument(
         "--profile",
         default=DEFAULT_PROFILE,
@@ -93,8 +101,8 @@ class ServeTarget:
 
 
 def _check_port(port: int, what: str) -> None:
-    if not 0 < port < 65536:
-        raise ValidationError(f"{what} must be between 1 and 65535, got {port}")
+    if not 0 <= port < 65536:
+        raise ValidationError(f"{what} must be between 0 (any free port) and 65535, got {port}")
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -137,7 +145,9 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
             raise ValidationError("--instances K needs --base-port P (ports P .. P+K-1)")
         _check_port(args.base_port, "--base-port")
         _check_port(args.base_port + args.instances - 1, "the last port")
-        ports = [args.base_port + i for i in range(args.instances)]
+        # Base 0: the OS picks a free port for each instance (no race between choosing and binding).
+        step = 1 if args.base_port else 0
+        ports = [args.base_port + step * i for i in range(args.instances)]
     profile = load_profile(args.profile).with_overrides(kv_capacity_tokens=args.kv_capacity_tokens)
     icfg = InstanceConfig.from_profile(
         profile,
@@ -170,12 +180,30 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
     ]
 
 
-async def serve(targets: list[ServeTarget]) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (port 0: a free one, chosen by the OS); uvicorn listens on it."""
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValidationError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def serve(targets: list[ServeTarget], socks: list[socket.socket] | None = None) -> None:
     """Serve every target in this event loop until all stop (interrupted or crashed).
 
+    ``socks``: bound sockets, one per target (see ``listen``); None binds ``target.port``.
     The first SIGINT/SIGTERM stops every instance gracefully, a second one at once.
     """
-    servers = [EngineServer(t.config, host=t.host, port=t.port) for t in targets]
+    servers = [
+        EngineServer(t.config, host=t.host, port=t.port, sock=socks[i] if socks else None)
+        for i, t in enumerate(targets)
+    ]
     signals = 0
 
     def on_signal() -> None:
@@ -209,13 +237,17 @@ async def serve(targets: list[ServeTarget]) -> None:
 
 def run_engine(args: argparse.Namespace) -> int:
     targets = engine_targets(args)
-    for t in targets:
-        faults = t.config.faults
-        note = " with faults" if faults.active else ""
-        print(
-            f"l4 engine: instance {t.config.instance_id} ({t.config.profile.name}, "
-            f"x{t.config.time_scale:g}{note}) on http://{t.host}:{t.port}",
-            flush=True,
-        )
-    asyncio.run(serve(targets))
+    with contextlib.ExitStack() as stack:
+        # Bound before anything is printed, so the printed address is the one served (port 0).
+        socks = [stack.enter_context(listen(t.host, t.port)) for t in targets]
+        for t, sock in zip(targets, socks, strict=True):
+            faults = t.config.faults
+            note = " with faults" if faults.active else ""
+            host = f"[{t.host}]" if ":" in t.host else t.host
+            print(
+                f"l4 engine: instance {t.config.instance_id} ({t.config.profile.name}, "
+                f"x{t.config.time_scale:g}{note}) on http://{host}:{sock.getsockname()[1]}",
+                flush=True,
+            )
+        asyncio.run(serve(targets, socks))
     return 0
