@@ -56,7 +56,14 @@ MODULES: dict[str, Module] = {
         sources=("src/l4/instance/*.py",),
         tests=("tests/instance", "tests/sim/test_closed_form.py"),
     ),
-    "agents": Module(sources=("src/l4/agents/*.py",), tests=("tests/agents",)),
+    # The end-to-end runtime tests take a minute each mutant: the unit tests must do the work.
+    "agents": Module(
+        sources=("src/l4/agents/*.py",),
+        tests=tuple(
+            f"tests/agents/test_{t}.py"
+            for t in ("agent", "bus", "leaders", "load", "observer", "refinement", "stages")
+        ),
+    ),
     "sim/capacity.py": Module(
         sources=("src/l4/sim/capacity.py",), tests=("tests/sim/test_capacity.py",)
     ),
