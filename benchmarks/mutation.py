@@ -121,7 +121,7 @@ def prepare(name: str, module: Module, *, keep: bool) -> Path:
             'source_paths = ["src"]',
             f"only_mutate = {_toml_list(list(module.sources))}",
             f"pytest_add_cli_args_test_selection = {_toml_list(list(module.tests))}",
-            'pytest_add_cli_args = ["-p", "no:cacheprovider"]',
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "--hypothesis-seed=0"]',
             "use_git_change_detection = false",
             "",
         ]

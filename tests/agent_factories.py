@@ -38,6 +38,7 @@ class FakeView:
     waiting_demand: int = 0
     released_tokens: int = 0
     kv_usage: float = 0.0
+    pending: tuple[int, float] = (0, 0.0)  # (tokens, attention pairs) still to prefill
     lengths: dict[int, int] = field(default_factory=dict)
     run: list[Sequence] = field(default_factory=list)
     wait: list[Sequence] = field(default_factory=list)
@@ -62,7 +63,7 @@ class FakeView:
         return self.waiting_demand
 
     def pending_prefill(self) -> tuple[int, float]:
-        return 0, 0.0
+        return self.pending
 
     def running(self) -> list[Sequence]:
         return list(self.run)
@@ -87,7 +88,7 @@ class FakeLoad:
         return length_tokens / 1000
 
     def prompt_s(self, tokens: int) -> float:
-        return tokens / 1000
+        return tokens / 500  # unlike a decode's: tests tell which one was used
 
 
 @dataclass
@@ -113,11 +114,11 @@ class FakeCluster:
 @dataclass
 class FakeWorld:
     cluster: FakeCluster
-    incoming: list[tuple[int, int, int]] = field(default_factory=list)  # (rid, dst, length)
+    incoming: list[tuple[int, int, int, float]] = field(default_factory=list)  # rid, dst, L, t
     rr: int = 0
 
     def note_incoming(self, s: Sequence, dst: int, length_tokens: int, now_s: float) -> None:
-        self.incoming.append((s.request_id, dst, length_tokens))
+        self.incoming.append((s.request_id, dst, length_tokens, now_s))
 
     def next_round_robin(self, stage: int) -> int:
         self.rr += 1

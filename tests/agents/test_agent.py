@@ -4,11 +4,23 @@ for balance. Every expected value is worked out by hand in the comments."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from agent_factories import RECORDER, Agents, FakeView, make_agents, seq
 from l4.agents.agent import NEVER_S, AgentConfig
-from l4.agents.messages import Ask, Bid, LoadReport, PlanUpdate, TradeKind
+from l4.agents.messages import (
+    Ask,
+    Award,
+    Bid,
+    BoundaryMove,
+    Decline,
+    LengthReport,
+    LoadReport,
+    PlanUpdate,
+    TradeKind,
+)
 from l4.agents.stages import StageTable
 from l4.errors import ValidationError
 from l4.instance.sequence import SeqState
@@ -46,9 +58,10 @@ def _ask(
 def test_cascade_hands_on_a_request_that_reached_the_upper_bound() -> None:
     w = make_agents(TWO_STAGES, v1=FakeView(1, decode_s=0.5), v2=FakeView(2, decode_s=0.25))
     s = w.view(0).add(seq(1, 100), 100)  # length == hi: it belongs to stage 1 now
-    w.tick(0, 0.0)
+    w.tick(0, 0.5)
     assert w.moves == [(1, 0, 2, "cascade")]  # to the less loaded bidder of stage 1
-    assert w.world.incoming == [(1, 2, 100)]
+    assert w.world.incoming == [(1, 2, 100, 0.5)]
+    assert w.bus.sent["Award"] == 1 and w.bus.sent["Decline"] == 1
     assert w.agents[0].stats["asks_cascade"] == 1
     assert w.agents[0].stats["moved_cascade_decode"] == 1
     # The winner's reservation went to the migration, the loser's was declined: none is left.
@@ -404,13 +417,321 @@ def test_after_a_replan_an_instance_hands_out_what_is_no_longer_its_stage() -> N
     assert w.agents[0].draining  # the prefilling request is still to go
 
 
-def test_agent_config_is_validated() -> None:
-    for bad in (
-        {"tick_s": 0.0},
-        {"balance_threshold": -0.1},
-        {"balance_persist_ticks": 0},
-        {"bid_timeout_s": 0.0},
-        {"trade_timeout_s": 0.0},
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"tick_s": 0.0}, "balancing tick must be > 0 s"),
+        ({"balance_threshold": -0.1}, "balance threshold must be >= 0 and persistence >= 1 tick"),
+        ({"balance_persist_ticks": 0}, "balance threshold must be >= 0 and persistence"),
+        ({"bid_timeout_s": 0.0}, "timeouts must be > 0 s"),
+        ({"trade_timeout_s": 0.0}, "timeouts must be > 0 s"),
+    ],
+)
+def test_agent_config_is_validated(bad: dict[str, float], message: str) -> None:
+    with pytest.raises(ValidationError, match=f"^{message}"):
+        AgentConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_agent_config_edges_are_allowed() -> None:
+    AgentConfig(balance_threshold=0.0, balance_persist_ticks=1)
+
+
+# ---- messages -----------------------------------------------------------------------------------
+def test_a_new_agent_holds_nothing_and_drains_nothing() -> None:
+    w = make_agents(TWO_STAGES)
+    a = w.agents[0]
+    assert a.draining is False and a.reports == {} and a.stats == {}
+    assert a.reserved_blocks() == 0 and a.view() is w.view(0)
+    assert a.observer.instance_id == 0
+
+
+def test_length_reports_are_kept_per_sender() -> None:
+    w = make_agents(TWO_STAGES)
+    report = LengthReport(
+        sender=2, stage=1, arrivals=(1.0,), prompt_tokens=(1.0,), prompt_tokens_sq=(1.0,),
+        decode_steps=(1.0,), decode_length_sum=(1.0,), crossings=(0.0,), max_length_tokens=5.0,
+        requests_seen=1, sent_s=0.5,
+    )  # fmt: skip
+    w.bus.send(1, report)
+    w.bus.flush()
+    assert w.agents[1].reports == {2: report}
+
+
+def test_boundary_moves_apply_to_the_plan_in_force_only() -> None:
+    w = make_agents(TWO_STAGES)
+    a = w.agents[0]
+    for msg in (
+        BoundaryMove(index=1, tokens=150, version=0, sender=RECORDER),
+        BoundaryMove(index=1, tokens=120, version=1, sender=RECORDER),  # another plan's
+        BoundaryMove(index=2, tokens=300, version=0, sender=RECORDER),  # no such boundary
     ):
-        with pytest.raises(ValidationError):
-            AgentConfig(**bad)  # type: ignore[arg-type]
+        w.bus.send(0, msg)
+    w.bus.flush()
+    assert a.table == replace(TWO_STAGES, boundaries_tokens=(150,))
+
+
+def test_a_plan_update_that_keeps_the_stage_does_not_drain() -> None:
+    w = make_agents(TWO_STAGES)
+    update = PlanUpdate(
+        version=2, boundaries_tokens=(300,), stage_of_instance=(0, 1, 1), sender=RECORDER
+    )
+    w.bus.send(0, update)
+    w.bus.flush()
+    a = w.agents[0]
+    assert a.table == StageTable(boundaries_tokens=(300,), stage_of_instance=(0, 1, 1), version=2)
+    assert a.draining is False
+
+
+# ---- more of the cascade ------------------------------------------------------------------------
+def test_the_cascade_looks_past_requests_it_does_not_hand_on() -> None:
+    w = make_agents(TWO_STAGES)
+    w.view(0).add(seq(1, 150, SeqState.PREFILL), 150)  # not decoding: skipped, not the end
+    w.view(0).add(seq(2, 40), 40)  # short: skipped, not the end
+    w.view(0).add(seq(3, 130), 130)
+    w.tick(0, 0.0)
+    assert [m[0] for m in w.moves] == [3]
+
+
+def test_an_equally_long_request_is_not_asked_for_after_a_refusal() -> None:
+    w = make_agents(TWO_STAGES, v1=FakeView(1, free=0), v2=FakeView(2, free=0))
+    w.view(0).add(seq(1, 150), 150)
+    w.view(0).add(seq(2, 150), 150)
+    w.tick(0, 0.0)
+    assert w.agents[0].stats["asks_cascade"] == 1
+
+
+@pytest.mark.parametrize(("length", "free", "moves"), [(127, 8, 1), (128, 8, 0), (128, 9, 1)])
+def test_an_ask_wants_the_blocks_of_the_context_and_the_next_token(
+    length: int, free: int, moves: int
+) -> None:
+    # 127 tokens + the next one fill 8 blocks of 16; 128 + 1 need a 9th.
+    w = make_agents(TWO_STAGES, v1=FakeView(1, free=free), v2=FakeView(2, free=free))
+    w.view(0).add(seq(1, length), length)
+    w.tick(0, 0.0)
+    assert len(w.moves) == moves
+
+
+def test_a_bid_reserves_whole_blocks() -> None:
+    # Lost awards and declines leave the reservations: ceil(101 / 16) = 7 blocks each.
+    w = make_agents(TWO_STAGES)
+    w.bus._drop = lambda dst, msg: isinstance(msg, Award | Decline)
+    w.view(0).add(seq(1, 100), 100)
+    w.tick(0, 0.0)
+    assert w.agents[1].reserved_blocks() == w.agents[2].reserved_blocks() == 7
+
+
+def test_a_slow_release_rate_still_gives_a_finite_acceptance_time() -> None:
+    w = make_agents(TWO_STAGES, v1=FakeView(1, free=0))
+    a, v = w.agents[1], w.view(1)
+    a.publish_load(1.0)
+    v.released_tokens = 1
+    a.publish_load(3.0)  # 1 token in 2 s: 0.5 tokens/s sampled, 0.15 tokens/s smoothed
+    assert a.earliest_accept_s(v, 1, 3.0) == pytest.approx(3.0 + 16 / 0.15, rel=1e-12)
+
+
+def test_round_robin_moves_note_the_length_and_time() -> None:
+    w = make_agents(TWO_STAGES, config=AgentConfig(use_bids=False))
+    w.view(0).add(seq(1, 120), 120)
+    w.tick(0, 0.25)
+    assert w.world.incoming == [(1, 101, 120, 0.25)]
+
+
+# ---- more of the balance ------------------------------------------------------------------------
+def test_balance_with_two_instances_in_the_stage() -> None:
+    table = StageTable(boundaries_tokens=(), stage_of_instance=(0, 0))
+    w = make_agents(table, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=1))
+    w.view(0).add(seq(1, 500), 500)
+    w.report(0, 0.0, decode_s=2.0)
+    w.report(1, 0.0, decode_s=0.5)  # mean 1.25, gap 0.75: the 0.5 s request closes most of it
+    w.tick(0, 0.0)
+    assert w.moves == [(1, 0, 1, "balance")]
+
+
+def test_balance_needs_the_agents_own_fresh_report() -> None:
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=1))
+    w.view(0).add(seq(1, 1200), 1200)
+    w.report(1, 0.0, decode_s=0.5)
+    w.report(2, 0.0, decode_s=0.5)
+    w.tick(0, 0.0)  # its own report is missing: it cannot know it is over the mean
+    assert w.moves == []
+
+
+def test_a_report_a_nanosecond_old_is_still_fresh() -> None:
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=1))
+    w.view(0).add(seq(1, 1200), 1200)
+    now = 1.0
+    for i, load in enumerate((3.5, 1.0, 1.5)):
+        w.report(i, now - 1e-9, decode_s=load)
+    w.tick(0, now)
+    assert len(w.moves) == 1
+
+
+def test_balance_skips_requests_it_cannot_move() -> None:
+    # Mean 2.0, gap 1.5: the prefilling request (1.5 s) would match the gap exactly, the first
+    # decoding one overshoots (3.0 = 2 x gap); the last one (0.5 s) is the one that can go.
+    w = _balance_world((3.5, 1.0, 1.5), [])
+    v = w.view(0)
+    v.add(seq(1, 1500, SeqState.PREFILL), 1500)
+    v.add(seq(2, 3000), 3000)
+    v.add(seq(3, 500), 500)
+    w.tick(0, 0.0)
+    assert w.moves == [(3, 0, 1, "balance")]
+
+
+def test_balance_ties_go_to_the_first_request() -> None:
+    w = _balance_world((3.5, 1.0, 1.5), [1000, 2000, 1000])  # 1.0 and 2.0: both 0.5 from the gap
+    w.tick(0, 0.0)
+    assert w.moves == [(0, 0, 1, "balance")]
+
+
+def test_prefill_balance_moves_queued_prompts_by_their_prefill_time() -> None:
+    # Prefill parts 3.5 / 1.0 / 1.5: gap 1.5. Prompts of 500 and 700 tokens take 1.0 and 1.4 s to
+    # prefill (FakeLoad: L / 500): 700 is closer. By decode time (L / 1000) 500 would be.
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=1))
+    w.view(0).add(seq(1, 500, SeqState.WAITING), 500)
+    w.view(0).add(seq(2, 700, SeqState.WAITING), 700)
+    for i, load in enumerate((3.5, 1.0, 1.5)):
+        w.report(i, 0.0, decode_s=0.0, prefill_s=load)
+    w.tick(0, 0.0)
+    assert w.moves == [(2, 0, 1, "balance")]
+
+
+def test_a_balanced_prefill_part_leaves_the_decode_part_to_balance() -> None:
+    # Prefill parts imbalanced but nothing queued to move; decode parts imbalanced too.
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=1))
+    w.view(0).add(seq(1, 1200), 1200)
+    for i, load in enumerate((3.5, 1.0, 1.5)):
+        w.report(i, 0.0, decode_s=load, prefill_s=load)
+    w.tick(0, 0.0)
+    assert w.moves == [(1, 0, 1, "balance")]
+
+
+def test_one_balance_trade_per_tick() -> None:
+    # Both parts imbalanced, a queued and a decoding candidate: the queued one moves, and only it.
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=1))
+    w.view(0).add(seq(1, 600, SeqState.WAITING), 600)
+    w.view(0).add(seq(2, 1200), 1200)
+    for i, load in enumerate((3.5, 1.0, 1.5)):
+        w.report(i, 0.0, decode_s=load, prefill_s=load)
+    w.tick(0, 0.0)
+    assert w.moves == [(1, 0, 1, "balance")]
+    assert w.bus.sent["Ask"] == 2  # the queued trade went to both lighter peers, nothing else
+
+
+def test_a_balance_trade_the_peer_would_not_gain_from_is_not_made() -> None:
+    # Peer 1 reported 1.0 but now carries 2.5: 2.5 + 1.2 >= 3.5, it does not bid; peer 2 (1.5
+    # reported and now) does: 1.5 + 1.2 < 3.5.
+    w = _balance_world((3.5, 1.0, 1.5), [1200])
+    w.view(1).decode_s, w.view(2).decode_s = 2.5, 1.5
+    w.tick(0, 0.0)
+    assert w.moves == [(0, 0, 2, "balance")]
+    assert w.agents[1].stats.get("bids", 0) == 0
+
+
+def test_queued_balance_asks_compare_the_prefill_part_at_the_bidder() -> None:
+    # The peers' decode parts are heavy, their prefill parts light: a queued prompt may go.
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=1))
+    w.view(0).add(seq(1, 700, SeqState.WAITING), 700)
+    w.view(1).decode_s, w.view(1).prefill_s = 9.0, 1.0
+    w.view(2).decode_s, w.view(2).prefill_s = 9.0, 1.5
+    for i, load in enumerate((3.5, 1.0, 1.5)):
+        w.report(i, 0.0, decode_s=0.0, prefill_s=load)
+    w.tick(0, 0.0)
+    assert len(w.moves) == 1
+
+
+def test_the_queued_part_has_its_own_persistence_count() -> None:
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=2))
+    w.view(0).add(seq(1, 700, SeqState.WAITING), 700)
+    for k, now in enumerate((0.0, 0.2)):
+        for i, load in enumerate((3.5, 1.0, 1.5)):
+            w.report(i, now, decode_s=0.0, prefill_s=load)
+        w.tick(0, now)
+        assert len(w.moves) == k  # asks on the second tick over the threshold, not the first
+
+
+def test_a_landed_balance_trade_frees_the_next_one_before_its_timeout() -> None:
+    w = _balance_world((3.5, 1.0, 1.5), [1200, 1100])
+    w.tick(0, 0.0)
+    moved = w.view(0).run.pop(0)
+    moved.instances.append(1)  # it landed on instance 1
+    for i, load in enumerate((3.5, 1.0, 1.5)):
+        w.report(i, 0.2, decode_s=load)
+    w.tick(0, 0.2)
+    assert [m[0] for m in w.moves] == [0, 1]
+
+
+def test_a_balance_trade_blocks_the_next_until_its_timeout() -> None:
+    w = _balance_world((3.5, 1.0, 1.5), [1200, 1100])
+    w.tick(0, 0.0)
+    for now in (4.9, 5.0):
+        for i, load in enumerate((3.5, 1.0, 1.5)):
+            w.report(i, now, decode_s=load)
+        w.tick(0, now)
+    assert len(w.moves) == 2  # at 5.0 (trade timeout 5 s) the next trade may go
+
+
+# ---- more of the drain --------------------------------------------------------------------------
+def _moved_to_stage_1(w: Agents) -> None:
+    update = PlanUpdate(
+        version=1, boundaries_tokens=(100,), stage_of_instance=(1, 0, 1), sender=RECORDER
+    )
+    w.bus.send(0, update)
+    w.bus.flush()
+
+
+def test_drain_ends_once_everything_left() -> None:
+    w = make_agents(TWO_STAGES)
+    w.view(0).add(seq(1, 50, SeqState.WAITING), 50)
+    w.view(0).add(seq(2, 150), 150)  # stage 1's: stays
+    _moved_to_stage_1(w)
+    w.tick(0, 0.0)
+    assert w.moves == [(1, 0, 1, "drain")]
+    assert w.agents[0].draining is False
+
+
+def test_drain_goes_on_while_a_hand_out_is_refused() -> None:
+    w = make_agents(TWO_STAGES, v1=FakeView(1, free=0))
+    w.view(0).add(seq(1, 50, SeqState.WAITING), 50)
+    _moved_to_stage_1(w)
+    w.tick(0, 0.0)
+    assert w.moves == [] and w.agents[0].draining is True
+
+
+def test_drain_goes_on_while_a_short_request_decodes_here() -> None:
+    # A decoding request below the new stage's lower bound that was not handed out (in flight).
+    w = make_agents(TWO_STAGES)
+    w.view(0).add(seq(1, 60), 60)
+    _moved_to_stage_1(w)
+    w.tick(0, 0.0)
+    assert w.moves == [(1, 0, 1, "drain")]
+    assert w.agents[0].draining is True  # the fake cluster never takes it off: still here
+    w.view(0).run.clear()
+    w.tick(0, 0.2)
+    assert w.agents[0].draining is False
+
+
+def test_drain_leaves_longer_decodes_to_the_cascade() -> None:
+    # Instance 0 moved to stage 0 of (100, 200): a decoding request of 150 belongs downstream and
+    # the cascade (not the drain) hands it on; a queued one of 150 is drained.
+    table = StageTable(boundaries_tokens=(100, 200), stage_of_instance=(1, 0, 2))
+    w = make_agents(table)
+    w.view(0).add(seq(1, 150), 150)
+    w.view(0).add(seq(2, 150, SeqState.WAITING), 150)
+    update = PlanUpdate(
+        version=1, boundaries_tokens=(100, 200), stage_of_instance=(0, 1, 2), sender=RECORDER
+    )
+    w.bus.send(0, update)
+    w.bus.flush()
+    w.tick(0, 0.0)
+    assert sorted(w.moves) == [(1, 0, 1, "cascade"), (2, 0, 1, "drain")]
+
+
+def test_drain_stops_asking_a_stage_that_refused() -> None:
+    w = make_agents(TWO_STAGES, v1=FakeView(1, free=0))
+    w.view(0).add(seq(1, 50, SeqState.WAITING), 50)
+    w.view(0).add(seq(2, 60, SeqState.WAITING), 60)
+    _moved_to_stage_1(w)
+    w.tick(0, 0.0)
+    assert w.agents[0].stats["asks_drain"] == 1
+    assert w.agents[0].draining is True

@@ -82,3 +82,8 @@ def test_reassign_respects_sizes_and_keeps_instances_in_length_order(
         for j in range(total):
             if stage_of[i] < stage_of[j]:
                 assert new[i] <= new[j]
+
+
+def test_bounds_of_every_stage() -> None:
+    table = StageTable(boundaries_tokens=(100, 200), stage_of_instance=(0, 1, 2))
+    assert [table.bounds(s) for s in range(3)] == [(0, 100), (100, 200), (200, None)]
