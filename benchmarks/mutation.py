@@ -163,6 +163,17 @@ def changed_lines(diff: str) -> tuple[str, str]:
     return before, after
 
 
+def context_line(diff: str) -> str:
+    """The unchanged line just above the change (tells apart equal changes in one function)."""
+    body = [ln for ln in diff.splitlines() if not ln.startswith(("---", "+++", "@@"))]
+    above = ""
+    for ln in body:
+        if ln.startswith(("-", "+")):
+            break
+        above = ln[1:].strip()
+    return above
+
+
 def function_of(mutant: str) -> str:
     """``l4.x.y.xǁClassǁmethod__mutmut_3`` -> ``Class.method``; ``x_func__mutmut_3`` -> ``func``."""
     last = mutant.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0]
@@ -176,7 +187,7 @@ def load_equivalent() -> list[dict[str, str]]:
         return []
     entries: list[dict[str, str]] = tomllib.loads(EQUIVALENT_FILE.read_text()).get("equivalent", [])
     for e in entries:
-        missing = {"file", "function", "before", "after", "reason"} - set(e)
+        missing = {"file", "function", "before", "after", "reason"} - set(e)  # context: optional
         if missing:
             raise SystemExit(f"{EQUIVALENT_FILE.name}: entry {e} lacks {sorted(missing)}")
     return entries
@@ -192,6 +203,7 @@ def match_equivalent(
             and e["function"] == function_of(mutant)
             and e["before"].strip() == before
             and e["after"].strip() == after
+            and e.get("context", context_line(info["diff"])).strip() == context_line(info["diff"])
         ):
             return e
     return None
@@ -204,10 +216,12 @@ def measure(
     work = prepare(name, module, keep=keep)
     t0 = time.monotonic()
     previous = read_results(work) if keep and (work / "mutants").exists() else {}
-    again = [m for m, r in previous.items() if r["status"] not in KILLED]
-    if keep and previous and not again:
-        print(f"{name}: nothing left to re-check")
-    else:
+    # mutmut tests every mutant without a result (all of them in a fresh copy; after a source
+    # change, those of the changed functions); --again then re-checks the ones not killed.
+    run_mutmut(work, [], max_children, niceness)
+    current = read_results(work) if previous else {}
+    again = [m for m, r in current.items() if r["status"] not in KILLED and m in previous]
+    if again:
         run_mutmut(work, again, max_children, niceness)
     wall_s = time.monotonic() - t0
     results = read_results(work)

@@ -434,6 +434,7 @@ def test_agent_config_is_validated(bad: dict[str, float], message: str) -> None:
 
 def test_agent_config_edges_are_allowed() -> None:
     AgentConfig(balance_threshold=0.0, balance_persist_ticks=1)
+    AgentConfig(tick_s=0.5, bid_timeout_s=0.5, trade_timeout_s=0.5)
 
 
 # ---- messages -----------------------------------------------------------------------------------
@@ -735,3 +736,34 @@ def test_drain_stops_asking_a_stage_that_refused() -> None:
     w.tick(0, 0.0)
     assert w.agents[0].stats["asks_drain"] == 1
     assert w.agents[0].draining is True
+
+
+def test_every_ask_of_a_tick_keeps_its_own_reservation() -> None:
+    # Lost awards and declines: each of two asks left its 7 blocks reserved at both bidders.
+    w = make_agents(TWO_STAGES)
+    w.bus._drop = lambda dst, msg: isinstance(msg, Award | Decline)
+    w.view(0).add(seq(1, 100), 100)
+    w.view(0).add(seq(2, 100), 100)
+    w.tick(0, 0.0)
+    assert w.agents[1].reserved_blocks() == w.agents[2].reserved_blocks() == 14
+
+
+def test_an_answer_to_an_expired_bid_is_ignored() -> None:
+    w = make_agents(TWO_STAGES)
+    for msg in (Award(ask_id=42, sender=RECORDER), Decline(ask_id=43, sender=RECORDER)):
+        w.bus.send(1, msg)
+    w.bus.flush()
+    assert w.agents[1].reserved_blocks() == 0
+
+
+def test_a_queued_part_still_persisting_leaves_the_tick_to_the_decode_part() -> None:
+    # Persistence 2: the decode part is over the threshold from the first tick, the queued part
+    # only from the second; at the second tick the decode part may trade, the queued one waits.
+    w = make_agents(ONE_STAGE, config=AgentConfig(balance_threshold=0.25, balance_persist_ticks=2))
+    w.view(0).add(seq(1, 700, SeqState.WAITING), 700)
+    w.view(0).add(seq(2, 1200), 1200)
+    for now, prefill in ((0.0, (1.0, 1.0, 1.0)), (0.2, (3.5, 1.0, 1.5))):
+        for i, load in enumerate((3.5, 1.0, 1.5)):
+            w.report(i, now, decode_s=load, prefill_s=prefill[i])
+        w.tick(0, now)
+    assert w.moves == [(2, 0, 1, "balance")]
