@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from factories import make_instance, req, tiny_profile
-from l4.errors import InvariantError
-from l4.instance import Instance, SeqState, Sequence
+from l4.errors import InvariantError, ValidationError
+from l4.instance import Instance, InstanceConfig, SeqState, Sequence
 from l4.instance.engine import StepPlan, StepResult
 
 
@@ -187,3 +187,188 @@ def test_preempting_a_decode_that_needed_no_block_frees_only_its_blocks() -> Non
     assert c.state is SeqState.WAITING and a.state is SeqState.WAITING
     assert inst.num_preemptions == 2
     assert inst.free_blocks() == 31
+
+
+# ---- reservations, migrations and observation, by hand -------------------------------------------
+def _decoding(inst: Instance, rid: int, prompt: int, output: int) -> Sequence:
+    """Admit a request and run until it decodes (its prompt prefilled in one step)."""
+    s = Sequence(req(rid, prompt, output))
+    inst.admit(s)
+    plan = inst.plan(0.0, 1)
+    assert plan is not None
+    inst.complete(plan.end_s)
+    assert s.state is SeqState.DECODE
+    return s
+
+
+def test_a_reservation_counts_the_blocks_of_the_steps_in_flight() -> None:
+    inst = make_instance(num_kv_blocks=10)
+    _decoding(inst, 0, 20, 100)  # 20 tokens in KV: 2 blocks
+    plan = inst.plan(1.0)
+    assert plan is not None and plan.num_steps > 1
+    # After the plan the request holds 20 + k tokens: what a reservation must leave room for.
+    held = -(-(20 + plan.num_steps) // 16)
+    room = 10 - held
+    assert not inst.reserve(room + 1)
+    assert inst.reserve(room)
+    assert inst.free_blocks() == 10 - 2 - room  # now: 2 blocks held, the reservation taken
+
+
+def test_reservations_hold_sequence_slots_too() -> None:
+    inst = make_instance(num_kv_blocks=40, max_num_seqs=2)
+    _decoding(inst, 0, 20, 100)
+    assert inst.reserve(1)  # 1 running + 1 reserved slot = 2
+    assert not inst.reserve(1)  # no slot left
+    assert inst.reserve(1, slot=False)
+    inst.release(1, slot=False)
+    inst.release(1)
+    with pytest.raises(InvariantError, match=r"^instance 0: releasing more than reserved$"):
+        inst.release(0)  # no slot reserved any more
+
+
+def test_a_reserved_slot_blocks_admission() -> None:
+    inst = make_instance(num_kv_blocks=40, max_num_seqs=2)
+    _decoding(inst, 0, 20, 100)
+    assert inst.reserve(1)
+    inst.admit(Sequence(req(1, 20, 5)))
+    plan = inst.plan(1.0, 1)
+    assert plan is not None and plan.chunks == ()  # the slot is promised to a migration
+
+
+def test_attach_and_detach_move_a_decoding_request_with_its_counters() -> None:
+    src, dst = make_instance(num_kv_blocks=40), make_instance(num_kv_blocks=40, instance_id=1)
+    s = _decoding(src, 0, 40, 10)
+    for _ in range(3):
+        plan = src.plan(1.0, 1)
+        assert plan is not None
+        end = plan.end_s
+        src.complete(end)
+    assert src.generated_of(s) == 4 and src.length_of(s) == 44
+    src.detach(s)
+    assert s.state is SeqState.DETACHED and s.generated_tokens == 4 and s.blocks == 0
+    assert s.resume_gap and s.last_token_s == end
+    assert src.used_blocks() == 0 and not src.has_work
+    assert dst.reserve(3)
+    dst.attach_decoding(s, 3)
+    assert s.instances == [0, 1] and s.state is SeqState.DECODE
+    assert dst.length_of(s) == 44 and dst.used_blocks() == 3  # 43 tokens in KV
+    assert dst.decode_length_stats() == (1, 44, 44)
+
+
+def test_attach_needs_a_step_boundary_and_enough_reserved_room() -> None:
+    inst = make_instance(num_kv_blocks=2)
+    s = Sequence(req(0, 40, 10))
+    s.generated_tokens = 1
+    assert inst.reserve(1)
+    with pytest.raises(InvariantError, match=r"^instance 0: KV over-allocated by attach$"):
+        inst.attach_decoding(s, 1)  # its 40 tokens need 3 blocks of the 2 there are
+    busy = make_instance(num_kv_blocks=40)
+    _decoding(busy, 0, 20, 10)
+    assert busy.plan(1.0) is not None
+    with pytest.raises(InvariantError, match=r"^instance 0: attach while a step is in flight$"):
+        busy.attach_decoding(Sequence(req(1, 5, 5)), 0)
+    with pytest.raises(InvariantError, match=r"^instance 0: plan while a step is in flight$"):
+        busy.plan(1.0)
+
+
+def test_detaching_a_queued_request_updates_the_queue_sums() -> None:
+    inst = make_instance()
+    a, b = Sequence(req(0, 40, 5)), Sequence(req(1, 100, 5))
+    inst.admit(a)
+    inst.admit(b)
+    assert inst.waiting_demand_blocks() == 3 + 7
+    assert inst.pending_prefill() == (140, (40 * 40 + 100 * 100) / 2)
+    inst.detach(a)
+    assert a.state is SeqState.DETACHED and not a.resume_gap
+    assert inst.waiting() == [b] and inst.num_waiting == 1
+    assert inst.waiting_demand_blocks() == 7
+    assert inst.pending_prefill() == (100, 100 * 100 / 2)
+    inst.check_counters()
+
+
+def test_pending_prefill_counts_the_unfinished_chunks() -> None:
+    inst = make_instance()  # budget 256
+    inst.admit(Sequence(req(0, 600, 5)))
+    plan = inst.plan(0.0, 1)
+    assert plan is not None
+    inst.complete(plan.end_s)
+    # 344 tokens left after 256 computed: pairs 344 x (256 + 344 / 2).
+    assert inst.pending_prefill() == (344, 344 * (256 + 172))
+    assert inst.waiting_demand_blocks() == 0 and inst.num_running == 1
+
+
+def test_drifted_queue_sums_are_an_invariant_error() -> None:
+    inst = make_instance()
+    inst.admit(Sequence(req(0, 40, 5)))
+    inst.check_counters()
+    inst._wait_tokens += 1
+    with pytest.raises(InvariantError, match=r"^instance 0: waiting-queue sums drifted$"):
+        inst.check_counters()
+
+
+def test_complete_without_a_plan_is_an_invariant_error() -> None:
+    inst = make_instance()
+    with pytest.raises(InvariantError, match=r"^instance 0: complete\(\) with no step in flight$"):
+        inst.complete(0.0)
+    assert inst.truncate(0.0) is None and inst.plan(0.0) is None
+
+
+def test_counters_of_a_lone_request() -> None:
+    inst = make_instance()
+    s = Sequence(req(0, 20, 5))
+    drive(inst, [s])
+    # One prefill step (its first token), then 4 decode steps.
+    assert inst.steps_run == 5
+    assert inst.output_tokens == 5 and inst.released_tokens == 25
+    assert inst.busy_s == pytest.approx(s.finish_s)
+    assert s.remaining_tokens == 0 and s.request_id == 0
+    assert repr(s) == "Sequence(id=0, state=finished, gen=5/5, computed=24)"
+
+
+def test_advance_commits_only_whole_steps() -> None:
+    inst = make_instance()
+    s = _decoding(inst, 0, 20, 50)
+    plan = inst.plan(1.0)
+    assert plan is not None and plan.num_steps == 49
+    inst.advance(plan.end_of_step_s(0) - 1e-12)  # inside step 1: nothing committed
+    assert inst.generated_of(s) == 1 and inst.plan_in_flight == plan
+    inst.advance(plan.end_of_step_s(9))  # ten steps done
+    assert inst.generated_of(s) == 11
+    rest = inst.plan_in_flight
+    assert rest is not None and rest.num_steps == 39
+    assert rest.start_s == pytest.approx(plan.end_of_step_s(9))
+    assert rest.first_step_s == pytest.approx(plan.first_step_s + 10 * plan.slope_s)
+    assert rest.end_s == pytest.approx(plan.end_s)
+    inst.advance(plan.end_s + 1.0)  # never past the last step: complete() emits it
+    last = inst.plan_in_flight
+    assert last is not None and last.num_steps == 1
+    inst.complete(last.end_s)
+    assert s.state is SeqState.FINISHED and s.finish_s == pytest.approx(plan.end_s)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_num_seqs": 0}, "--max-num-seqs must be >= 1, got 0"),
+        ({"max_num_batched_tokens": 0}, "--max-num-batched-tokens must be >= 1, got 0"),
+        ({"num_kv_blocks": 0}, "the KV cache must hold at least one block"),
+    ],
+)
+def test_instance_config_validation(overrides: dict[str, int], message: str) -> None:
+    base = {"max_num_seqs": 1, "max_num_batched_tokens": 1, "num_kv_blocks": 1}
+    with pytest.raises(ValidationError, match=f"^{message}$"):
+        InstanceConfig(**{**base, **overrides})
+    assert InstanceConfig(**base).kv_capacity_tokens == 16
+
+
+def test_instance_config_from_a_profile() -> None:
+    profile = tiny_profile(kv_capacity_tokens=4096, max_context_tokens=2048)
+    cfg = InstanceConfig.from_profile(profile)
+    assert (cfg.max_num_seqs, cfg.max_num_batched_tokens) == (16, 256)
+    assert (cfg.num_kv_blocks, cfg.block_size_tokens) == (256, 16)
+    cfg = InstanceConfig.from_profile(profile, max_num_seqs=3, max_num_batched_tokens=64)
+    assert (cfg.max_num_seqs, cfg.max_num_batched_tokens) == (3, 64)
+    assert InstanceConfig.from_profile(tiny_profile(kv_capacity_tokens=2048)).num_kv_blocks == 128
+    small = tiny_profile(kv_capacity_tokens=1024, max_context_tokens=2048)
+    with pytest.raises(ValidationError, match=r"^the KV cache \(1024 tokens\) is smaller than"):
+        InstanceConfig.from_profile(small)
