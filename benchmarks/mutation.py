@@ -61,7 +61,10 @@ MODULES: dict[str, Module] = {
         sources=("src/l4/agents/*.py",),
         tests=tuple(
             f"tests/agents/test_{t}.py"
-            for t in ("agent", "bus", "leaders", "load", "observer", "refinement", "stages")
+            for t in (
+                *("agent", "bus", "leaders", "load", "observer", "refinement", "stages"),
+                "runtime_decisions",
+            )
         ),
     ),
     "sim/capacity.py": Module(
