@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -91,6 +93,36 @@ for meta in sorted(Path("mutants").rglob("*.py.meta")):
         out[name] = {"file": str(path), "status": status, "diff": diff}
 json.dump(out, sys.stdout)
 """
+
+
+# Run inside the scratch copy: generate the mutants (as `mutmut run` does first), list their names.
+_GENERATE = """
+import json, sys
+from pathlib import Path
+from mutmut import __main__ as m
+from mutmut.mutation.data import SourceFileMutationData
+m.set_mutant_under_test("mutant_generation")
+Path("mutants").mkdir(exist_ok=True)
+m.copy_src_dir()
+m.copy_also_copy_files()
+m.setup_source_paths()
+m.store_lines_covered_by_tests()
+m.create_mutants(1)
+names = []
+for meta in sorted(Path("mutants").rglob("*.py.meta")):
+    data = SourceFileMutationData(path=meta.with_suffix("").relative_to("mutants"))
+    data.load()
+    names += sorted(data.exit_code_by_key)
+json.dump(names, sys.stdout)
+"""
+
+
+def generate(work: Path) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _GENERATE], cwd=work, check=True, capture_output=True, text=True
+    )
+    names: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return names
 
 
 def ensure_mutmut() -> str:
@@ -214,20 +246,33 @@ def match_equivalent(
 
 # ---- one module -----------------------------------------------------------------------------
 def measure(
-    name: str, module: Module, *, keep: bool, max_children: int, niceness: int
+    name: str,
+    module: Module,
+    *,
+    keep: bool,
+    max_children: int,
+    niceness: int,
+    sample: int,
+    seed: int,
 ) -> dict[str, Any]:
     work = prepare(name, module, keep=keep)
     t0 = time.monotonic()
     previous = read_results(work) if keep and (work / "mutants").exists() else {}
-    # mutmut tests every mutant without a result (all of them in a fresh copy; after a source
-    # change, those of the changed functions); --again then re-checks the ones not killed.
-    run_mutmut(work, [], max_children, niceness)
-    current = read_results(work) if previous else {}
-    again = [m for m, r in current.items() if r["status"] not in KILLED and m in previous]
+    population = generate(work)
+    chosen = sorted(random.Random(seed).sample(population, min(sample, len(population))))
+    if sample <= 0 or sample >= len(population):
+        chosen = population
+    # mutmut tests the chosen mutants without a result (all of them in a fresh copy); --again
+    # then re-checks the ones not killed (after new tests).
+    todo = [m for m in chosen if m not in previous or previous[m]["status"] == "not checked"]
+    if todo:
+        run_mutmut(work, todo, max_children, niceness)
+    again = [m for m in chosen if m in previous and previous[m]["status"] not in KILLED]
+    again = [m for m in again if previous[m]["status"] != "not checked"]
     if again:
         run_mutmut(work, again, max_children, niceness)
     wall_s = time.monotonic() - t0
-    results = read_results(work)
+    results = {m: r for m, r in read_results(work).items() if m in set(chosen)}
     entries = load_equivalent()
     counts = {"killed": 0, "total": len(results), "equivalent": 0}
     by_status: dict[str, int] = {}
@@ -247,13 +292,19 @@ def measure(
             survivors.append(row)
     scored = counts["total"] - counts["equivalent"]
     score = counts["killed"] / scored if scored else 1.0
+    low, high = wilson(counts["killed"], scored)
     print(
-        f"{name}: {counts['killed']}/{scored} killed ({score:.1%}), "
-        f"{counts['equivalent']} equivalent, {len(survivors)} not killed, {wall_s:.0f} s"
+        f"{name}: {counts['killed']}/{scored} killed ({score:.1%}, 95% {low:.1%}-{high:.1%}), "
+        f"{counts['equivalent']} equivalent, {len(survivors)} not killed, of {len(population)} "
+        f"mutants, {wall_s:.0f} s"
     )
     return {
         **counts,
         "score": score,
+        "score_95": [low, high],
+        "population": len(population),
+        "sampled": len(chosen) < len(population),
+        "sample_seed": seed,
         "commit": git_commit(),
         "by_status": by_status,
         "tests": list(module.tests),
@@ -262,6 +313,17 @@ def measure(
         "survivors": survivors,
         "equivalent_mutants": equivalent,
     }
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a proportion k / n (the score of a random sample of mutants)."""
+    if n == 0:
+        return 0.0, 1.0
+    z = 1.959964
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -278,6 +340,16 @@ def git_commit() -> str:
     return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
+def _population(m: dict[str, Any]) -> str:
+    total = m.get("population", m["total"])
+    return f"{total} ({m['total']})" if m.get("sampled") else str(total)
+
+
+def _score(m: dict[str, Any]) -> str:
+    low, high = m.get("score_95", (m["score"], m["score"]))
+    return f"{m['score']:.1%} [{low:.0%}–{high:.0%}]"
+
+
 def markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     lines = [
@@ -289,13 +361,18 @@ def markdown(report: dict[str, Any]) -> str:
         "`benchmarks/mutation_equivalent.toml`; score = killed / (total - equivalent). "
         f"Target: >= {TARGET:.0%} per module.",
         "",
-        "| module | commit | mutants | killed | equivalent | not killed | score | tests | wall |",
+        "A module measured on a random sample of its mutants (``--sample N``: the machine is "
+        "shared and a full run takes hours) gives the score of the sample with its 95% Wilson "
+        "interval.",
+        "",
+        "| module | commit | mutants (sample) | killed | equivalent | not killed | score [95%] "
+        "| tests | wall |",
         "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name, m in report["modules"].items():
         lines.append(
-            f"| `{name}` | `{m['commit']}` | {m['total']} | {m['killed']} | {m['equivalent']} | "
-            f"{len(m['survivors'])} | {m['score']:.1%} | {', '.join(m['tests'])} | "
+            f"| `{name}` | `{m['commit']}` | {_population(m)} | {m['killed']} | "
+            f"{m['equivalent']} | {len(m['survivors'])} | {_score(m)} | {', '.join(m['tests'])} | "
             f"{m['wall_s']:.0f} s |"
         )
     for name, m in report["modules"].items():
@@ -327,13 +404,27 @@ def main() -> None:
         action="store_true",
         help="keep earlier results and re-check only the mutants not killed (after new tests)",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="test a random sample of N mutants per module (0: all); the score then comes with "
+        "its 95%% interval",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     version = ensure_mutmut()
     names = args.module or list(MODULES)
     modules = {
         n: measure(
-            n, MODULES[n], keep=args.again, max_children=args.max_children, niceness=args.nice
+            n,
+            MODULES[n],
+            keep=args.again,
+            max_children=args.max_children,
+            niceness=args.nice,
+            sample=args.sample,
+            seed=args.seed,
         )
         for n in names
     }
