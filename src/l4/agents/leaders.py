@@ -149,7 +149,7 @@ def propose_plan(
     """The coordinator's new plan, or None when none is feasible or predicted at least
     ``min_gain`` better than ``table`` (a re-plan drains instances: it must be worth it)."""
     grid = summary.grid
-    costs = model.cost_table(summary, len(table.stage_of_instance))
+    costs = model.cost_table(summary, table.num_serving)
     new_cost, segments, feasible = plan_from_costs(grid, costs)
     if not feasible or not new_cost < plan_cost(costs, grid, table) * (1.0 - min_gain):
         return None
@@ -158,4 +158,5 @@ def propose_plan(
         boundaries_tokens=tuple(grid.edges_tokens[j] for _, j, _ in segments[:-1]),
         stage_of_instance=reassign(table, [n for _, _, n in segments]),
         sender=sender,
+        out=table.out,
     )

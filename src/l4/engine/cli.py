@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from l4.costmodel.profile import available_profiles, load_profile
+from l4.cliargs import add_profile_options
+from l4.costmodel.profile import load_profile
 from l4.engine.faults import FaultConfig
 from l4.engine.server import EngineConfig
 from l4.engine.serving import EngineServer
@@ -43,12 +45,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=int,
         help="port of instance 0; instance i uses base + i; 0: any free port each (printed)",
     )
-    p.add_argument(
-        "--profile",
-        default=DEFAULT_PROFILE,
-        help=f"calibration profile ({', '.join(available_profiles())}) or a profile JSON path "
-        "(default: %(default)s)",
-    )
+    add_profile_options(p, default=DEFAULT_PROFILE, environ=os.environ)
     p.add_argument(
         "--time-scale",
         type=float,
@@ -148,7 +145,9 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
         # Base 0: the OS picks a free port for each instance (no race between choosing and binding).
         step = 1 if args.base_port else 0
         ports = [args.base_port + step * i for i in range(args.instances)]
-    profile = load_profile(args.profile).with_overrides(kv_capacity_tokens=args.kv_capacity_tokens)
+    profile = load_profile(args.profile, user_dir=args.profiles_dir).with_overrides(
+        kv_capacity_tokens=args.kv_capacity_tokens
+    )
     icfg = InstanceConfig.from_profile(
         profile,
         max_num_seqs=args.max_num_seqs,

@@ -137,7 +137,10 @@ class Llumnix:
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         best_i, best = 0, -math.inf
         for i in range(self._n):
-            f = self.dispatch_freeness(cluster.instance(i))
+            inst = cluster.instance(i)
+            if not inst.available:
+                continue  # out of service (behind the gateway)
+            f = self.dispatch_freeness(inst)
             if f > best:  # ties go to the lowest id, as a stable sort would
                 best, best_i = f, i
         return best_i
@@ -174,7 +177,7 @@ class Llumnix:
             killed = self.killed(inst)
             if killed > 0 or f < threshold:
                 srcs.append((f, i))
-            elif f > threshold:
+            elif f > threshold and inst.available:
                 dsts.append((-f, i))
         srcs.sort()
         dsts.sort()
