@@ -38,6 +38,7 @@ class FakeView:
     waiting_demand: int = 0
     released_tokens: int = 0
     kv_usage: float = 0.0
+    available: bool = True
     pending: tuple[int, float] = (0, 0.0)  # (tokens, attention pairs) still to prefill
     lengths: dict[int, int] = field(default_factory=dict)
     run: list[Sequence] = field(default_factory=list)
