@@ -63,7 +63,7 @@ COMMANDS = (
     Command(
         doc="README.md",
         text="l4 simulate --trace mooncake --profile h100-llama-3.1-8b --instances 16 "
-        "--policies round_robin,least_load --rate-scale 6 --out out/run1",
+        "--policies round_robin,least_load --rate-scale 3 --out out/run1",
         extra=("--num-requests", "200", "--out", "{out}/run1"),
     ),
     Command(
@@ -257,6 +257,11 @@ COMMANDS = (
         text="l4 calibrate-alpha --csv out/profile-attention/llama-3.1-8b_skew.csv "
         "--profile h100-llama-3.1-8b",
         skip=f"reads the CSV of a GPU run; {GPU}",
+    ),
+    Command(
+        doc="README.md",
+        text="python benchmarks/mutation.py [--sample N]",
+        skip="minutes of CPU per module and needs mutmut, which the test suite does not install",
     ),
     Command(
         doc="docs/benchmarks/mutation.md",
