@@ -38,16 +38,16 @@ ENGINE_SUBCOMMANDS = (
 GPU = "needs a CUDA GPU; the CPU path of the same command is tests/profiler/test_profile_cli.py"
 # Tiny experiment suite: one scenario, 5 s of arrivals, no capacity search, no cache.
 TINY_SUITE = (
-    "--seeds", "1", "--duration", "5", "--no-capacity", "--scenarios", "azure-conv-8b",
-    "--policies", "round_robin", "--jobs", "1", "--no-cache", "--out", "{out}/results.md",
-)  # fmt: skip
+    "--seeds 1 --duration 5 --no-capacity --scenarios azure-conv-8b --policies round_robin "
+    "--jobs 1 --no-cache --out {out}/results.md"
+)
 
 
 @dataclass(frozen=True)
 class Command:
     doc: str  # path under the repository root
     text: str  # as the document writes it (whitespace collapsed)
-    extra: tuple[str, ...] = ()  # appended: smaller, and outputs under {out}
+    extra: str = ""  # appended options: smaller, and outputs under {out}
     subst: dict[str, str] = field(default_factory=dict)  # placeholders of the text
     skip: str = ""  # why it does not run here
     xfail: str = ""  # known broken (strict: the fix must remove the mark)
@@ -59,18 +59,18 @@ class Command:
 
 
 COMMANDS = (
-    Command(doc="README.md", text="python3 -m l4 simulate", extra=("--num-requests", "200")),
+    Command(doc="README.md", text="python3 -m l4 simulate", extra="--num-requests 200"),
     Command(
         doc="README.md",
         text="l4 simulate --trace mooncake --profile h100-llama-3.1-8b --instances 16 "
         "--policies round_robin,least_load --rate-scale 3 --out out/run1",
-        extra=("--num-requests", "200", "--out", "{out}/run1"),
+        extra="--num-requests 200 --out {out}/run1",
     ),
     Command(
         doc="README.md",
         text="l4 capacity --trace azure-conv --instances 4 --policies least_load "
         "--json out/cap.json",
-        extra=("--num-requests", "100", "--iterations", "2", "--json", "{out}/cap.json"),
+        extra="--num-requests 100 --iterations 2 --json {out}/cap.json",
     ),
     Command(
         doc="README.md",
@@ -79,19 +79,19 @@ COMMANDS = (
     Command(
         doc="README.md",
         text="l4 engine --port 8000 --profile h100-llama-3.1-8b",
-        extra=("--port", "0"),
+        extra="--port 0",
         engine=True,
     ),
     Command(
         doc="docs/engine.md",
         text="l4 engine --port 8001 --profile h100-llama-3.2-3b --time-scale 10",
-        extra=("--port", "0"),
+        extra="--port 0",
         engine=True,
     ),
     Command(
         doc="docs/engine.md",
         text="l4 engine --instances 4 --base-port 8001 --profile h100-llama-3.1-8b --seed 1",
-        extra=("--base-port", "0"),
+        extra="--base-port 0",
         engine=True,
     ),
     Command(
@@ -99,49 +99,40 @@ COMMANDS = (
         text="l4 simulate --policies round_robin,least_load,llumnix,length_buckets "
         "--rate-scale S [--migration M]",
         subst={"S": "4", "[--migration M]": "--migration replay"},
-        extra=("--num-requests", "200"),
+        extra="--num-requests 200",
     ),
     Command(
         doc="README.md",
         text="python benchmarks/sim_speed.py",
-        extra=("--num-requests", "200", "--repeats", "1", "--out", "{out}"),
+        extra="--num-requests 200 --repeats 1 --out {out}",
     ),
     Command(
         doc="docs/benchmarks/sim_speed.md",
         text="python benchmarks/sim_speed.py --repeats 3",
-        extra=(
-            "--num-requests",
-            "100",
-            "--repeats",
-            "1",
-            "--policies",
-            "round_robin",
-            "--out",
-            "{out}",
-        ),
+        extra="--num-requests 100 --repeats 1 --policies round_robin --out {out}",
     ),
     Command(
         doc="README.md",
         text="python benchmarks/planner_speed.py",
-        extra=("--repeats", "1", "--sizes", "16", "--out", "{out}"),
+        extra="--repeats 1 --sizes 16 --out {out}",
     ),
     Command(
         doc="README.md",
         text="python benchmarks/validate_single_instance.py",
-        extra=("--out", "{out}/validation.json"),
+        extra="--out {out}/validation.json",
         xfail="crashes (ValidationError: no arrival rate), issue 13; the lead fixes it on main",
     ),
     Command(
         doc="docs/validation.md",
         text="python benchmarks/validate_single_instance.py",
-        extra=("--out", "{out}/validation.json"),
+        extra="--out {out}/validation.json",
         xfail="crashes (ValidationError: no arrival rate), issue 13; the lead fixes it on main",
     ),
     Command(
         doc="README.md",
         text="python benchmarks/experiments.py [--quick]",
         subst={"[--quick]": "--quick"},
-        extra=(*TINY_SUITE, "--policies", "round_robin,l4"),
+        extra=f"{TINY_SUITE} --policies round_robin,l4",
     ),
     Command(
         doc="docs/l4.md",
@@ -156,84 +147,32 @@ COMMANDS = (
     Command(
         doc="README.md",
         text="python benchmarks/effects.py",
-        extra=(
-            "--trace",
-            "azure-conv",
-            "--profile",
-            "h100-llama-3.1-8b",
-            "--instances",
-            "2",
-            "--rate-scales",
-            "2",
-            "--duration",
-            "10",
-            "--windows",
-            "1",
-            "--jobs",
-            "1",
-            "--out",
-            "{out}/effects.md",
-        ),
+        extra="--trace azure-conv --profile h100-llama-3.1-8b --instances 2 --rate-scales 2 "
+        "--duration 10 --windows 1 --jobs 1 --out {out}/effects.md",
     ),
     Command(
         doc="docs/benchmarks/effects.md",
         text="python benchmarks/effects.py --trace mooncake --profile h100-llama-3.2-3b "
         "--instances 16 --rate-scales 2,4 --duration 300 --windows 3",
-        extra=(
-            "--instances",
-            "4",
-            "--rate-scales",
-            "4",
-            "--duration",
-            "10",
-            "--windows",
-            "1",
-            "--jobs",
-            "1",
-            "--out",
-            "{out}/effects.md",
-        ),
+        extra="--instances 4 --rate-scales 4 --duration 10 --windows 1 --jobs 1 "
+        "--out {out}/effects.md",
     ),
     Command(
         doc="README.md",
         text="python benchmarks/engine_fidelity.py",
-        extra=("--num-requests", "4", "--time-scales", "20", "--out", "{out}"),
+        extra="--num-requests 4 --time-scales 20 --out {out}",
     ),
     Command(
         doc="README.md",
         text="python benchmarks/engine_load.py",
-        extra=(
-            "--streams",
-            "4",
-            "--time-scales",
-            "10",
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "16",
-            "--repeats",
-            "1",
-            "--out",
-            "{out}",
-        ),
+        extra="--streams 4 --time-scales 10 --input-tokens 16 --output-tokens 16 --repeats 1 "
+        "--out {out}",
     ),
     Command(
         doc="docs/engine.md",
         text="python benchmarks/engine_load.py --repeats 3",
-        extra=(
-            "--streams",
-            "2",
-            "--time-scales",
-            "10",
-            "--input-tokens",
-            "16",
-            "--output-tokens",
-            "8",
-            "--repeats",
-            "1",
-            "--out",
-            "{out}",
-        ),
+        extra="--streams 2 --time-scales 10 --input-tokens 16 --output-tokens 8 --repeats 1 "
+        "--out {out}",
     ),
     Command(doc="README.md", text="python tools/calibrate_profiles.py --check"),
     Command(
@@ -279,7 +218,7 @@ def _argv(cmd: Command, out: Path) -> list[str]:
     text = cmd.text
     for key, value in cmd.subst.items():
         text = text.replace(key, value)
-    words = shlex.split(text) + [w.replace("{out}", str(out)) for w in cmd.extra]
+    words = shlex.split(text) + shlex.split(cmd.extra.replace("{out}", str(out)))
     if words[0] in ("python", "python3"):
         script = words[1]
         if script.startswith(("benchmarks/", "tools/")):
