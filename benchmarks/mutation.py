@@ -255,6 +255,7 @@ def measure(
     sample: int,
     seed: int,
 ) -> dict[str, Any]:
+    commit = git_commit()  # what the scratch copy is made of
     work = prepare(name, module, keep=keep)
     t0 = time.monotonic()
     previous = read_results(work) if keep and (work / "mutants").exists() else {}
@@ -305,7 +306,7 @@ def measure(
         "population": len(population),
         "sampled": len(chosen) < len(population),
         "sample_seed": seed,
-        "commit": git_commit(),
+        "commit": commit,
         "by_status": by_status,
         "tests": list(module.tests),
         "wall_s": wall_s,
