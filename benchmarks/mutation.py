@@ -65,7 +65,7 @@ MODULES: dict[str, Module] = {
             f"tests/agents/test_{t}.py"
             for t in (
                 *("agent", "bus", "leaders", "load", "observer", "refinement", "stages"),
-                "runtime_decisions",
+                *("runtime_decisions", "membership"),
             )
         ),
     ),

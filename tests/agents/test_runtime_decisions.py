@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from agent_factories import FakeCluster, FakeView, seq
 from factories import req, tiny_profile
 from l4.agents.agent import AgentConfig
@@ -15,6 +17,7 @@ from l4.agents.refinement import RefinementConfig
 from l4.agents.runtime import L4Config, L4Runtime
 from l4.agents.stages import StageTable
 from l4.costmodel import StepCostModel
+from l4.errors import ValidationError
 from l4.instance import InstanceConfig
 from l4.instance.sequence import SeqState
 from l4.views import PolicyContext
@@ -204,3 +207,31 @@ def test_the_coordinator_adopts_the_plan_the_dp_proposes_from_the_reports() -> N
     moved = [a for a in policy.agents if a.stage != 0]
     assert moved and all(a.draining for a in moved)
     assert all(s.state is SeqState.DECODE for v in cluster.views.values() for s in v.run)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"replan_period_s": 0.0}, "re-plan period must be > 0 s"),
+        ({"replan_min_gain": -0.1}, r"re-plan gain must lie in \[0, 1\)"),
+        ({"replan_min_gain": 1.0}, r"re-plan gain must lie in \[0, 1\)"),
+        ({"staged": False}, r"one stage \(staged=False\) neither refines nor re-plans"),
+        ({"staged": False, "refine": False}, r"one stage \(staged=False\) neither"),
+    ],
+)
+def test_l4_config_is_validated(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=f"^{message}"):
+        L4Config(**bad)  # type: ignore[arg-type]
+    L4Config(staged=False, refine=False, replan=False)
+    L4Config(replan_min_gain=0.0, replan_period_s=0.5)
+
+
+def test_a_moved_request_is_noted_by_its_destinations_observer() -> None:
+    policy, cluster = _runtime(TWO)
+    s = seq(1, 150)
+    policy.note_incoming(s, 2, 150, 0.5)
+    policy.agents[2].observer.close(cluster.views[2], 0.5)  # opened at the note
+    s.instances.append(2)
+    cluster.views[2].add(s, 170)
+    window = policy.agents[2].observer.close(cluster.views[2], 1.5)
+    assert window is not None and window.decode_steps.sum() == 20
