@@ -11,7 +11,7 @@ import pytest
 from agent_factories import FakeCluster, FakeView, seq
 from factories import req, tiny_profile
 from l4.agents.agent import AgentConfig
-from l4.agents.leaders import combine_reports, propose_plan
+from l4.agents.leaders import boundary_target, combine_reports, propose_plan
 from l4.agents.messages import FRONT, Bid, BoundaryMove, LengthReport, Message, PlanUpdate
 from l4.agents.refinement import RefinementConfig
 from l4.agents.runtime import L4Config, L4Runtime
@@ -115,9 +115,12 @@ def test_a_boundary_move_of_the_plan_in_force_is_applied_and_counted() -> None:
     policy, _ = _runtime(TWO)
     _to_front(policy, BoundaryMove(index=1, tokens=150, version=0, sender=0))
     assert policy.table.boundaries_tokens == (150,) and policy.boundary_moves == 1
+    _to_front(policy, BoundaryMove(index=1, tokens=160, version=0, sender=0))
+    _to_front(policy, BoundaryMove(index=1, tokens=150, version=0, sender=0))
+    assert policy.boundary_moves == 3
     _to_front(policy, BoundaryMove(index=1, tokens=120, version=3, sender=0))  # stale plan
     _to_front(policy, BoundaryMove(index=2, tokens=300, version=0, sender=0))  # no such bound
-    assert policy.table.boundaries_tokens == (150,) and policy.boundary_moves == 1
+    assert policy.table.boundaries_tokens == (150,) and policy.boundary_moves == 3
 
 
 def test_a_plan_update_replaces_the_table_and_counts_a_replan() -> None:
@@ -129,6 +132,8 @@ def test_a_plan_update_replaces_the_table_and_counts_a_replan() -> None:
     )
     assert policy.replans == 1
     assert policy.stats()["replans"] == 1 and policy.stats()["stages"] == 2
+    _to_front(policy, replace(update, version=2))
+    assert policy.replans == 2 and policy.table.version == 2
 
 
 # ---- windows, reports and the coordinator --------------------------------------------------------
@@ -235,3 +240,47 @@ def test_a_moved_request_is_noted_by_its_destinations_observer() -> None:
     cluster.views[2].add(s, 170)
     window = policy.agents[2].observer.close(cluster.views[2], 1.5)
     assert window is not None and window.decode_steps.sum() == 20
+
+
+def test_a_leader_moves_its_boundary_to_the_rules_target_for_the_reports_it_got() -> None:
+    # Every request sits far above the boundary at 64 tokens: stage 0 idles, refinement walks the
+    # boundary up by one grid step (max_grid_steps = 1) once windows with decode steps arrive.
+    views = {}
+    for i in range(3):
+        v = FakeView(i)
+        for k in range(10):
+            length = 300 + 30 * k if i == 0 else 1500 + k
+            v.add(seq(100 * i + k, length), length).instances.append(i)
+        views[f"v{i}"] = v
+    table = StageTable(boundaries_tokens=(64,), stage_of_instance=(0, 1, 1))
+    policy, cluster = _runtime(table, replace(CONFIG, replan=False), **views)
+    for now in (0.0, 0.5, 1.0):  # open, first window (requests seen), second (decode steps)
+        for v in cluster.views.values():
+            for s in v.run:
+                v.lengths[s.request_id] += 20
+        policy.on_tick(cluster, now)
+    leader = policy.agents[0]
+    reports = [leader.reports[i] for i in range(3)]
+    assert all(r.sent_s == 1.0 for r in reports)
+    summary = combine_reports(policy.grid, reports, arrival_batch_excess=0.0)
+    assert summary is not None
+    target = boundary_target(
+        summary, policy.model, table, 1, rule=CONFIG.rule, config=CONFIG.refinement,
+        requests_seen=sum(r.requests_seen for r in reports),
+    )  # fmt: skip
+    assert target is not None and policy.grid.edges_tokens[target] == 76
+    assert policy.boundary_moves == 1 and policy.table.boundaries_tokens == (76,)
+    assert all(a.table == policy.table for a in policy.agents)
+
+
+def test_agents_act_on_the_tick_time() -> None:
+    v0 = FakeView(0)
+    v0.add(seq(1, 150), 150)  # past stage 0's bound: cascades at the tick
+    policy, cluster = _runtime(TWO, v0=v0)
+    policy.on_tick(cluster, 0.25)
+    assert cluster.moves == [(1, 0, 1, "cascade")]
+    assert policy.stats()["agent_events"] == {  # type: ignore[comparison-overlap]
+        "asks_cascade": 1,
+        "bids": 2,
+        "moved_cascade_decode": 1,
+    }
