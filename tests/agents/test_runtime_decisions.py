@@ -9,14 +9,15 @@ from dataclasses import replace
 import pytest
 
 from agent_factories import FakeCluster, FakeView, seq
-from factories import req, tiny_profile
+from factories import log_uniform_summary, req, tiny_profile
 from l4.agents.agent import AgentConfig
 from l4.agents.leaders import boundary_target, combine_reports, propose_plan
 from l4.agents.messages import FRONT, Bid, BoundaryMove, LengthReport, Message, PlanUpdate
-from l4.agents.refinement import RefinementConfig
+from l4.agents.refinement import BoundaryRule, RefinementConfig
 from l4.agents.runtime import L4Config, L4Runtime
 from l4.agents.stages import StageTable
-from l4.costmodel import StepCostModel
+from l4.core.grid import exponential_grid
+from l4.costmodel import StepCostModel, load_profile
 from l4.errors import ValidationError
 from l4.instance import InstanceConfig
 from l4.instance.sequence import SeqState
@@ -284,3 +285,33 @@ def test_agents_act_on_the_tick_time() -> None:
         "bids": 2,
         "moved_cascade_decode": 1,
     }
+
+
+def test_count_and_memory_ablations_place_their_own_initial_boundaries() -> None:
+    # test_leaders.py's log-uniform workload on 8 x H100: the DP splits it into stages.
+    h100 = load_profile("h100-llama-3.2-3b")
+    grid = exponential_grid(h100.model.max_context_tokens)
+    summary = log_uniform_summary(grid, 3, rate=1.0)
+    ctx = PolicyContext(
+        num_instances=8,
+        profile=h100,
+        cost=StepCostModel(h100),
+        instance_config=InstanceConfig.from_profile(h100),
+        seed=0,
+        workload=summary,
+    )
+    qoe = L4Runtime(ctx, CONFIG)
+    for rule in (BoundaryRule.COUNT, BoundaryRule.MEMORY):
+        policy = L4Runtime(ctx, replace(CONFIG, rule=rule))
+        expected = qoe.table
+        for k in range(1, expected.num_stages):
+            target = boundary_target(
+                summary, qoe.model, expected, k, rule=rule, config=CONFIG.refinement,
+                requests_seen=0, unlimited=True,
+            )  # fmt: skip
+            if target is not None:
+                expected = expected.with_move(k, grid.edges_tokens[target]) or expected
+        assert policy.table == expected
+        assert policy.table.stage_of_instance == qoe.table.stage_of_instance
+        assert policy.table != qoe.table  # the rule moved a boundary
+    assert qoe.table.num_stages > 1
