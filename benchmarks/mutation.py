@@ -362,9 +362,10 @@ def markdown(report: dict[str, Any]) -> str:
         "`benchmarks/mutation_equivalent.toml`; score = killed / (total - equivalent). "
         f"Target: >= {TARGET:.0%} per module.",
         "",
-        "A module measured on a random sample of its mutants (``--sample N``: the machine is "
+        "A module measured on a random sample of its mutants (`--sample N`: the machine is "
         "shared and a full run takes hours) gives the score of the sample with its 95% Wilson "
-        "interval.",
+        "interval. Commit: the tree the scratch copy was made of (after `--again`, the one the "
+        "survivors were re-checked at).",
         "",
         "| module | commit | mutants (sample) | killed | equivalent | not killed | score [95%] "
         "| tests | wall |",
