@@ -246,6 +246,7 @@ def test_attach_and_detach_move_a_decoding_request_with_its_counters() -> None:
     assert src.generated_of(s) == 4 and src.length_of(s) == 44
     src.detach(s)
     assert s.state is SeqState.DETACHED and s.generated_tokens == 4 and s.blocks == 0
+    assert s.computed_tokens == 0  # its KV stays behind until the copy lands
     assert s.resume_gap and s.last_token_s == end
     assert src.used_blocks() == 0 and not src.has_work
     assert dst.reserve(3)
@@ -372,3 +373,17 @@ def test_instance_config_from_a_profile() -> None:
     small = tiny_profile(kv_capacity_tokens=1024, max_context_tokens=2048)
     with pytest.raises(ValidationError, match=r"^the KV cache \(1024 tokens\) is smaller than"):
         InstanceConfig.from_profile(small)
+
+
+def test_an_idle_instance_reports_no_decodes() -> None:
+    inst = make_instance()
+    assert inst.decode_length_stats() == (0, 0, 0)
+    assert inst.pending_prefill() == (0, 0.0) and inst.kv_usage == 0.0
+
+
+def test_the_decode_set_lists_its_members_in_order() -> None:
+    inst = make_instance()
+    a, b = _decoding(inst, 0, 20, 50), _decoding(inst, 1, 30, 50)
+    assert inst._decode.members() == [a, b]
+    # a decoded one step while b prefilled: contexts 22 and 31.
+    assert inst.decode_length_stats() == (2, 22 + 31, 31)
