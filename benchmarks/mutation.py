@@ -158,6 +158,9 @@ def prepare(name: str, module: Module, *, keep: bool) -> Path:
             f"pytest_add_cli_args_test_selection = {_toml_list(list(module.tests))}",
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "--hypothesis-seed=0"]',
             "use_git_change_detection = false",
+            # CPU seconds per mutant: 4 x (its tests' time + 1 s), twice, not mutmut's 15 x: on a
+            # shared machine a mutant stuck in a loop otherwise holds a worker for many minutes.
+            "timeout_multiplier = 4.0",
             "",
         ]
     )
