@@ -8,6 +8,7 @@ from factories import make_instance, req, tiny_profile
 from l4.errors import InvariantError, ValidationError
 from l4.instance import Instance, InstanceConfig, SeqState, Sequence
 from l4.instance.engine import StepPlan, StepResult
+from l4.metrics import ItlRecorder
 
 
 def drive(inst: Instance, seqs: list[Sequence], *, max_steps: int = 1 << 62) -> list[StepResult]:
@@ -387,3 +388,67 @@ def test_the_decode_set_lists_its_members_in_order() -> None:
     assert inst._decode.members() == [a, b]
     # a decoded one step while b prefilled: contexts 22 and 31.
     assert inst.decode_length_stats() == (2, 22 + 31, 31)
+
+
+def test_a_new_sequence_is_detached_and_holds_nothing() -> None:
+    s = Sequence(req(3, 10, 5))
+    assert s.state is SeqState.DETACHED and s.blocks == 0 and s.migrations == 0
+    assert s.generated_tokens == s.computed_tokens == s.preemptions == 0
+    assert s.first_token_s is None and s.instances == [] and not s.resume_gap
+
+
+def _migrated_in(inst: Instance, rid: int, prompt: int, generated: int, last_s: float) -> Sequence:
+    s = Sequence(req(rid, prompt, 100))
+    s.generated_tokens = generated
+    s.last_token_s = last_s
+    blocks = -(-(prompt + generated - 1) // 16)
+    assert inst.reserve(blocks)
+    inst.attach_decoding(s, blocks)
+    return s
+
+
+def test_decodes_that_use_the_whole_budget_leave_no_chunk() -> None:
+    # Budget 2 tokens: two decodes take both; the prompt being prefilled waits (no empty chunk).
+    inst = make_instance(max_num_batched_tokens=2)
+    c = Sequence(req(0, 100, 5))
+    inst.admit(c)
+    plan = inst.plan(0.0, 1)
+    assert plan is not None and plan.chunks == ((c, 2),)
+    inst.complete(plan.end_s)
+    _migrated_in(inst, 1, 20, 1, plan.end_s)
+    _migrated_in(inst, 2, 20, 1, plan.end_s)
+    plan = inst.plan(plan.end_s, 1)
+    assert plan is not None and plan.chunks == () and plan.num_decodes == 2
+
+
+def test_requests_finishing_in_one_step_come_out_in_admission_order() -> None:
+    inst = make_instance()
+    seqs = [Sequence(req(i, 10, 3)) for i in (5, 3, 9)]
+    results = drive(inst, seqs)
+    assert list(results[-1].finished) == seqs
+
+
+def test_gaps_of_migrated_requests_and_runs_of_the_others_reach_the_sink() -> None:
+    itl = ItlRecorder()
+    inst = make_instance()
+    inst._sink = itl
+    d = _decoding(inst, 0, 20, 100)
+    start = d.last_token_s
+    assert start is not None
+    itl.__init__()  # type: ignore[misc]  # keep only what follows
+    m = _migrated_in(inst, 1, 40, 5, start - 0.5)  # its last token came 0.5 s earlier elsewhere
+    plan = inst.plan(start)
+    assert plan is not None and plan.num_steps > 2 and plan.num_decodes == 2
+    inst.complete(plan.end_s)
+    values, weights = itl.samples()
+    first_end = plan.end_of_step_s(0)
+    k = plan.num_steps
+    # d: its first step alone (1 gap), then both for the remaining k - 1 steps; m: one gap across
+    # the migration, from its last token elsewhere to the end of its first step here.
+    expected = [(plan.first_step_s, 1)]
+    expected += [(plan.first_step_s + j * plan.slope_s, 2) for j in range(1, k)]
+    expected += [(first_end - (start - 0.5), 1)]
+    assert len(values) == len(expected)
+    for (v, w), (ev, ew) in zip(zip(values, weights, strict=True), expected, strict=True):
+        assert v == pytest.approx(ev, rel=1e-12) and w == ew
+    assert m.state is SeqState.FINISHED and m.finish_s == plan.end_s  # the plan ran to it
