@@ -268,13 +268,14 @@ def measure(
         chosen = population
     # mutmut tests the chosen mutants without a result (all of them in a fresh copy); --again
     # then re-checks the ones not killed (after new tests).
-    todo = [m for m in chosen if m not in previous or previous[m]["status"] == "not checked"]
+    todo = [m for m in chosen if m not in previous or previous[m]["status"] not in KILLED]
     if todo:
         run_mutmut(work, todo, max_children, niceness)
-    again = [m for m in chosen if m in previous and previous[m]["status"] not in KILLED]
-    again = [m for m in again if previous[m]["status"] != "not checked"]
-    if again:
-        run_mutmut(work, again, max_children, niceness)
+    # mutmut forgets results when the test selection or its settings change: test those again.
+    current = read_results(work)
+    lost = [m for m in chosen if current.get(m, {}).get("status", "not checked") == "not checked"]
+    if lost:
+        run_mutmut(work, lost, max_children, niceness)
     wall_s = time.monotonic() - t0
     results = {m: r for m, r in read_results(work).items() if m in set(chosen)}
     entries = load_equivalent()
