@@ -195,3 +195,15 @@ def test_bad_instance_count() -> None:
     s = summarize_lengths(TINY_GRID, input_tokens=[10], output_tokens=[5], duration_s=1)
     with pytest.raises(ValidationError):
         plan_stages(s, StageModel(tiny_profile()), 0)
+
+
+def test_plan_document_of_a_feasible_plan() -> None:
+    s = summarize_lengths(TINY_GRID, input_tokens=[100, 900], output_tokens=[50, 50], duration_s=1)
+    plan = plan_stages(s, StageModel(tiny_profile()), 2, timer=lambda: 0.0)
+    doc = plan.to_dict()
+    assert plan.feasible and doc["cost"] == plan.cost and doc["planning_time_s"] == 0.0
+    stages = doc["stages"]
+    assert isinstance(stages, list) and len(stages) == len(plan.stages)
+    assert stages[0]["lo_tokens"] == 0 and stages[-1]["hi_tokens"] is None
+    assert sum(st_["instances"] for st_ in stages) == 2
+    assert all(st_["ttft_s"] == p.ttft_s for st_, p in zip(stages, plan.stages, strict=True))
