@@ -222,3 +222,17 @@ def test_fewer_than_two_arrivals_have_no_batch_excess() -> None:
 
     assert arrival_batch_excess([]) == 0.0 and arrival_batch_excess([3.0]) == 0.0
     assert arrival_batch_excess([3.0, 3.0]) == 1.0  # one group of 2: 4 / 2 - 1
+
+
+def test_range_means_need_decode_steps_not_a_step_per_second() -> None:
+    # One request of 4 output tokens counts 4 steps at contexts 100..103 over a 10 s window:
+    # 0.4 steps/s, yet its range's mean context is 101.5, not the range's lower edge; a range
+    # without any decode step takes its lower edge.
+    s = summarize_lengths(GRID, input_tokens=[100], output_tokens=[4], duration_s=10.0)
+    rt = s.ranges()
+    k = GRID.num_buckets
+    i = int(GRID.bucket_of([100])[0])
+    assert rt.decode_steps_ps[i, i + 1] == pytest.approx(0.4)
+    assert rt.l_mean_tokens[i, i + 1] == pytest.approx(101.5)
+    assert rt.l_mean_tokens[0, 1] == rt.bounds_tokens[0]
+    assert np.isfinite(rt.l_mean_tokens[np.triu_indices(k + 1, 1)]).all()
