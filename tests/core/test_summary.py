@@ -236,3 +236,24 @@ def test_range_means_need_decode_steps_not_a_step_per_second() -> None:
     assert rt.l_mean_tokens[i, i + 1] == pytest.approx(101.5)
     assert rt.l_mean_tokens[0, 1] == rt.bounds_tokens[0]
     assert np.isfinite(rt.l_mean_tokens[np.triu_indices(k + 1, 1)]).all()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "message"),
+    [
+        ([1, 2], [1], "must be 1-d of equal length"),
+        ([[1, 2]], [[1, 2]], "must be 1-d of equal length"),
+        ([-1], [1], "token counts must be >= 0"),
+        ([1], [-1], "token counts must be >= 0"),
+    ],
+)
+def test_summarize_lengths_refuses_bad_arrays(
+    inputs: list[object], outputs: list[object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        summarize_lengths(GRID, input_tokens=inputs, output_tokens=outputs, duration_s=1.0)
+
+
+def test_a_request_without_output_arrives_but_never_decodes() -> None:
+    s = summarize_lengths(GRID, input_tokens=[100], output_tokens=[0], duration_s=1.0)
+    assert s.arrivals.sum() == 1.0 and s.decode_steps.sum() == 0.0
