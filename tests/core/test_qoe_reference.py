@@ -199,7 +199,7 @@ def test_cost_table_equals_the_scalar_reference(
     summary = _summary(seed, 200, rate, excess)
     model = StageModel(
         PROFILE,
-        # Newton stops at 1e-5 relative in the batch: costs agree to 5e-5. Sequence and KV
+        # Newton stops at 1e-5 x (1 + B) in the batch: costs agree to 3e-4. Sequence and KV
         # limits far away: Newton (the model) can overshoot the least root of a
         # non-convex T past a limit near it, where bisection (here) finds it (see the report).
         instance=InstanceConfig(max_num_seqs=1024, max_num_batched_tokens=512, num_kv_blocks=8192),
@@ -226,11 +226,11 @@ def test_cost_table_equals_the_scalar_reference(
                         missed += 1
                         continue
                     compared += 1
-                    assert got_cost[0] == pytest.approx(want.cost, rel=5e-5), (i, j, n)
-                    assert got_load[0] == pytest.approx(want.load, rel=5e-5), (i, j, n)
+                    assert got_cost[0] == pytest.approx(want.cost, rel=3e-4), (i, j, n)
+                    assert got_load[0] == pytest.approx(want.load, rel=3e-4), (i, j, n)
                     # The table keeps the best so far over n (an instance may idle).
                     best = min(best, want.cost)
-                    assert table.cost[i, j, n - 1] == pytest.approx(best, rel=5e-5), (i, j, n)
+                    assert table.cost[i, j, n - 1] == pytest.approx(best, rel=3e-4), (i, j, n)
                 elif want.load == math.inf and want.ttft == -1.0:
                     # Prefill alone needs the whole stage (phi >= 1): no batch can be served.
                     assert got_cost[0] == math.inf, (i, j, n)
