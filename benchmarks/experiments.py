@@ -465,9 +465,26 @@ def capacity_versus(
         return None, "not measured: no reference capacity"
     best, best_name = max(refs, key=lambda c: c[0].median)
     ratio = mine.median / best.median
-    return ratio, (
-        f"{ratio:.2f}x ({fmt_stat(mine, _scale)} vs {fmt_stat(best, _scale)} {best_name})"
-    )
+    return ratio, capacity_ratio_text(mine, best, best_name, results.plan.capacity_iterations)
+
+
+def capacity_grid_step(iterations: int) -> float:
+    """The resolution of a capacity: bisection steps halve the octave of the bracket
+    geometrically, so found multipliers lie on a grid of ratio 2^(1 / 2^iterations)."""
+    return float(2.0 ** (2.0**-iterations))
+
+
+def capacity_ratio_text(mine: Stat, best: Stat, best_name: str, iterations: int) -> str:
+    """``mine / best`` as a sentence that states its resolution and spread: a ratio no larger
+    than one grid step (either way) is a tie; overlapping ranges over seeds are said."""
+    ratio = mine.median / best.median
+    step = capacity_grid_step(iterations)
+    text = f"{ratio:.2f}x ({fmt_stat(mine, _scale)} vs {fmt_stat(best, _scale)} {best_name})"
+    if max(ratio, 1.0 / ratio) <= step * (1.0 + 1e-6):
+        return f"tie (within grid step {step:.2f}x): {text}"
+    if mine.lo <= best.hi and best.lo <= mine.hi:
+        text += "; ranges over seeds overlap"
+    return text
 
 
 def _missing_note(results: Results, names: Sequence[str]) -> str | None:
@@ -786,7 +803,10 @@ def section_claims(results: Results) -> list[str]:
         "",
         f"Measured on the first scenario ({sc.name}), over its rate sweep; a change is "
         "(ours / reference - 1), negative = lower; capacity ratios compare the rate multipliers "
-        "at which SLO attainment stays at the target. The paper's setting is not fully known "
+        "at which SLO attainment stays at the target, found on a geometric grid of step "
+        f"{capacity_grid_step(plan.capacity_iterations):.3f}x ({plan.capacity_iterations} "
+        "bisection steps): a ratio within one step is reported as a tie. "
+        "The paper's setting is not fully known "
         "(docs/design/L4.md), so these are comparisons of direction and size, not replications.",
         "",
         md_table(["paper (claim)", *(f"measured, alpha={label}" for label in labels)], rows),

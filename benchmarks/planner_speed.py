@@ -210,6 +210,11 @@ def main() -> None:
     parser.add_argument("--profile", default="h100-llama-3.2-3b")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("--gap", action="store_true", help="compare with the exact DP (slow)")
+    parser.add_argument(
+        "--sizes",
+        help=f"comma-separated fleet sizes (default: {', '.join(map(str, TARGETS_S))} and the "
+        f"limit, {MAX_PLAN_INSTANCES})",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--instances", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=LOADS, help=argparse.SUPPRESS)
@@ -221,6 +226,11 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows = []
     sizes: dict[int, float | None] = {**TARGETS_S, MAX_PLAN_INSTANCES: None}
+    if args.sizes is not None:
+        chosen = [int(x) for x in args.sizes.split(",")]
+        if not set(chosen) <= set(sizes):
+            parser.error(f"--sizes: each of {', '.join(map(str, sizes))}")
+        sizes = {n: sizes[n] for n in chosen}
     for instances, target in sizes.items():
         for load in LOADS:
             row = _run(args, instances, load)

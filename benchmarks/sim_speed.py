@@ -31,11 +31,18 @@ def main() -> None:
     parser.add_argument("--policies", default="round_robin,least_load")
     parser.add_argument("--profile", default="h100-llama-3.2-3b")
     parser.add_argument("--instances", type=int, default=16)
+    parser.add_argument(
+        "--num-requests", type=int, default=None, help="first N requests only (a smoke run)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args()
     profile = load_profile(args.profile)
     workload = build_workload(
-        WorkloadSpec(trace="mooncake", max_context_tokens=profile.model.max_context_tokens)
+        WorkloadSpec(
+            trace="mooncake",
+            max_context_tokens=profile.model.max_context_tokens,
+            num_requests=args.num_requests,
+        )
     )
     cfg = SimConfig(
         profile=profile,
@@ -78,7 +85,9 @@ def main() -> None:
             f"({steps / median:,.0f} steps/s), {summary['completed']} completed"
         )
     meta = {
-        "trace": "mooncake (full, 12,031 requests, 3,537 s)",
+        "trace": "mooncake (full, 12,031 requests, 3,537 s)"
+        if args.num_requests is None
+        else f"mooncake (first {len(workload.requests)} requests)",
         "profile": args.profile,
         "instances": args.instances,
         "target_wall_s": 60,
@@ -93,7 +102,9 @@ def main() -> None:
     lines = [
         "# Simulator speed",
         "",
-        f"Command: `python benchmarks/sim_speed.py --repeats {args.repeats}`; "
+        f"Command: `python benchmarks/sim_speed.py --repeats {args.repeats}"
+        + (f" --num-requests {args.num_requests}" if args.num_requests else "")
+        + "`; "
         f"{meta['trace']}, {args.instances} x {args.profile}, Python {meta['python']}.",
         "Target: under 60 s wall per run on one core. An event is a scheduler decision (arrival, "
         "plan end, migration); one plan covers many identical decode steps in closed form, so "

@@ -207,3 +207,39 @@ def test_seeds_of_a_timestamped_trace_are_distinct_windows() -> None:
     assert len(set(offsets)) == 4 and all(0.0 <= o < 3600.0 for o in offsets)
     # Untimed traces draw their arrivals from the seed instead.
     assert lib.window_offset_s("sharegpt", 3) == 0.0
+
+
+def test_capacity_grid_step_is_the_bisection_resolution() -> None:
+    # 3 steps split an octave into 8 geometric steps: 2^(1/8) = 1.0905; 5 steps: 2^(1/32).
+    assert experiments.capacity_grid_step(3) == pytest.approx(1.0905077, rel=1e-6)
+    assert experiments.capacity_grid_step(5) == pytest.approx(1.0218971, rel=1e-6)
+    assert experiments.capacity_grid_step(0) == 2.0
+
+
+def _stat(median: float, lo: float | None = None, hi: float | None = None) -> Any:
+    lo = median if lo is None else lo
+    hi = median if hi is None else hi
+    return lib.Stat(median=median, lo=lo, hi=hi, n=3)
+
+
+def test_a_capacity_ratio_within_one_grid_step_is_a_tie() -> None:
+    # The docs' l4_bids example: x6.73 vs x6.17 after 3 steps is one grid step (6.73 / 6.17 =
+    # 1.0908 at the printed precision; on the grid exactly 2^(1/8)).
+    step = 2 ** (1 / 8)
+    one_up = experiments.capacity_ratio_text(
+        _stat(4 * step**6, 4 * step**5), _stat(4 * step**5), "least_load", 3
+    )
+    assert one_up.startswith("tie (within grid step 1.09x): 1.09x (x6.73 [x6.17–x6.73] vs x6.17")
+    one_down = experiments.capacity_ratio_text(_stat(4.0), _stat(4 * step), "llumnix", 3)
+    assert one_down.startswith("tie (within grid step 1.09x): 0.92x")
+    two_up = experiments.capacity_ratio_text(_stat(4 * step**2), _stat(4.0), "llumnix", 3)
+    assert two_up == "1.19x (x4.76 vs x4 llumnix)"
+    # Two steps apart in the medians, but the seeds' ranges overlap: said.
+    overlap = experiments.capacity_ratio_text(
+        _stat(4 * step**2, 4.0, 4 * step**2), _stat(4.0, 4.0, 4 * step), "llumnix", 3
+    )
+    assert overlap.endswith("; ranges over seeds overlap")
+    # The same two medians after 5 steps are 8 grid steps apart: no tie.
+    assert not experiments.capacity_ratio_text(
+        _stat(4 * step), _stat(4.0), "llumnix", 5
+    ).startswith("tie")

@@ -348,3 +348,52 @@ def test_weighted_percentile_rejects_bad_input() -> None:
 def test_distribution_of_empty_sample_is_null() -> None:
     assert distribution([]) == {"mean": None, "p50": None, "p90": None, "p99": None}
     assert distribution([1.0, 2.0], [0, 0])["mean"] is None
+
+
+def test_tpot_exactly_at_the_limit_meets_it_up_to_rounding() -> None:
+    # 1.01 - 1.0 is 0.010000000000000009 in floats: within the 1e-9 relative allowance.
+    r = _record(first_token_s=1.0, finish_s=1.01, output_tokens=2)
+    assert _meets(r, SloConfig(ttft_s=10.0, tpot_s=0.01))
+
+
+def test_an_absolute_tpot_slo_with_a_scaled_ttft_slo() -> None:
+    r = _record(first_token_s=1.0, finish_s=1.5, output_tokens=2)  # TPOT 0.5 s
+    slo = SloConfig(scale=1.0, tpot_s=1.0)  # TTFT scaled from the unloaded 1 s, TPOT absolute
+    assert _meets(r, slo, unloaded=(1.0, 0.001))
+    assert not _meets(r, SloConfig(scale=1.0), unloaded=(1.0, 0.001))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scale": 0.0}, r"^SLO scale must be > 0, got 0.0$"),
+        ({"ttft_s": -1.0}, r"^absolute TTFT SLO must be > 0 s, got -1.0$"),
+        ({"tpot_s": 0.0}, r"^absolute TPOT SLO must be > 0 s, got 0.0$"),
+    ],
+)
+def test_slo_config_messages(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        SloConfig(**kwargs)
+
+
+def test_negative_itl_runs_are_named() -> None:
+    itl = ItlRecorder()
+    itl.add_run(0.1, 0.0, -1, 1)
+    with pytest.raises(InvariantError, match=r"^ITL run with negative steps or weight$"):
+        itl.samples()
+
+
+def _record(*, first_token_s: float, finish_s: float, output_tokens: int) -> RequestRecord:
+    return RequestRecord(
+        request_id=0, arrival_s=0.0, input_tokens=10, output_tokens=output_tokens,
+        generated_tokens=output_tokens, first_token_s=first_token_s, finish_s=finish_s,
+        instances=(0,), migrations=0, preemptions=0,
+    )  # fmt: skip
+
+
+def _meets(r: RequestRecord, slo: SloConfig, unloaded: tuple[float, float] = (1.0, 1.0)) -> bool:
+    out = summarize(
+        [r], ItlRecorder(), slo=slo, unloaded=lambda i, o: unloaded,
+        output_tokens_by_group=[[1]], migrations_by_reason={}, preemptions=0, sim_wall_s=0.0,
+    )  # fmt: skip
+    return out["slo_attainment"] == 1.0

@@ -72,3 +72,53 @@ def test_retained_topic_keeps_the_latest_per_sender() -> None:
     }
     bus.forget("stage/0", 4)
     assert set(bus.retained("stage/0")) == {3}
+
+
+def test_errors_name_the_address_and_the_message() -> None:
+    bus = MessageBus()
+    bus.subscribe(0, lambda m: None)
+    with pytest.raises(InvariantError, match=r"^address 0 subscribed twice$"):
+        bus.subscribe(0, lambda m: None)
+    with pytest.raises(InvariantError, match=r"^message Award to unknown address 7$"):
+        bus.send(7, Award(ask_id=1, sender=0))
+
+
+def test_the_drop_rule_sees_the_destination_and_every_loss_counts() -> None:
+    seen: list[int] = []
+
+    def lose_to_one(dst: int, msg: Message) -> bool:
+        seen.append(dst)
+        return dst == 1
+
+    bus = MessageBus(drop=lose_to_one)
+    got: list[Message] = []
+    bus.subscribe(0, got.append)
+    bus.subscribe(1, got.append)
+    for dst in (0, 1, 1, 0):
+        bus.send(dst, Award(ask_id=dst, sender=0))
+    bus.flush()
+    assert seen == [0, 1, 1, 0] and bus.dropped == 2 and len(got) == 2
+    assert bus.sent["Award"] == 4  # sent counts what was sent, lost or not
+
+
+def test_publishing_counts_each_message_once() -> None:
+    bus = MessageBus()
+    report = LoadReport(
+        sender=3, stage=0, load_s=1.0, decode_s=1.0, prefill_s=0.0, kv_usage=0, sent_s=0.0
+    )
+    bus.publish("stage/0", 3, report)
+    bus.publish("stage/0", 3, report)
+    assert bus.sent == {"LoadReport": 2}
+
+
+def test_forgetting_on_an_unknown_topic_or_sender_is_harmless() -> None:
+    bus = MessageBus()
+    bus.forget("stage/9", 1)
+    bus.publish(
+        "stage/0",
+        3,
+        LoadReport(sender=3, stage=0, load_s=1, decode_s=1, prefill_s=0, kv_usage=0, sent_s=0),
+    )
+    bus.forget("stage/0", 4)
+    assert set(bus.retained("stage/0")) == {3}
+    assert bus.retained("stage/9") == {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from agent_factories import FakeView, seq
 from factories import make_instance, req, tiny_profile
 from l4.agents.load import LoadModel
 from l4.costmodel import StepCostModel
@@ -36,3 +39,31 @@ def test_prefill_load_is_superlinear_in_the_prompt_and_decode_load_grows_with_le
     inst.admit(Sequence(req(1, 300, 10)))
     tokens, pairs = inst.pending_prefill()
     assert tokens == 400 and pairs == (100 * 100 + 300 * 300) / 2
+
+
+def test_load_model_constants_by_hand() -> None:
+    # tiny_profile (see tests/costmodel/test_step.py), budget 256 tokens:
+    # * a query-key pair costs 2 layers x 1 ns = 2 ns (1 token after 1024 minus after 0);
+    # * a full chunk from scratch: 3688.992 us, of which 256 x 257 / 2 pairs x 2 ns = 65.792 us:
+    #   (3688.992 - 65.792) / 256 = 14.153125 us per prompt token;
+    # * a second decode adds 1046.4 - 1024.2 = 22.2 us; a context token 2 us.
+    model = _model()
+    assert model.prefill_s(1.0, 0.0) == pytest.approx(14.153125e-6, rel=1e-9)
+    assert model.prefill_s(0.0, 1000.0) == pytest.approx(2e-6, rel=1e-9)
+    assert model.prompt_s(100) == pytest.approx(1415.3125e-6 + 5000 * 2e-9, rel=1e-9)
+    assert model.decode_delta_s(500) == pytest.approx(22.2e-6 + 500 * 2e-6, rel=1e-9)
+
+
+def test_load_of_a_view_is_its_next_step_and_its_pending_prefill() -> None:
+    model = _model()
+    view = FakeView(0)
+    view.add(seq(1, 40), 40)
+    view.add(seq(2, 60), 60)
+    view.pending = (100, 300.0)
+    load = model.of(view)  # type: ignore[arg-type]
+    # Next step: 2 decodes at contexts 41 and 61 (sum 102, max 61), alpha(2) = 0.15:
+    # 1000 + 2 x 10 + 2 x 10 + [2 x (1 + 2 x 0.1) + 102 x 2 + 0.15 x (2 x 61 x 2 - 204)]
+    # = 1252.4 us.
+    assert load.decode_s == pytest.approx(1252.4e-6, rel=1e-9)
+    assert load.prefill_s == pytest.approx(100 * 14.153125e-6 + 300 * 2e-9, rel=1e-9)
+    assert load.total_s == load.decode_s + load.prefill_s

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent_factories import FakeView
+from agent_factories import seq as make_seq
 from factories import make_instance, req, tiny_profile
 from l4.agents.observer import WindowObserver
-from l4.core.grid import exponential_grid
-from l4.core.summary import summarize_lengths
+from l4.core.grid import LengthGrid, exponential_grid
+from l4.core.summary import WorkloadSummary, ema, summarize_lengths, summary_from_counts
 from l4.instance import Sequence
+from l4.instance.sequence import SeqState
 
 
 def test_windows_sum_to_the_whole_requests_counts() -> None:
@@ -55,3 +58,98 @@ def test_windows_sum_to_the_whole_requests_counts() -> None:
     )
     for k, v in totals.items():
         np.testing.assert_allclose(v, getattr(direct, k), rtol=1e-9, atol=1e-6, err_msg=k)
+
+
+def _same(a: WorkloadSummary | None, b: WorkloadSummary) -> None:
+    assert a is not None
+    assert a.duration_s == b.duration_s and a.max_length_tokens == b.max_length_tokens
+    for name in ("arrivals", "prompt_tokens", "decode_steps", "decode_length_sum", "crossings"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+def _window(
+    grid: LengthGrid, d: float, prompts: list[int], spans: list[tuple[int, int, bool]]
+) -> WorkloadSummary:
+    return summary_from_counts(
+        grid,
+        duration_s=d,
+        prompts=np.asarray(prompts, np.float64),
+        starts=np.asarray([s for s, _, _ in spans], np.float64),
+        ends=np.asarray([e for _, e, _ in spans], np.float64),
+        starts_at_prompt=np.asarray([f for *_, f in spans], dtype=bool),
+    )
+
+
+def test_windows_count_the_contexts_each_request_decoded_here() -> None:
+    """By hand, on a fake instance: which span of each request a window counts, and whether it
+    starts at the prompt (no crossing into its first bucket)."""
+    grid = exponential_grid(2048, min_tokens=16)
+    obs = WindowObserver(0, grid, smoothing=0.5)
+    view = FakeView(0)
+    assert obs.close(view, 0.0) is None  # nothing seen yet: the first window opens
+    a = view.add(make_seq(1, 50), 50)  # type: ignore[arg-type]
+    a.instances.append(0)
+    obs.note_admitted(a, 0.0)
+    # Window 1 (1 s): a went from its prompt (50) to 70; still here.
+    view.lengths[1] = 70
+    first = obs.close(view, 1.0)
+    w1 = _window(grid, 1.0, [50], [(50, 70, True)])
+    _same(first, w1)
+    _same(obs.last_window, w1)
+    assert obs.requests_seen == 1
+    assert obs.close(view, 1.0) is first  # an empty window changes nothing
+    # Window 2 (2 s): a 70 -> 90; b appears decoding without a note (it came by a preemption)
+    # at 30 and has not moved yet; c arrives, moves to instance 1 after 40 -> 45 here.
+    view.lengths[1] = 90
+    b = view.add(make_seq(2, 30), 30)  # type: ignore[arg-type]
+    b.instances.append(0)
+    c = make_seq(3, 40)
+    c.instances.append(0)
+    obs.note_incoming(c, 40, 1.5)
+    c.instances.append(1)
+    c.generated_tokens = 5  # 40 + 5 when it left; the view's length of it is stale
+    view.lengths[3] = 999
+    second = obs.close(view, 3.0)
+    w2 = _window(grid, 2.0, [], [(70, 90, False), (40, 45, False)])
+    _same(obs.last_window, w2)
+    _same(second, ema(w1, w2, 0.5))
+    assert obs.requests_seen == 3  # a, b and c (c then forgotten: it left)
+    # Window 3 (1 s): b 30 -> 45, a finished at 95 (its materialised counters).
+    view.lengths[2] = 45
+    a.state = SeqState.FINISHED
+    a.generated_tokens = 45
+    obs.close(view, 4.0)
+    _same(obs.last_window, _window(grid, 1.0, [], [(90, 95, False), (30, 45, False)]))
+    assert obs.requests_seen == 2
+
+
+def test_a_request_noted_before_its_prefill_still_starts_at_its_prompt() -> None:
+    grid = exponential_grid(2048, min_tokens=16)
+    obs = WindowObserver(0, grid, smoothing=1.0)
+    view = FakeView(0)
+    a = view.add(make_seq(1, 50, SeqState.WAITING), 50)  # type: ignore[arg-type]
+    a.instances.append(0)
+    obs.note_admitted(a, 0.0)
+    obs.close(view, 1.0)  # no progress: nothing counted, and it still starts at its prompt
+    _same(obs.last_window, _window(grid, 1.0, [50], []))
+    a.state = SeqState.DECODE
+    view.lengths[1] = 60
+    obs.close(view, 2.0)
+    _same(obs.last_window, _window(grid, 1.0, [], [(50, 60, True)]))
+
+
+def test_a_detached_request_counts_what_it_decoded_before_leaving() -> None:
+    grid = exponential_grid(2048, min_tokens=16)
+    obs = WindowObserver(0, grid, smoothing=1.0)
+    view = FakeView(0)
+    d = make_seq(1, 100)
+    d.instances.append(0)
+    obs.note_incoming(d, 100, 0.0)
+    d.state = SeqState.DETACHED
+    d.generated_tokens = 8  # 100 + 8 when it was detached (the stale view says otherwise)
+    view.lengths[1] = 500
+    obs.close(view, 1.0)
+    _same(obs.last_window, _window(grid, 1.0, [], [(100, 108, False)]))
+    assert obs.requests_seen == 1
+    obs.close(view, 2.0)
+    assert obs.requests_seen == 0

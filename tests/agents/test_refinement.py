@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from l4.core.grid import exponential_grid
 from l4.core.qoe import StageModel
 from l4.core.summary import WorkloadSummary
 from l4.costmodel.profile import load_profile
+from l4.errors import ValidationError
 
 PROFILE = load_profile("h100-llama-3.2-3b")
 MODEL = StageModel(PROFILE)
@@ -108,3 +110,21 @@ def test_qoe_rule_picks_the_two_stage_optimum_of_the_cost_table() -> None:
         unlimited=True,
     )
     assert jump == int(cand[np.nanargmin(np.where(finite, table, np.inf))])
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"period_s": 0.0}, r"^refinement period must be > 0 s$"),
+        ({"smoothing": 0.0}, r"^refinement smoothing must lie in \(0, 1\]$"),
+        ({"smoothing": 1.5}, r"^refinement smoothing must lie in \(0, 1\]$"),
+        ({"freeze_min_requests": -1}, r"^refinement guards must be >= 0$"),
+        ({"min_gain": -0.1}, r"^refinement guards must be >= 0$"),
+        ({"min_relative_move": -0.1}, r"^refinement guards must be >= 0$"),
+        ({"max_grid_steps": 0}, r"^refinement must be allowed at least one grid step per round$"),
+    ],
+)
+def test_refinement_config_is_validated(bad: dict[str, float], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RefinementConfig(**bad)  # type: ignore[arg-type]
+    RefinementConfig(period_s=0.5, smoothing=1.0, freeze_min_requests=0, min_gain=0.0)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from l4.agents.stages import StageTable, reassign
+from l4.core.planner import Plan, PlannedStage
 from l4.errors import ValidationError
 
 
@@ -82,3 +83,40 @@ def test_reassign_respects_sizes_and_keeps_instances_in_length_order(
         for j in range(total):
             if stage_of[i] < stage_of[j]:
                 assert new[i] <= new[j]
+
+
+def test_bounds_of_every_stage() -> None:
+    table = StageTable(boundaries_tokens=(100, 200), stage_of_instance=(0, 1, 2))
+    assert [table.bounds(s) for s in range(3)] == [(0, 100), (100, 200), (200, None)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"boundaries_tokens": (0,), "stage_of_instance": (0, 1)}, "must be positive"),
+        ({"boundaries_tokens": (5, 5), "stage_of_instance": (0, 1, 2)}, "and increasing"),
+        ({"boundaries_tokens": (5,), "stage_of_instance": (0, 2)}, "a stage that does not exist"),
+        ({"boundaries_tokens": (5,), "stage_of_instance": (0, 0)}, "at least one serving instance"),
+    ],
+)
+def test_bad_tables_are_refused_with_the_reason(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        StageTable(**kwargs)  # type: ignore[arg-type]
+    StageTable(boundaries_tokens=(1,), stage_of_instance=(0, 1))  # 1 token is a boundary
+
+
+def test_from_plan_keeps_the_version() -> None:
+    stages = (
+        PlannedStage(lo_tokens=0, hi_tokens=64, num_instances=2, ttft_s=0, tpot_s=0, cost=0),
+        PlannedStage(lo_tokens=64, hi_tokens=None, num_instances=1, ttft_s=0, tpot_s=0, cost=0),
+    )
+    table = StageTable.from_plan(Plan(stages=stages, cost=0.0, planning_time_s=0.0), version=4)
+    assert table == StageTable(boundaries_tokens=(64,), stage_of_instance=(0, 0, 1), version=4)
+
+
+def test_an_instance_out_of_service_keeps_its_stage_capped_at_the_last() -> None:
+    # Three stages become two; instance 2 (out, in stage 2) is capped at the new last stage (1).
+    current = StageTable(
+        boundaries_tokens=(10, 20), stage_of_instance=(0, 1, 2, 2), out=frozenset({2})
+    )
+    assert reassign(current, [2, 1]) == (0, 0, 1, 1)

@@ -17,10 +17,11 @@ from l4.core.planner import (
     MAX_PLAN_INSTANCES,
     brute_force,
     merge_greedy,
+    plan_from_costs,
     plan_stages,
     solve_dp,
 )
-from l4.core.qoe import MigrationModel, StageModel
+from l4.core.qoe import MigrationModel, StageCosts, StageModel
 from l4.core.search import block_size
 from l4.core.summary import WorkloadSummary, summarize_lengths
 from l4.costmodel import load_profile
@@ -146,6 +147,13 @@ def test_mooncake_plan_is_length_ordered_and_uses_every_instance() -> None:
     assert tpots[-1] > tpots[0]
 
 
+def test_planning_time_is_read_from_the_injected_timer() -> None:
+    s = summarize_lengths(TINY_GRID, input_tokens=[100, 900], output_tokens=[50, 50], duration_s=1)
+    readings = iter([10.0, 10.25])
+    plan = plan_stages(s, StageModel(tiny_profile()), 2, timer=lambda: next(readings))
+    assert plan.planning_time_s == 0.25
+
+
 def test_overloaded_cluster_still_gets_a_plan() -> None:
     s = summarize_lengths(
         TINY_GRID, input_tokens=[1500] * 10, output_tokens=[400] * 10, duration_s=1e-3
@@ -154,6 +162,50 @@ def test_overloaded_cluster_still_gets_a_plan() -> None:
     assert not plan.feasible and plan.cost == np.inf
     assert plan.num_instances == 3
     assert plan.to_dict()["cost"] is None
+
+
+def _costs(cost: np.ndarray, load: np.ndarray) -> StageCosts:
+    return StageCosts(cost=cost, ttft_s=np.zeros_like(cost), tpot_s=np.zeros_like(cost), load=load)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_with_no_sustainable_plan_the_least_loaded_one_is_returned(merge: bool) -> None:
+    # Two buckets, two instances, every plan infinite. Summed loads: one stage of 2 -> 3.0;
+    # two stages of 1 -> 1.0 + 1.0 = 2.0: the split is the least loaded plan.
+    cost = np.full((3, 3, 2), np.inf)
+    load = np.full((3, 3, 2), 50.0)
+    load[0, 2, 1] = 3.0
+    load[0, 1, 0] = 1.0
+    load[1, 2, 0] = 1.0
+    total, segments, feasible = plan_from_costs(TINY_GRID, _costs(cost, load), merge=merge)
+    assert (total, segments, feasible) == (np.inf, [(0, 1, 1), (1, 2, 1)], False)
+    # The other way round, one stage is the least loaded.
+    load[0, 2, 1] = 1.5
+    _, segments, _ = plan_from_costs(TINY_GRID, _costs(cost, load), merge=merge)
+    assert segments == [(0, 2, 2)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(table=cost_tables())
+def test_infeasible_fallback_minimises_the_summed_load(table: np.ndarray) -> None:
+    load = table  # random loads (inf where a stage cannot be), every cost infinite
+    if not np.isfinite(brute_force(load)[0]):
+        return
+    cost = np.full_like(load, np.inf)
+    total, segments, feasible = plan_from_costs(TINY_GRID, _costs(cost, load), merge=False)
+    assert not feasible and total == np.inf
+    best, _ = brute_force(load)
+    assert sum(load[i, j, n - 1] for i, j, n in segments) == pytest.approx(best)
+
+
+def test_a_feasible_plan_costs_its_segments() -> None:
+    cost = np.full((3, 3, 2), np.inf)
+    cost[0, 1, 0], cost[1, 2, 0], cost[0, 2, 1] = 1.0, 2.0, 3.5
+    load = np.full((3, 3, 2), 0.5)
+    assert plan_from_costs(TINY_GRID, _costs(cost, load)) == (3.0, [(0, 1, 1), (1, 2, 1)], True)
+    cost[0, 2, 1] = 3.0  # a tie: one stage (fewer hops)
+    assert plan_from_costs(TINY_GRID, _costs(cost, load)) == (3.0, [(0, 2, 2)], True)
+    assert plan_from_costs(TINY_GRID, _costs(cost, load), merge=False)[2] is True
 
 
 def test_bad_instance_count() -> None:
@@ -205,3 +257,15 @@ def test_a_fleet_above_the_limit_is_refused_before_any_work() -> None:
 
     with pytest.raises(ValidationError, match=f"limit of {MAX_PLAN_INSTANCES}"):
         plan_stages(s, Untouchable(tiny_profile()), MAX_PLAN_INSTANCES + 1)
+
+
+def test_plan_document_of_a_feasible_plan() -> None:
+    s = summarize_lengths(TINY_GRID, input_tokens=[100, 900], output_tokens=[50, 50], duration_s=1)
+    plan = plan_stages(s, StageModel(tiny_profile()), 2, timer=lambda: 0.0)
+    doc = plan.to_dict()
+    assert plan.feasible and doc["cost"] == plan.cost and doc["planning_time_s"] == 0.0
+    stages = doc["stages"]
+    assert isinstance(stages, list) and len(stages) == len(plan.stages)
+    assert stages[0]["lo_tokens"] == 0 and stages[-1]["hi_tokens"] is None
+    assert sum(st_["instances"] for st_ in stages) == 2
+    assert all(st_["ttft_s"] == p.ttft_s for st_, p in zip(stages, plan.stages, strict=True))

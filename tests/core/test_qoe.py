@@ -192,3 +192,18 @@ def test_batch_max_follows_the_expected_maximum_of_the_batch() -> None:
     assert values == sorted(values)  # bigger batches meet longer maxima...
     assert values[-1] == pytest.approx(rt.l_max_tokens[0, k])  # ...up to the model's cap
     assert values[0] >= rt.l_mean_tokens[0, k] * 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mechanism": "teleport"}, "migration mechanism must be one of"),
+        ({"bandwidth_bytes_per_s": 0.0}, "^migration bandwidth must be > 0$"),
+        ({"downtime_base_s": -1.0}, "^migration overheads must be >= 0$"),
+        ({"replay_overhead_s": -1.0}, "^migration overheads must be >= 0$"),
+    ],
+)
+def test_migration_model_is_validated(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        MigrationModel(**kwargs)  # type: ignore[arg-type]
+    MigrationModel(downtime_base_s=0.0, replay_overhead_s=0.0)

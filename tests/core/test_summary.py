@@ -170,3 +170,90 @@ def test_simultaneous_arrivals_raise_the_predicted_ttft_of_small_stages_only() -
     burst = StageModel(profile).cost_table(bursty, 16).ttft_s[0, k]
     assert burst[0] > calm[0] * 1.5  # one instance: the group queues
     assert burst[15] == pytest.approx(calm[15])  # 16 instances absorb groups of ~7
+
+
+def _histogram(**extra: object) -> dict[str, object]:
+    return {
+        "format": "l4-length-histogram",
+        "version": 1,
+        "bins": [
+            {"input_tokens": 100, "output_tokens": 10, "count": 3},
+            {"input_tokens": 2000, "output_tokens": 50, "count": 1},
+        ],
+        **extra,
+    }
+
+
+def test_a_histogram_over_a_window_and_its_batch_excess() -> None:
+    h = summary_from_histogram(GRID, _histogram(duration_s=8.0, arrival_batch_excess=1.5))
+    assert h.duration_s == 8.0 and h.arrival_batch_excess == 1.5
+    assert summary_from_histogram(GRID, _histogram(rate_rps=2.0)).arrival_batch_excess == 0.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "bins", "message"),
+    [
+        ({"rate_rps": 1.0}, [{"input_tokens": 1, "output_tokens": 1, "count": -1}], "counts >= 0"),
+        ({"rate_rps": 1.0}, [{"input_tokens": 1, "output_tokens": 1, "count": 0}], "some > 0"),
+        ({"rate_rps": 1.0}, [{"input_tokens": -1, "output_tokens": 1, "count": 1}], "counts >= 0"),
+        ({"rate_rps": 1.0}, [{"input_tokens": 1, "output_tokens": 0, "count": 1}], "output_tokens"),
+        ({"rate_rps": 1.0, "duration_s": 2.0}, None, 'exactly one of "rate_rps" and "duration_s"'),
+        ({"rate_rps": 0.0}, None, r"^histogram rate_rps / duration_s must be > 0$"),
+        ({"duration_s": float("inf")}, None, r"^histogram rate_rps / duration_s must be > 0$"),
+        (
+            {"rate_rps": 1.0, "arrival_batch_excess": -1.0},
+            None,
+            r"^histogram arrival_batch_excess must be a number >= 0$",
+        ),
+    ],
+)
+def test_bad_histogram_values_are_refused_with_the_reason(
+    extra: dict[str, object], bins: list[dict[str, float]] | None, message: str
+) -> None:
+    doc = _histogram(**extra)
+    if bins is not None:
+        doc["bins"] = bins
+    with pytest.raises(ValidationError, match=message):
+        summary_from_histogram(GRID, doc)
+
+
+def test_fewer_than_two_arrivals_have_no_batch_excess() -> None:
+    from l4.core.summary import arrival_batch_excess
+
+    assert arrival_batch_excess([]) == 0.0 and arrival_batch_excess([3.0]) == 0.0
+    assert arrival_batch_excess([3.0, 3.0]) == 1.0  # one group of 2: 4 / 2 - 1
+
+
+def test_range_means_need_decode_steps_not_a_step_per_second() -> None:
+    # One request of 4 output tokens counts 4 steps at contexts 100..103 over a 10 s window:
+    # 0.4 steps/s, yet its range's mean context is 101.5, not the range's lower edge; a range
+    # without any decode step takes its lower edge.
+    s = summarize_lengths(GRID, input_tokens=[100], output_tokens=[4], duration_s=10.0)
+    rt = s.ranges()
+    k = GRID.num_buckets
+    i = int(GRID.bucket_of([100])[0])
+    assert rt.decode_steps_ps[i, i + 1] == pytest.approx(0.4)
+    assert rt.l_mean_tokens[i, i + 1] == pytest.approx(101.5)
+    assert rt.l_mean_tokens[0, 1] == rt.bounds_tokens[0]
+    assert np.isfinite(rt.l_mean_tokens[np.triu_indices(k + 1, 1)]).all()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "message"),
+    [
+        ([1, 2], [1], "must be 1-d of equal length"),
+        ([[1, 2]], [[1, 2]], "must be 1-d of equal length"),
+        ([-1], [1], "token counts must be >= 0"),
+        ([1], [-1], "token counts must be >= 0"),
+    ],
+)
+def test_summarize_lengths_refuses_bad_arrays(
+    inputs: list[object], outputs: list[object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        summarize_lengths(GRID, input_tokens=inputs, output_tokens=outputs, duration_s=1.0)
+
+
+def test_a_request_without_output_arrives_but_never_decodes() -> None:
+    s = summarize_lengths(GRID, input_tokens=[100], output_tokens=[0], duration_s=1.0)
+    assert s.arrivals.sum() == 1.0 and s.decode_steps.sum() == 0.0

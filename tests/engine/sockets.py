@@ -40,8 +40,8 @@ async def serving_engine(config: EngineConfig) -> AsyncIterator[tuple[str, Engin
                 server.stop()
 
 
-def decode_span_s(config: EngineConfig, input_tokens: int, output_tokens: int) -> float:
-    """Emulated seconds from the first to the last token of a lone request (offline stepping)."""
+def token_ends_s(config: EngineConfig, input_tokens: int, output_tokens: int) -> list[float]:
+    """Emulated end of every step of a lone request from its arrival (offline stepping)."""
     inst = Instance(0, config.instance_config, StepCostModel(config.profile))
     inst.admit(Sequence(RequestSpec(request_id=0, arrival_s=0.0, input_tokens=input_tokens,
                                     output_tokens=output_tokens)))  # fmt: skip
@@ -50,4 +50,18 @@ def decode_span_s(config: EngineConfig, input_tokens: int, output_tokens: int) -
         t = plan.end_s
         inst.complete(t)
         ends.append(t)
+    return ends
+
+
+def decode_span_s(config: EngineConfig, input_tokens: int, output_tokens: int) -> float:
+    """Emulated seconds from the first to the last token of a lone request (offline stepping)."""
+    ends = token_ends_s(config, input_tokens, output_tokens)
     return ends[-1] - ends[0]
+
+
+def predicted_busy_s(server: EngineServer) -> float:
+    """Emulated seconds of every step the engine ran, as its cost model predicted them.
+
+    Independent of how late the loop woke (a busy machine): the sum of the plans' step times."""
+    core = server.engine.core
+    return sum(s.predicted_s for s in core.step_log) * core.time_scale

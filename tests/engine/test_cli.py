@@ -58,6 +58,7 @@ def test_fault_flags_reach_the_chosen_instances() -> None:
         ((), ConfigError),
         (("--port", "1", "--time-scale", "0"), ValidationError),
         (("--port", "70000"), ValidationError),
+        (("--port", "-1"), ValidationError),
         (("--instances", "2", "--port", "9000"), ValidationError),
         (("--instances", "2"), ValidationError),
         (("--instances", "0", "--base-port", "9000"), ValidationError),
@@ -76,35 +77,58 @@ def test_bad_options_are_config_errors(argv: tuple[str, ...], error: type[Except
         engine_targets(parse(*argv))
 
 
+def test_port_zero_lets_the_os_pick_each_port() -> None:
+    (one,) = engine_targets(parse("--port", "0"))
+    assert one.port == 0
+    targets = engine_targets(parse("--instances", "3", "--base-port", "0"))
+    assert [t.port for t in targets] == [0, 0, 0]
+
+
+def _announced_ports(proc: subprocess.Popen[str], count: int) -> list[int]:
+    """The ports the engine logged, in instance order (it logs them once bound)."""
+    ports = []
+    assert proc.stderr is not None
+    while len(ports) < count:
+        line = proc.stderr.readline()
+        assert line, f"l4 engine exited before announcing its ports (rc {proc.poll()})"
+        match = re.search(r"instance (\d+) .* serving on http://127\.0\.0\.1:(\d+)$", line.strip())
+        if match:
+            assert int(match.group(1)) == len(ports)
+            ports.append(int(match.group(2)))
+    return ports
+
+
 def test_l4_engine_process_dies_after_the_injected_crash() -> None:
-    """The real command: one instance crashes, the process reports it and exits; the other lives."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as s:
-        s.bind(("127.0.0.1", 0))
-        base = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "l4", "engine", "--instances", "2", "--base-port", str(base),
+    """The real command: one instance crashes, the process reports it and exits; the other lives.
+
+    The engine binds port 0 (the OS picks free ports) and prints them: no port is chosen here and
+    bound there, so no other process can take it in between."""
+    cmd = [sys.executable, "-m", "l4", "engine", "--instances", "2", "--base-port", "0",
            "--time-scale", "100", "--crash-after-tokens", "5",
            "--fault-instances", "0"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        crashing, healthy = _announced_ports(proc, 2)
         with httpx.Client(timeout=5) as c:
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    if c.get(f"http://127.0.0.1:{base + 1}/health").status_code == 200:
+                    if c.get(f"http://127.0.0.1:{healthy}/health").status_code == 200:
                         break
                 except httpx.TransportError:
                     assert time.monotonic() < deadline and proc.poll() is None
                     time.sleep(0.02)
             req = {"prompt": "hi", "max_tokens": 50, "ignore_eos": True}
             with pytest.raises(httpx.RemoteProtocolError):
-                c.post(f"http://127.0.0.1:{base}/v1/completions", json=req)
-            assert c.post(f"http://127.0.0.1:{base + 1}/v1/completions", json=req).is_success
+                c.post(f"http://127.0.0.1:{crashing}/v1/completions", json=req)
+            assert c.post(f"http://127.0.0.1:{healthy}/v1/completions", json=req).is_success
             with pytest.raises(httpx.ConnectError):
-                c.get(f"http://127.0.0.1:{base}/health")
+                c.get(f"http://127.0.0.1:{crashing}/health")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
+        proc.communicate()
     assert "instance 0 crashed after 5 tokens" in err
     assert proc.returncode == 0 and "Traceback" not in err
 

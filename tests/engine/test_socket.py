@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from engine.sockets import decode_span_s, serving
+from engine.sockets import predicted_busy_s, serving_engine, token_ends_s
 from l4.engine.server import EngineConfig
 
 
@@ -30,14 +30,24 @@ async def until_idle(c: httpx.AsyncClient) -> None:
 def test_stream_pacing_and_disconnect_over_a_socket(
     make_config: Callable[..., EngineConfig],
 ) -> None:
-    config = make_config(time_scale=10.0)
+    """Tokens stream over the socket as the steps produce them, never ahead of the cost model.
+
+    Only what holds on a loaded machine is asserted: a busy CPU can delay a token, never advance
+    it. The exact pacing is tested against a fake clock (test_core.py); how close to the model the
+    real-time loop stays is a benchmark (benchmarks/engine_fidelity.py)."""
+    config = make_config(time_scale=1.0)
     prompt = [5] * 100
     n = 60
+    ends = token_ends_s(config, len(prompt), n)
 
     async def main() -> None:
-        async with serving(config) as url, httpx.AsyncClient(base_url=url, timeout=5) as c:
+        async with (
+            serving_engine(config) as (url, server),
+            httpx.AsyncClient(base_url=url, timeout=5) as c,
+        ):
             stamps: list[float] = []
             req = {"prompt": prompt, "max_tokens": n, "ignore_eos": True, "stream": True}
+            sent = time.perf_counter()
             async with c.stream("POST", "/v1/completions", json=req) as r:
                 assert r.status_code == 200
                 async for line in r.aiter_lines():
@@ -46,9 +56,15 @@ def test_stream_pacing_and_disconnect_over_a_socket(
                         tokens = len(chunk["choices"][0]["text"].split())
                         stamps += [time.perf_counter()] * tokens
             assert len(stamps) == n
-            predicted = decode_span_s(config, len(prompt), n) / config.time_scale
-            measured = stamps[-1] - stamps[0]
-            assert measured == pytest.approx(predicted, rel=0.25, abs=0.003)
+            # The engine ran exactly the steps of the lone request, as the cost model times them.
+            assert predicted_busy_s(server) == pytest.approx(ends[-1], rel=1e-9)
+            # No token before its step ended (1 ms: timer resolution); a late one is allowed.
+            for k in (0, n // 2, n - 1):
+                assert stamps[k] - sent >= ends[k] / config.time_scale - 1e-3
+            # Streamed, not buffered: the decode steps between the first and the last token take
+            # their time whatever the load, so the client sees them spread (half: the first token
+            # may reach the client a little late).
+            assert stamps[-1] - stamps[0] >= 0.5 * (ends[-1] - ends[0]) / config.time_scale
 
             # A client that goes away mid-stream frees its sequence.
             long = {**req, "max_tokens": 20_000}

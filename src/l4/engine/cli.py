@@ -42,9 +42,15 @@ def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "time and each step sleeps the cost model's predicted time divided by --time-scale.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, help="port of the (single) instance")
+    p.add_argument(
+        "--port", type=int, help="port of the (single) instance; 0: any free port (printed)"
+    )
     p.add_argument("--instances", type=int, default=1, help="instances to serve (default: 1)")
-    p.add_argument("--base-port", type=int, help="port of instance 0; instance i uses base + i")
+    p.add_argument(
+        "--base-port",
+        type=int,
+        help="port of instance 0; instance i uses base + i; 0: any free port each (printed)",
+    )
     add_profile_options(p, default=DEFAULT_PROFILE, environ=os.environ)
     p.add_argument(
         "--time-scale",
@@ -106,8 +112,8 @@ class ServeTarget:
 
 
 def _check_port(port: int, what: str) -> None:
-    if not 0 < port < 65536:
-        raise ValidationError(f"{what} must be between 1 and 65535, got {port}")
+    if not 0 <= port < 65536:
+        raise ValidationError(f"{what} must be between 0 (any free port) and 65535, got {port}")
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -155,7 +161,9 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
             raise ValidationError("--instances K needs --base-port P (ports P .. P+K-1)")
         _check_port(args.base_port, "--base-port")
         _check_port(args.base_port + args.instances - 1, "the last port")
-        ports = [args.base_port + i for i in range(args.instances)]
+        # Base 0: the OS picks a free port for each instance (no race between choosing and binding).
+        step = 1 if args.base_port else 0
+        ports = [args.base_port + step * i for i in range(args.instances)]
     profile = load_profile(args.profile, user_dir=args.profiles_dir).with_overrides(
         kv_capacity_tokens=args.kv_capacity_tokens
     )
@@ -207,6 +215,7 @@ def bind_all(targets: list[ServeTarget]) -> list[socket.socket]:
 async def serve(targets: list[ServeTarget], sockets: list[socket.socket]) -> None:
     """Serve every target on its bound socket until all stop (interrupted or crashed).
 
+    ``socks``: bound sockets, one per target (see ``listen``); None binds ``target.port``.
     The first SIGINT/SIGTERM stops every instance gracefully, a second one at once.
     """
     # One worker process parses the large bodies of every instance, spawned now so that the
@@ -255,7 +264,7 @@ def run_engine(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         for sock in sockets:
             stack.enter_context(sock)
-        for t in targets:
+        for t, sock in zip(targets, sockets, strict=True):
             note = " with faults" if t.config.faults.active else ""
             host = f"[{t.host}]" if ":" in t.host else t.host
             logger.info(
@@ -265,7 +274,7 @@ def run_engine(args: argparse.Namespace) -> int:
                 t.config.time_scale,
                 note,
                 host,
-                t.port,
+                sock.getsockname()[1],  # the port bound: the OS's pick for port 0
             )
         asyncio.run(serve(targets, sockets))
     return 0
