@@ -34,11 +34,12 @@ from l4.report import (
     plot_latency_cdfs,
     plot_sweep,
     print_table,
+    render_class_table,
     table_caption,
     write_json,
     write_requests_jsonl,
 )
-from l4.sim.capacity import find_capacity
+from l4.sim.capacity import class_attainments, find_capacity
 from l4.sim.runner import PolicyRun, SimConfig, run_policy
 from l4.workload import Workload, WorkloadSpec, build_workload, bundled_traces
 
@@ -156,7 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_workload_options(cap)
     cap.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated policies")
-    cap.add_argument("--goodput-target", type=float, default=0.9, help="default: %(default)s")
+    cap.add_argument(
+        "--goodput-target",
+        type=float,
+        default=0.9,
+        help="SLO attainment a rate must keep, overall and in every length class "
+        "(default: %(default)s)",
+    )
+    cap.add_argument(
+        "--overall-only",
+        action="store_true",
+        help="judge overall SLO attainment only, not each length class (< 2K, 2K-8K, 8K-32K, "
+        ">= 32K total tokens; classes under 20 requests are never judged)",
+    )
     cap.add_argument("--iterations", type=positive_int, default=6, help="bisection steps")
     cap.add_argument("--json", type=Path, help="write the JSON result here")
     cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
@@ -295,6 +308,7 @@ def cmd_simulate(args: argparse.Namespace, console: Console, err: Console) -> in
             progress.done(f"simulated {name}", time.perf_counter() - t0)
     results = {r.policy: r.summary for r in runs}
     print_table(console, results, _caption(config))
+    console.print(render_class_table(results, _caption(config)))
     report = {"config": config, "results": results}
     out: Path | None = args.out
     json_path = args.json or (out / "report.json" if out else None)
@@ -320,6 +334,7 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
     base = _workload(args, profile, base_scale)
     config = _config(args, cfg, base)
     config["goodput_target"] = args.goodput_target
+    config["capacity_rule"] = "overall" if args.overall_only else "overall and every length class"
     results: dict[str, object] = {}
     sweep: dict[str, list[tuple[float, dict[str, object]]]] = {}
     for name in policies:
@@ -335,19 +350,36 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
             )
             return summary
 
-        found = find_capacity(probe, target=args.goodput_target, iterations=args.iterations)
+        found = find_capacity(
+            probe,
+            target=args.goodput_target,
+            iterations=args.iterations,
+            per_class=not args.overall_only,
+        )
         sweep[name] = [(float(str(s["requests_per_s"])), dict(s)) for _, s in found.probes]
         if found.rate_scale is None or found.summary is None:
             results[name] = {
                 "rate_scale": None,
                 "requests_per_s": None,
                 "goodput_requests_per_s": None,
+                "slo_attainment": None,
+                "classes": None,
             }
         else:
             results[name] = {
                 "rate_scale": base_scale * found.rate_scale,
                 "requests_per_s": found.summary["requests_per_s"],
                 "goodput_requests_per_s": found.summary["goodput_requests_per_s"],
+                "slo_attainment": found.summary.get("slo_attainment"),
+                # Per-class attainment at the capacity found: what the rule judged.
+                "classes": {
+                    cls: {
+                        "requests": c.requests,
+                        "slo_attainment": c.slo_attainment,
+                        "judged": c.judged,
+                    }
+                    for cls, c in class_attainments(found.summary).items()
+                },
             }
         err.print(f"[dim]{name}: capacity search took {time.perf_counter() - t0:.1f} s[/dim]")
     report = {"config": config, "results": results}
@@ -357,12 +389,15 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
         "rate x trace",
         "req/s",
         f"goodput req/s (>= {args.goodput_target:g})",
+        "SLO% overall / by class",
     ):
         table.add_column(column, justify="right")
     for name, r in results.items():
         assert isinstance(r, dict)
         cells = [r["rate_scale"], r["requests_per_s"], r["goodput_requests_per_s"]]
-        table.add_row(name, *("-" if c is None else f"{c:.3g}" for c in cells))
+        table.add_row(
+            name, *("-" if c is None else f"{c:.3g}" for c in cells), _attainments_text(r)
+        )
     console.print(table)
     out: Path | None = args.out
     json_path = args.json or (out / "capacity.json" if out else None)
@@ -373,6 +408,21 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
         plot_sweep(out / "capacity_sweep.png", sweep)
         err.print(f"wrote {out / 'capacity_sweep.png'}")
     return 0
+
+
+def _attainments_text(result: dict[str, object]) -> str:
+    """``93% / <2K 95%, 2K-8K 91%`` (judged classes only) for the capacity table."""
+    overall = result.get("slo_attainment")
+    if not isinstance(overall, int | float):
+        return "-"
+    classes = result.get("classes")
+    parts = []
+    if isinstance(classes, dict):
+        for cls, c in classes.items():
+            share = c.get("slo_attainment") if isinstance(c, dict) else None
+            if isinstance(c, dict) and c.get("judged") and isinstance(share, int | float):
+                parts.append(f"{cls} {share:.0%}")
+    return f"{overall:.0%} / {', '.join(parts)}" if parts else f"{overall:.0%}"
 
 
 def cmd_engine(args: argparse.Namespace, console: Console, err: Console) -> int:
