@@ -59,8 +59,10 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--trace",
         default=DEFAULT_TRACE,
-        help=f"bundled trace ({', '.join(bundled_traces())}) or a JSONL/CSV path with "
-        "arrival_s,input_tokens,output_tokens (default: %(default)s)",
+        help=f"bundled workload ({', '.join(bundled_traces())}; servegen-* are generated "
+        "per client from ServeGen's production statistics, azure-longdoc is Azure chat with 10%% "
+        "long documents) or a JSONL/CSV path with arrival_s,input_tokens,output_tokens "
+        "(default: %(default)s)",
     )
     w.add_argument("--rate", type=positive_float, help="mean arrival rate in requests/s")
     w.add_argument(
@@ -88,7 +90,8 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         default=0.0,
         help="start a timestamped trace S seconds into it (its own time, before --rate-scale) "
-        "and wrap around at its end; windows of a trace are its independent samples "
+        "and wrap around at its end; windows of a trace are its independent samples. For the "
+        "servegen-* workloads, the time of day to start at (50400 = 14:00) "
         "(default: %(default)s)",
     )
     w.add_argument("--seed", type=int, default=0, help="seed for arrivals and random choices")
