@@ -115,6 +115,12 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         default=MigrationMechanism.KV_TRANSFER.value,
         help="how policies move running requests (default: %(default)s)",
     )
+    c.add_argument(
+        "--kv-store-gbps",
+        type=positive_float,
+        help="with --migration replay: a shared KV store (LMCache-style) from which the "
+        "destination loads a moved request's context at this many GB/s instead of recomputing it",
+    )
     c.add_argument("--max-num-seqs", type=positive_int, help="vLLM max_num_seqs")
     c.add_argument("--max-num-batched-tokens", type=positive_int, help="vLLM token budget/step")
     c.add_argument("--kv-capacity-tokens", type=positive_int, help="KV cache size per instance")
@@ -198,7 +204,12 @@ def _sim_config(args: argparse.Namespace, profile: Profile) -> SimConfig:
             max_num_batched_tokens=args.max_num_batched_tokens,
         ),
         num_instances=args.instances,
-        migration=MigrationConfig(mechanism=MigrationMechanism(args.migration)),
+        migration=MigrationConfig(
+            mechanism=MigrationMechanism(args.migration),
+            kv_store_bandwidth_bytes_per_s=(
+                None if args.kv_store_gbps is None else args.kv_store_gbps * 1e9
+            ),
+        ),
         slo=SloConfig(scale=args.slo_scale, ttft_s=args.slo_ttft, tpot_s=args.slo_tpot),
         seed=args.seed,
     )
@@ -242,7 +253,7 @@ def _config(args: argparse.Namespace, cfg: SimConfig, workload: Workload) -> dic
         "offset_s": args.offset,
         "duration": described.get("duration_s"),
         "requests": len(workload.requests),
-        "migration": args.migration,
+        "migration": cfg.migration.label,
         "max_num_seqs": cfg.instance_config.max_num_seqs,
         "max_num_batched_tokens": cfg.instance_config.max_num_batched_tokens,
         "kv_capacity_tokens": cfg.instance_config.kv_capacity_tokens,

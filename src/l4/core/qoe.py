@@ -22,7 +22,9 @@ planner's estimate; the simulator is the ground truth. The model, per instance o
   chunks (one decode step each plus its prefill work);
 * migration latency at the stage's upper boundary ``g_j`` (charged to the source stage):
   kv-transfer = ``downtime_base + (tokens decoded during the background copy) * kv_bytes / bw``,
-  replay = ``replay_overhead + re-prefill of g_j tokens`` (same numbers as ``l4.core.migration``).
+  replay = ``replay_overhead + re-prefill of g_j tokens``, replay with a shared KV store =
+  ``replay_overhead + g_j * kv_bytes / store_bw + one step`` (no re-prefill work at the
+  destination; same numbers as ``l4.core.migration``).
 
 Cost per second = ``w_ttft * arrivals * TTFT + w_tpot * decode_steps * TPOT
 + w_migration * crossings * migration_latency``. More instances never raise a stage's cost: an
@@ -58,6 +60,8 @@ class _MigrationConfigLike(Protocol):
     def downtime_base_s(self) -> float: ...
     @property
     def replay_overhead_s(self) -> float: ...
+    @property
+    def kv_store_bandwidth_bytes_per_s(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +72,9 @@ class MigrationModel:
     bandwidth_bytes_per_s: float = 25e9
     downtime_base_s: float = 0.005
     replay_overhead_s: float = 0.002
+    # Replay only: the destination loads the context from a shared KV store at this bandwidth
+    # instead of re-prefilling it (None: plain replay).
+    kv_store_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -76,6 +83,14 @@ class MigrationModel:
             raise ValidationError("migration bandwidth must be > 0")
         if self.downtime_base_s < 0 or self.replay_overhead_s < 0:
             raise ValidationError("migration overheads must be >= 0")
+        store = self.kv_store_bandwidth_bytes_per_s
+        if store is not None and not (store > 0 and self.mechanism == "replay"):
+            raise ValidationError("a KV store needs replay and a bandwidth > 0")
+
+    @property
+    def recomputes(self) -> bool:
+        """Plain replay: the destination re-prefills the migrated context."""
+        return self.mechanism == "replay" and self.kv_store_bandwidth_bytes_per_s is None
 
     @classmethod
     def like(cls, config: _MigrationConfigLike, mechanism: str) -> MigrationModel:
@@ -85,6 +100,7 @@ class MigrationModel:
             bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,
             downtime_base_s=config.downtime_base_s,
             replay_overhead_s=config.replay_overhead_s,
+            kv_store_bandwidth_bytes_per_s=config.kv_store_bandwidth_bytes_per_s,
         )
 
 
@@ -270,7 +286,7 @@ class StageModel:
         m_in = rt.crossing_rps[ii][col]
         m_out = np.where(jj == top, 0.0, rt.crossing_rps[jj])[col]
         budget = float(self.instance.max_num_batched_tokens)
-        replay = self.migration.mechanism == "replay"
+        replay = self.migration.recomputes
 
         # Prefill work: the stage's prompts, plus the contexts that replay re-prefills.
         inflow = m_in if replay else np.zeros_like(m_in)
@@ -399,6 +415,10 @@ class StageModel:
             decoded = copy_s / tpot_s  # tokens that grew during the background copy
             out: FloatArray = m.downtime_base_s + decoded * kv_bytes / m.bandwidth_bytes_per_s
             return out
+        if m.kv_store_bandwidth_bytes_per_s is not None:
+            load_s = context_tokens * kv_bytes / m.kv_store_bandwidth_bytes_per_s
+            stored: FloatArray = m.replay_overhead_s + load_s + step_s
+            return stored
         budget = float(self.instance.max_num_batched_tokens)
         chunks = np.maximum(np.ceil(context_tokens / budget), 1.0)
         refill = self.prefill_work_s(context_tokens, context_tokens**2, chunks)
