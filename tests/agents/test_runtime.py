@@ -30,10 +30,15 @@ from l4.views import PolicyContext
 
 PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
 GRID = exponential_grid(2048, min_tokens=32)
-# Everything happens often, so a short run goes through many hand-offs, trades and re-plans.
+# Everything happens often, so a short run goes through many hand-offs, trades and re-plans (the
+# mean-latency objective, which stages this tiny workload, and no hysteresis: the machinery is
+# under test here, not the objective).
 BUSY = L4Config(
     replan_period_s=0.3,
     replan_min_gain=0.0,
+    replan_confirmations=1,
+    objective=None,
+    stage_margin=0.0,
     agent=AgentConfig(tick_s=0.01, balance_threshold=0.05),
     refinement=RefinementConfig(period_s=0.05, freeze_min_requests=0, min_relative_move=0.0),
 )
@@ -234,3 +239,22 @@ def test_ablations_are_registered_with_their_settings() -> None:
     with pytest.raises(ValidationError, match="one stage"):
         L4Config(staged=False)
     assert cfg["l4"] == replace(L4Config())
+
+
+def test_a_re_plan_needs_the_same_proposal_in_consecutive_rounds() -> None:
+    from l4.agents.messages import PlanUpdate
+
+    specs = _workload(1, 20)
+    policy = L4Runtime(_ctx(4, specs, MigrationMechanism.KV_TRANSFER, False), L4Config())
+    a = PlanUpdate(version=1, boundaries_tokens=(100,), stage_of_instance=(0, 0, 1, 1), sender=0)
+    b = PlanUpdate(version=1, boundaries_tokens=(200,), stage_of_instance=(0, 0, 1, 1), sender=0)
+    assert not policy._confirmed(a)
+    assert not policy._confirmed(b)  # another proposal restarts the count
+    assert policy._confirmed(b)  # the second round in a row: adopted
+    assert not policy._confirmed(b)  # and the count starts over
+    assert not policy._confirmed(None)
+    assert not policy._confirmed(b)
+    with pytest.raises(ValidationError):
+        L4Config(replan_confirmations=0)
+    with pytest.raises(ValidationError):
+        L4Config(stage_margin=1.0)

@@ -49,9 +49,9 @@ from l4.agents.messages import (
 from l4.agents.observer import WindowObserver
 from l4.agents.refinement import BoundaryRule, RefinementConfig
 from l4.agents.stages import StageTable
+from l4.core.choice import plan_with_margin
 from l4.core.grid import LengthGrid, exponential_grid
-from l4.core.planner import plan_stages
-from l4.core.qoe import MigrationModel, StageModel
+from l4.core.qoe import MigrationModel, SloObjective, StageModel
 from l4.core.summary import WorkloadSummary, arrival_batch_excess
 from l4.errors import InvariantError, ValidationError
 from l4.instance.sequence import Sequence
@@ -70,7 +70,13 @@ class L4Config:
     refine: bool = True
     replan: bool = True
     replan_period_s: float = 30.0
-    replan_min_gain: float = 0.1  # adopt a new plan only if predicted this much better
+    replan_min_gain: float = 0.1  # adopt a new plan only if predicted this much better...
+    replan_confirmations: int = 2  # ...in this many re-plan rounds in a row (hysteresis)
+    # What the planner optimises: SLO goodput with every length bucket's tail (None: the mean
+    # latency of L4.md section 4 alone, the first version's objective).
+    objective: SloObjective | None = field(default_factory=SloObjective)
+    # Stage only when the staged plan is predicted this much cheaper than one stage.
+    stage_margin: float = 0.05
     agent: AgentConfig = field(default_factory=AgentConfig)
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
 
@@ -79,6 +85,10 @@ class L4Config:
             raise ValidationError("re-plan period must be > 0 s")
         if not 0 <= self.replan_min_gain < 1:
             raise ValidationError("re-plan gain must lie in [0, 1)")
+        if self.replan_confirmations < 1:
+            raise ValidationError("a re-plan needs at least one confirming round")
+        if not 0 <= self.stage_margin < 1:
+            raise ValidationError("staging margin must lie in [0, 1)")
         if not self.staged and (self.refine or self.replan):
             raise ValidationError("one stage (staged=False) neither refines nor re-plans")
 
@@ -99,6 +109,7 @@ class L4Runtime:
             ctx.profile,
             instance=ctx.instance_config,
             migration=MigrationModel.like(ctx.migration, ctx.migration.mechanism.value),
+            objective=config.objective,
         )
         self.table = self._initial_table(ctx.workload)
         self.bus = MessageBus(drop=drop)
@@ -129,6 +140,8 @@ class L4Runtime:
         self._next_replan_s: float | None = None
         self.boundary_moves = 0
         self.replans = 0
+        self._proposal: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._proposal_rounds = 0
         # The front door sees every arrival: it measures how many arrive together (EMA by window).
         self._arrivals_s: list[float] = []
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
@@ -136,7 +149,8 @@ class L4Runtime:
     def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
         if workload is None or not self.config.staged:
             return StageTable.single(self._n)
-        table = StageTable.from_plan(plan_stages(workload, self.model, self._n))
+        plan = plan_with_margin(workload, self.model, self._n, margin=self.config.stage_margin)
+        table = StageTable.from_plan(plan)
         if self.config.rule is BoundaryRule.QOE:
             return table
         # The count and memory ablations keep the DP's stage sizes but place the boundaries by
@@ -366,9 +380,43 @@ class L4Runtime:
             coordinator.table,
             min_gain=self.config.replan_min_gain,
             sender=coordinator.instance_id,
+            stage_margin=self.config.stage_margin,
+            drain_cost=lambda stage_of: self._drain_cost_s(coordinator.table, stage_of),
         )
-        if update is None:
+        if not self._confirmed(update):
             return
+        assert update is not None
         for dst in (*range(self._n), FRONT):
             self.bus.send(dst, update)
         self.bus.flush()
+
+    # ---- re-plan stability: hysteresis and drain costs ----------------------------------------
+    def _confirmed(self, update: PlanUpdate | None) -> bool:
+        """A proposal is adopted once the same one has come ``replan_confirmations`` rounds in
+        a row: a plan that is better only for one window (a burst) never drains anything."""
+        if update is None:
+            self._proposal, self._proposal_rounds = None, 0
+            return False
+        key = (update.boundaries_tokens, update.stage_of_instance)
+        self._proposal_rounds = self._proposal_rounds + 1 if key == self._proposal else 1
+        self._proposal = key
+        if self._proposal_rounds < self.config.replan_confirmations:
+            return False
+        self._proposal, self._proposal_rounds = None, 0
+        return True
+
+    def _drain_cost_s(self, table: StageTable, stage_of: tuple[int, ...]) -> float:
+        """Latency the hand-offs of a new assignment cost, per second of a re-plan period: every
+        running request of an instance that changes stage migrates once (queued ones move
+        without KV and cost nothing), priced by the planner's migration model."""
+        lengths: list[int] = []
+        for i, (old, new) in enumerate(zip(table.stage_of_instance, stage_of, strict=True)):
+            if old == new:
+                continue
+            view = self.cluster.instance(i)
+            lengths.extend(view.length_of(seq) for seq in view.running())
+        if not lengths:
+            return 0.0
+        step_s = 0.01  # a typical decode step: the migration model's stall is not sensitive to it
+        lost = self.model.migration_latency_s(lengths, tpot_s=step_s, step_s=step_s)
+        return float(lost.sum()) / self.config.replan_period_s
