@@ -112,6 +112,7 @@ class InstanceAgent:
         self._bus = bus
         self._world = world
         self._load = load
+        self.load_model = load
         self._bs = block_tokens
         self._reservations: dict[int, _Reservation] = {}
         self._bids: dict[int, list[Bid]] = {}
@@ -183,6 +184,10 @@ class InstanceAgent:
             self._trade is not None or not mine + ask.delta_load_s < ask.sender_load_s
         ):
             return
+        # A spilled arrival never queues in front of this stage's own waiting requests: long
+        # requests must not starve behind short ones escaping their stage.
+        if ask.kind is TradeKind.SPILL and view.num_waiting > 0:
+            return
         earliest = self.earliest_accept_s(view, ask.blocks, now)
         expires = now + self.config.bid_timeout_s
         self._reservations[ask.ask_id] = _Reservation(ask.blocks, expires)
@@ -194,6 +199,8 @@ class InstanceAgent:
                 load_s=load,
                 earliest_accept_s=earliest,
                 expires_s=expires,
+                prefill_s=parts.prefill_s,
+                decode_s=parts.decode_s,
             ),
         )
         self._count("bids")

@@ -149,7 +149,9 @@ class SloObjective:
     * an overloaded stage (no decode fixed point, or over its sequence or KV limits) misses
       every request it holds and pays ``overload_horizon_s`` of latency per request per unit of
       load, instead of an infinite cost: under overload the DP still ranks plans, by how much
-      they degrade, rather than giving up.
+      they degrade, rather than giving up. The horizon is long (its queue grows without bound,
+      and preemptions follow), so a plan that overloads any stage never beats one that overloads
+      none: the DP sacrifices a stage only when every plan has to.
 
     With the costs in seconds, ``miss_cost_s`` is what one missed request is worth in latency:
     large enough that goodput decides whenever plans differ in predicted misses, while the
@@ -160,7 +162,7 @@ class SloObjective:
     target: float = 0.9
     miss_cost_s: float = 100.0
     tail_cost_s: float = 1000.0
-    overload_horizon_s: float = 60.0
+    overload_horizon_s: float = 1e4
 
     def __post_init__(self) -> None:
         if not self.slo_scale > 0 or not 0.0 < self.target <= 1.0:
