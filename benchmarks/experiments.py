@@ -63,8 +63,9 @@ from _experiments_lib import (
 )
 from l4.cliargs import OneLineParser, non_negative_float, positive_float, positive_int
 from l4.errors import L4Error, UnknownNameError, ValidationError
+from l4.plots import plot_sweep
 from l4.policies.base import option_families, policy_names
-from l4.report import format_seconds, plot_sweep
+from l4.report import format_seconds
 
 DEFAULT_OUT = ROOT / "docs" / "results.md"
 DEFAULT_CACHE = ROOT / "out" / "experiments" / "runs.jsonl"

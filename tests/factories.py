@@ -18,6 +18,7 @@ from l4.costmodel import (
     StepCostModel,
 )
 from l4.instance import Instance, InstanceConfig
+from l4.metrics import RequestRecord
 from l4.request import RequestSpec
 
 
@@ -79,3 +80,30 @@ def log_uniform_summary(
     prompts = np.exp(rng.uniform(np.log(100), np.log(60_000), n)).astype(int)
     outputs = rng.integers(10, 800, n)
     return summarize_lengths(grid, input_tokens=prompts, output_tokens=outputs, duration_s=n / rate)
+
+
+def random_records(seed: int, n: int = 40, *, max_ttft_s: float = 0.5) -> list[RequestRecord]:
+    """``n`` request records 0.1 s apart, the last two unfinished: TTFT log-uniform in
+    [20 ms, ``max_ttft_s``], 20 ms per output token, every fifth request migrated once."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        arrival = float(i) * 0.1
+        output = int(rng.integers(1, 50))
+        ttft = float(np.exp(rng.uniform(np.log(0.02), np.log(max_ttft_s))))
+        finished = i < n - 2
+        records.append(
+            RequestRecord(
+                request_id=i,
+                arrival_s=arrival,
+                input_tokens=int(rng.integers(10, 2000)),
+                output_tokens=output,
+                generated_tokens=output if finished else 0,
+                first_token_s=arrival + ttft if finished else None,
+                finish_s=arrival + ttft + 0.02 * (output - 1) if finished else None,
+                instances=(i % 4,) if i % 5 else (i % 4, (i + 1) % 4),
+                migrations=0 if i % 5 else 1,
+                preemptions=0,
+            )
+        )
+    return records

@@ -1,4 +1,4 @@
-"""Reports: table content and caption, deterministic JSON/JSONL, non-empty PNG plots."""
+"""Reports: table layout, content and notes; deterministic JSON/JSONL."""
 
 from __future__ import annotations
 
@@ -11,15 +11,22 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from factories import random_records
 from l4.errors import ValidationError
 from l4.metrics import ItlRecorder, RequestRecord, SloConfig, summarize
 from l4.report import (
     CAPTION_KEYS,
+    CV_SENTENCE,
     format_seconds,
-    plot_latency_cdfs,
-    plot_sweep,
+    json_text,
+    metric_rows,
+    overload_warnings,
+    print_capacity,
     print_table,
     render_table,
+    render_tables,
+    requests_jsonl_text,
+    slo_sentence,
     table_caption,
     write_json,
     write_requests_jsonl,
@@ -34,33 +41,6 @@ CONFIG: dict[str, object] = {
     "seed": 7,
     "duration": "600 s",
 }
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_records(seed: int, n: int = 40) -> list[RequestRecord]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        arrival = float(i) * 0.1
-        output = int(rng.integers(1, 50))
-        ttft = float(rng.uniform(0.02, 0.5))
-        finished = i < n - 2
-        records.append(
-            RequestRecord(
-                request_id=i,
-                arrival_s=arrival,
-                input_tokens=int(rng.integers(10, 2000)),
-                output_tokens=output,
-                generated_tokens=output if finished else 0,
-                first_token_s=arrival + ttft if finished else None,
-                finish_s=arrival + ttft + 0.02 * (output - 1) if finished else None,
-                instances=(i % 4,) if i % 5 else (i % 4, (i + 1) % 4),
-                migrations=0 if i % 5 else 1,
-                preemptions=0,
-            )
-        )
-    return records
 
 
 def summary(records: list[RequestRecord]) -> dict[str, object]:
@@ -78,21 +58,144 @@ def summary(records: list[RequestRecord]) -> dict[str, object]:
     )
 
 
-def rendered(results: dict[str, dict[str, object]], config: dict[str, object]) -> str:
-    console = Console(file=io.StringIO(), record=True, width=250, color_system=None)
-    print_table(console, results, config)
+def rendered(
+    results: dict[str, dict[str, object]],
+    config: dict[str, object],
+    *,
+    width: int = 250,
+    slo: SloConfig | None = None,
+) -> str:
+    console = Console(file=io.StringIO(), record=True, width=width, color_system=None)
+    print_table(console, results, config, slo=slo)
     return console.export_text()
 
 
-def test_table_has_one_row_per_policy_and_the_run_description() -> None:
-    results = {"l4": summary(make_records(0)), "round_robin": summary(make_records(1))}
+def row(text: str, label: str) -> list[str]:
+    """The cells of the table row whose label is ``label`` in rendered text."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if cells and cells[0] == label:
+            return cells[1:]
+    raise AssertionError(f"no row {label!r} in\n{text}")
+
+
+def test_table_has_one_column_per_policy_and_the_run_description() -> None:
+    results = {"l4": summary(random_records(0)), "round_robin": summary(random_records(1))}
     text = rendered(results, CONFIG)
-    assert "l4" in text and "round_robin" in text
+    header = next(line for line in text.splitlines() if "metric" in line)
+    assert header.index("l4") < header.index("round_robin")
     for key, value in CONFIG.items():
         assert f"{key}={value}" in text
-    assert "38/2" in text  # completed/unfinished
-    assert "20.0 ms" in text  # ITL p99
-    assert render_table(results, CONFIG).row_count == 2
+    assert row(text, "completed (requests)") == ["38", "38"]
+    assert row(text, "unfinished (requests)") == ["2", "2"]
+    assert row(text, "ITL p99 (ms)") == ["20.0", "20.0"]  # every ITL sample is 20 ms
+    assert render_table(results, CONFIG).row_count == len(metric_rows(results))
+
+
+def test_a_row_of_durations_has_one_unit() -> None:
+    fast = {"ttft_s": {"mean": 0.0123}, "e2e_s": {"mean": 0.5}}
+    slow = {"ttft_s": {"mean": 0.5}, "e2e_s": {"mean": 2.0}}
+    rows = dict(metric_rows({"a": fast, "b": slow}))
+    assert rows["TTFT mean (ms)"] == ["12.3", "500"]
+    assert rows["E2E mean (s)"] == ["0.500", "2.00"]
+    assert rows["TPOT mean (s)"] == ["—", "—"]  # nothing measured: no unit to choose
+
+
+# Six policies whose names and cells need, by hand: the label column 21 characters
+# ("unfinished (requests)") + 3 of padding and border, each policy max(len(name), len(cells)) + 3,
+# and 1 for the closing border. At 80 columns: 25 + 14 (round_robin) + 13 (least_load)
+# + 9 (random) + 10 (llumnix) = 71 <= 80, + 17 (length_buckets) = 88 > 80.
+SIX = ("round_robin", "least_load", "random", "llumnix", "length_buckets", "l4_bids")
+
+
+@pytest.mark.parametrize(
+    ("width", "tables"),
+    [(80, [SIX[:4], SIX[4:]]), (120, [SIX])],
+)
+def test_table_fits_the_terminal_without_cutting_names(
+    width: int, tables: list[tuple[str, ...]]
+) -> None:
+    results = {name: summary(random_records(seed)) for seed, name in enumerate(SIX)}
+    laid_out = render_tables(results, CONFIG, width=width)
+    assert [[str(c.header) for c in t.columns[1:]] for t in laid_out] == [list(t) for t in tables]
+    text = rendered(results, CONFIG, width=width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    for name in SIX:
+        assert f" {name} " in text
+    for label, _cells in metric_rows(results):
+        assert label in text  # row labels, with their units, are never cut either
+
+
+def test_notes_state_the_slo_and_explain_cv() -> None:
+    results = {"l4": summary(random_records(0))}
+    text = rendered(results, CONFIG, slo=SloConfig(scale=5.0))
+    assert "TTFT <= 5x unloaded and TPOT <= 5x unloaded" in text
+    assert CV_SENTENCE in " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("slo", "words"),
+    [
+        (SloConfig(scale=5.0), "TTFT <= 5x unloaded and TPOT <= 5x unloaded (unloaded:"),
+        (SloConfig(scale=3.0, ttft_s=2.0), "TTFT <= 2.00 s and TPOT <= 3x unloaded (unloaded:"),
+        (SloConfig(ttft_s=0.5, tpot_s=0.05), "TTFT <= 500 ms and TPOT <= 50.0 ms"),
+    ],
+)
+def test_slo_sentence(slo: SloConfig, words: str) -> None:
+    sentence = slo_sentence(slo)
+    assert words in sentence
+    assert ("unloaded" in sentence) == (slo.ttft_s is None or slo.tpot_s is None)
+
+
+def _overloaded(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "completed": 100,
+        "unfinished": 0,
+        "slo_attainment": 0.95,
+        "ttft_s": {"mean": 0.9},
+        "unloaded_ttft_s": {"mean": 0.1},
+    }
+    return {**base, **changes}
+
+
+def test_overload_warnings_name_each_sign() -> None:
+    assert overload_warnings({"ok": _overloaded()}) == []  # 9x unloaded, 95%: not overloaded
+    lines = overload_warnings(
+        {
+            "a": _overloaded(unfinished=5, completed=95),
+            "b": _overloaded(slo_attainment=0.2),
+            "c": _overloaded(ttft_s={"mean": 435.0}, unloaded_ttft_s={"mean": 0.51}),
+        }
+    )
+    assert lines == [
+        "a: 5 of 100 requests unfinished when the simulation stopped",
+        "b: only 20% of requests met the goodput SLO",
+        "c: mean TTFT 435 s is 853x the unloaded 510 ms: requests mostly wait in queues",
+    ]
+
+
+def test_print_table_warns_about_overload_only_when_there_is_some() -> None:
+    config = CONFIG
+    calm = rendered({"l4": _overloaded()}, config)
+    assert "overloaded" not in calm
+    busy = rendered({"l4": _overloaded(slo_attainment=0.04)}, config)
+    assert "warning: overloaded at this rate" in busy
+    assert "only 4% of requests met the goodput SLO" in busy
+
+
+def test_capacity_report_states_target_run_and_slo() -> None:
+    console = Console(file=io.StringIO(), record=True, width=80, color_system=None)
+    results = {
+        "least_load": {"rate_scale": 6.5, "requests_per_s": 22.1, "goodput_requests_per_s": 20.3},
+        "random": {"rate_scale": None, "requests_per_s": None, "goodput_requests_per_s": None},
+    }
+    print_capacity(console, results, CONFIG, target=0.9, slo=SloConfig(scale=5.0))
+    text = console.export_text()
+    assert row(text, "least_load") == ["6.5", "22.1", "20.3"]
+    assert row(text, "random") == ["—", "—", "—"]
+    assert ">= 90% SLO" in text and "trace=mooncake_conversation" in text
+    assert "TTFT <= 5x unloaded" in text
 
 
 def test_table_shows_dashes_for_unmeasured_values() -> None:
@@ -107,8 +210,8 @@ def test_table_shows_dashes_for_unmeasured_values() -> None:
         sim_wall_s=0.0,
     )
     text = rendered({"idle": empty}, CONFIG)
-    assert "0/0" in text
-    assert "—" in text
+    assert row(text, "completed (requests)") == ["0"]
+    assert row(text, "TTFT mean (s)") == ["—"]
     assert "None" not in text and "nan" not in text
 
 
@@ -117,6 +220,8 @@ def test_caption_requires_the_run_description() -> None:
         config = {k: v for k, v in CONFIG.items() if k != key}
         with pytest.raises(ValidationError, match=key):
             table_caption(config)
+        with pytest.raises(ValidationError, match=key):
+            render_tables({"l4": _overloaded()}, config, width=80)
     caption = table_caption({**CONFIG, "slo_scale": 5.0})
     assert caption.startswith("trace=mooncake_conversation  rate=12.5")
     assert caption.endswith("slo_scale=5.0")
@@ -140,9 +245,9 @@ def test_format_seconds(value: float | None, text: str) -> None:
 
 
 def test_write_json_is_deterministic(tmp_path: Path) -> None:
-    report_a = {"config": CONFIG, "results": {"l4": summary(make_records(0))}}
+    report_a = {"config": CONFIG, "results": {"l4": summary(random_records(0))}}
     report_b = {
-        "results": {"l4": summary(make_records(0))},
+        "results": {"l4": summary(random_records(0))},
         "config": dict(reversed(CONFIG.items())),
     }
     a, b = tmp_path / "a" / "deep" / "r.json", tmp_path / "b.json"
@@ -164,7 +269,7 @@ def test_write_json_writes_floats_as_repr_and_refuses_nan(tmp_path: Path) -> Non
 
 
 def test_write_requests_jsonl(tmp_path: Path) -> None:
-    records = {"l4": make_records(0, 3), "rr": make_records(1, 2)}
+    records = {"l4": random_records(0, 3), "rr": random_records(1, 2)}
     path = tmp_path / "out" / "requests.jsonl"
     write_requests_jsonl(path, records)
     lines = path.read_text().splitlines()
@@ -198,31 +303,10 @@ def test_write_requests_jsonl(tmp_path: Path) -> None:
     again = tmp_path / "again.jsonl"
     write_requests_jsonl(again, records)
     assert again.read_bytes() == path.read_bytes()
+    assert requests_jsonl_text(records) == path.read_text()
 
 
-def test_plot_latency_cdfs_writes_a_png(tmp_path: Path) -> None:
-    path = tmp_path / "plots" / "cdf.png"
-    plot_latency_cdfs(path, {"l4": make_records(0), "rr": make_records(1), "none": []})
-    data = path.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
-
-
-def test_plot_sweep_writes_a_png(tmp_path: Path) -> None:
-    path = tmp_path / "sweep.png"
-    points = {
-        policy: [(rate, summary(make_records(seed))) for rate in (4.0, 1.0, 2.0)]
-        for seed, policy in enumerate(("l4", "rr"))
-    }
-    points["empty"] = []
-    plot_sweep(path, points, "rate (req/s)")
-    data = path.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
-
-
-def test_plots_close_their_figures(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    before = len(plt.get_fignums())
-    plot_latency_cdfs(tmp_path / "a.png", {"l4": make_records(0)})
-    plot_sweep(tmp_path / "b.png", {"l4": [(1.0, summary(make_records(0)))]}, "rate (req/s)")
-    assert len(plt.get_fignums()) == before
+def test_json_text_is_what_write_json_writes(tmp_path: Path) -> None:
+    report = {"config": CONFIG, "results": {"l4": summary(random_records(0))}}
+    write_json(tmp_path / "r.json", report)
+    assert json_text(report) == (tmp_path / "r.json").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -12,17 +13,27 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from l4 import __version__
-from l4.cliargs import OneLineParser, non_negative_float, positive_float, positive_int
+from l4.cliargs import (
+    OneLineParser,
+    Outputs,
+    add_profile_options,
+    non_negative_float,
+    output_paths,
+    positive_float,
+    positive_int,
+    write_output,
+)
 from l4.core.migration import MigrationConfig, MigrationMechanism
-from l4.costmodel.profile import Profile, available_profiles, load_profile
+from l4.costmodel.profile import Profile, load_profile
 from l4.engine.cli import add_engine_parser, run_engine
 from l4.errors import L4Error, ValidationError
+from l4.gateway.cli import add_serve_parser, run_serve
 from l4.instance.config import InstanceConfig
 from l4.metrics import SloConfig
 from l4.planning_cli import add_plan_parser, run_plan
+from l4.plots import SweepMarks, plot_latency_cdfs, plot_sweep
 from l4.policies.base import parse_policy_list, policy_names
 from l4.profiler.cli import (
     add_calibrate_alpha_parser,
@@ -31,14 +42,13 @@ from l4.profiler.cli import (
     run_profile,
 )
 from l4.report import (
-    plot_latency_cdfs,
-    plot_sweep,
+    json_text,
+    print_capacity,
     print_table,
     render_class_table,
-    table_caption,
-    write_json,
-    write_requests_jsonl,
+    requests_jsonl_text,
 )
+from l4.runrate import DEMO_RATE_SCALE, RateChoice, choose_rate, rate_caption, rate_fields
 from l4.sim.capacity import class_attainments, find_capacity
 from l4.sim.runner import PolicyRun, SimConfig, run_policy
 from l4.workload import Workload, WorkloadSpec, build_workload, bundled_traces
@@ -48,10 +58,12 @@ DEFAULT_PROFILE = "h100-llama-3.2-3b"
 DEFAULT_INSTANCES = 16
 DEFAULT_POLICIES = "round_robin,least_load,random"
 DEFAULT_DURATION_S = 1200.0
-# With neither --rate nor --rate-scale, the trace's rate is multiplied by this: on the default
-# trace and cluster it puts round robin near 90% SLO attainment, where policies differ. At the
-# trace's own rate (x1) the default cluster is nearly idle and every policy looks the same.
-DEFAULT_RATE_SCALE = 4.0
+# What --out DIR receives.
+REPORT_FILE = "report.json"
+REQUESTS_FILE = "requests.jsonl"
+CDF_FILE = "latency_cdf.png"
+CAPACITY_FILE = "capacity.json"
+SWEEP_FILE = "capacity_sweep.png"
 
 
 def _add_workload_options(p: argparse.ArgumentParser) -> None:
@@ -68,8 +80,9 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--rate-scale",
         type=positive_float,
-        help="multiply the arrival rate (the trace's own, or --rate) by this factor "
-        f"(default: {DEFAULT_RATE_SCALE:g} when neither --rate nor --rate-scale is given, else 1)",
+        help="multiply the arrival rate (the trace's own, or --rate) by this factor (default: "
+        f"x{DEMO_RATE_SCALE:g} for a bundled trace without --rate, else 1: a trace file is "
+        "replayed at its recorded times)",
     )
     w.add_argument(
         "--duration",
@@ -96,12 +109,7 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
     )
     w.add_argument("--seed", type=int, default=0, help="seed for arrivals and random choices")
     c = p.add_argument_group("cluster")
-    c.add_argument(
-        "--profile",
-        default=DEFAULT_PROFILE,
-        help=f"calibration profile ({', '.join(available_profiles())}) or a profile JSON path "
-        "(default: %(default)s)",
-    )
+    add_profile_options(c, default=DEFAULT_PROFILE, environ=os.environ)
     c.add_argument("--instances", type=positive_int, default=DEFAULT_INSTANCES)
     c.add_argument(
         "--alpha",
@@ -154,10 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_POLICIES,
         help=f"comma-separated, from: {', '.join(policy_names())} (default: %(default)s)",
     )
-    o = sim.add_argument_group("output")
-    o.add_argument("--out", type=Path, help="directory for report.json, requests.jsonl, cdf.png")
-    o.add_argument("--json", type=Path, help="write the JSON report here")
-    o.add_argument("--requests-out", type=Path, help="write one JSON line per request here")
+    o = sim.add_argument_group(
+        "output",
+        "Paths are checked before the run. With --json - or --requests-out -, standard output "
+        "carries only that data and the table goes to standard error.",
+    )
+    o.add_argument(
+        "--out",
+        type=Path,
+        help=f"directory for {REPORT_FILE}, {REQUESTS_FILE} and {CDF_FILE} (created if missing)",
+    )
+    o.add_argument("--json", type=Path, help="write the JSON report here ('-': standard output)")
+    o.add_argument(
+        "--requests-out",
+        type=Path,
+        help="write one JSON line per request here ('-': standard output)",
+    )
     cap = sub.add_parser(
         "capacity",
         help="find each policy's largest rate that keeps goodput at the target",
@@ -180,17 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
         ">= 32K total tokens; classes under 20 requests are never judged)",
     )
     cap.add_argument("--iterations", type=positive_int, default=6, help="bisection steps")
-    cap.add_argument("--json", type=Path, help="write the JSON result here")
-    cap.add_argument("--out", type=Path, help="directory for capacity.json and sweep.png")
+    cap.add_argument(
+        "--json",
+        type=Path,
+        help="write the JSON result here ('-': standard output, and the table to standard error)",
+    )
+    cap.add_argument(
+        "--out",
+        type=Path,
+        help=f"directory for {CAPACITY_FILE} and {SWEEP_FILE} (created if missing)",
+    )
     add_plan_parser(sub)
     add_engine_parser(sub)
+    add_serve_parser(sub)
     add_profile_parser(sub)
     add_calibrate_alpha_parser(sub)
     return parser
 
 
 def _profile(args: argparse.Namespace) -> Profile:
-    return load_profile(args.profile).with_overrides(
+    return load_profile(args.profile, user_dir=args.profiles_dir).with_overrides(
         kv_capacity_tokens=args.kv_capacity_tokens, alpha=args.alpha
     )
 
@@ -215,13 +244,11 @@ def _sim_config(args: argparse.Namespace, profile: Profile) -> SimConfig:
     )
 
 
-def _rate_scale(args: argparse.Namespace) -> float:
-    if args.rate_scale is not None:
-        return float(args.rate_scale)
-    return 1.0 if args.rate is not None else DEFAULT_RATE_SCALE
+def _rate(args: argparse.Namespace) -> RateChoice:
+    return choose_rate(args.trace, rate_rps=args.rate, rate_scale=args.rate_scale)
 
 
-def _workload(args: argparse.Namespace, profile: Profile, rate_scale: float | None) -> Workload:
+def _workload(args: argparse.Namespace, profile: Profile, rate_scale: float) -> Workload:
     duration = args.duration
     if duration is None and args.num_requests is None:
         duration = DEFAULT_DURATION_S
@@ -240,12 +267,13 @@ def _workload(args: argparse.Namespace, profile: Profile, rate_scale: float | No
     )
 
 
-def _config(args: argparse.Namespace, cfg: SimConfig, workload: Workload) -> dict[str, object]:
+def _config(
+    args: argparse.Namespace, cfg: SimConfig, rate: RateChoice, workload: Workload
+) -> dict[str, object]:
     described = workload.describe()
     return {
         "trace": args.trace,
-        "rate": round(workload.mean_rate_rps, 6),
-        "rate_scale": _rate_scale(args),
+        **rate_fields(rate, workload),
         "instances": cfg.num_instances,
         "profile": cfg.profile.name,
         "alpha": "profile" if args.alpha is None else args.alpha,
@@ -266,7 +294,7 @@ def _config(args: argparse.Namespace, cfg: SimConfig, workload: Workload) -> dic
 def _caption(config: dict[str, object]) -> dict[str, object]:
     keys = ("trace", "rate", "instances", "profile", "alpha", "seed", "duration", "migration")
     out = {k: config[k] for k in keys}
-    out["rate"] = f"{config['rate']:.3g} req/s (x{config['rate_scale']:g})"
+    out["rate"] = rate_caption(config)
     duration = config["duration"]
     out["duration"] = f"{duration:.0f} s" if isinstance(duration, float) else duration
     return out
@@ -302,12 +330,52 @@ class _Progress:
         self.console.print(f"[dim]{label}: {seconds:.1f} s[/dim]")
 
 
+def _outputs(
+    args: argparse.Namespace, *, json_name: str, plot_name: str, requests_name: str | None = None
+) -> Outputs:
+    return output_paths(
+        out=args.out,
+        json=args.json,
+        requests=getattr(args, "requests_out", None),
+        json_name=json_name,
+        plot_name=plot_name,
+        requests_name=requests_name,
+    )
+
+
+def _write(path: Path, text: str, err: Console) -> None:
+    if write_output(path, text):
+        err.print(f"wrote {path}")
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _percent(value: object) -> str:
+    share = _float(value)
+    return "-" if share is None else f"{share:.1%}"
+
+
+def _plot_title(what: str, config: dict[str, object], *, rate_word: str = "at") -> str:
+    """A plot title that names the run: trace, rate, cluster, profile and alpha."""
+    return (
+        f"{what}: {config['trace']} {rate_word} {config['rate']:.3g} req/s "
+        f"(x{config['rate_scale']:g}), {config['instances']} x {config['profile']}, "
+        f"alpha={config['alpha']}"
+    )
+
+
 def cmd_simulate(args: argparse.Namespace, console: Console, err: Console) -> int:
     profile = _profile(args)
     policies = parse_policy_list(args.policies)
     cfg = _sim_config(args, profile)
-    workload = _workload(args, profile, _rate_scale(args))
-    config = _config(args, cfg, workload)
+    outputs = _outputs(args, json_name=REPORT_FILE, plot_name=CDF_FILE, requests_name=REQUESTS_FILE)
+    if outputs.uses_stdout:
+        console = err  # standard output carries the data; people read the table on stderr
+    rate = _rate(args)
+    workload = _workload(args, profile, rate.rate_scale)
+    config = _config(args, cfg, rate, workload)
     if workload.clipped_requests:
         err.print(
             f"note: {workload.clipped_requests} requests clipped to the model's context "
@@ -321,22 +389,16 @@ def cmd_simulate(args: argparse.Namespace, console: Console, err: Console) -> in
             runs.append(run_policy(cfg, workload, name, progress=progress.task(name)))
             progress.done(f"simulated {name}", time.perf_counter() - t0)
     results = {r.policy: r.summary for r in runs}
-    print_table(console, results, _caption(config))
+    print_table(console, results, _caption(config), slo=cfg.slo)
     console.print(render_class_table(results, _caption(config)))
-    report = {"config": config, "results": results}
-    out: Path | None = args.out
-    json_path = args.json or (out / "report.json" if out else None)
-    requests_path = args.requests_out or (out / "requests.jsonl" if out else None)
     records = {r.policy: r.outcome.records for r in runs}
-    if json_path:
-        write_json(json_path, report)
-        err.print(f"wrote {json_path}")
-    if requests_path:
-        write_requests_jsonl(requests_path, records)
-        err.print(f"wrote {requests_path}")
-    if out:
-        plot_latency_cdfs(out / "latency_cdf.png", records)
-        err.print(f"wrote {out / 'latency_cdf.png'}")
+    if outputs.json:
+        _write(outputs.json, json_text({"config": config, "results": results}), err)
+    if outputs.requests:
+        _write(outputs.requests, requests_jsonl_text(records), err)
+    if outputs.plot:
+        plot_latency_cdfs(outputs.plot, records, title=_plot_title("Latency CDFs", config))
+        err.print(f"wrote {outputs.plot}")
     return 0
 
 
@@ -344,12 +406,16 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
     profile = _profile(args)
     policies = parse_policy_list(args.policies)
     cfg = _sim_config(args, profile)
-    base_scale = _rate_scale(args)
+    outputs = _outputs(args, json_name=CAPACITY_FILE, plot_name=SWEEP_FILE)
+    if outputs.uses_stdout:
+        console = err  # standard output carries the JSON; people read the table on stderr
+    rate = _rate(args)
+    base_scale = rate.rate_scale
     base = _workload(args, profile, base_scale)
-    config = _config(args, cfg, base)
+    config = _config(args, cfg, rate, base)
     config["goodput_target"] = args.goodput_target
     config["capacity_rule"] = "overall" if args.overall_only else "overall and every length class"
-    results: dict[str, object] = {}
+    results: dict[str, dict[str, object]] = {}
     sweep: dict[str, list[tuple[float, dict[str, object]]]] = {}
     for name in policies:
         t0 = time.perf_counter()
@@ -360,7 +426,7 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
             summary["requests_per_s"] = workload.mean_rate_rps
             err.print(
                 f"[dim]{name}: x{base_scale * scale:.3g} ({workload.mean_rate_rps:.3g} req/s) "
-                f"attainment {summary.get('slo_attainment')}[/dim]"
+                f"SLO attainment {_percent(summary.get('slo_attainment'))}[/dim]"
             )
             return summary
 
@@ -371,61 +437,48 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
             per_class=not args.overall_only,
         )
         sweep[name] = [(float(str(s["requests_per_s"])), dict(s)) for _, s in found.probes]
-        if found.rate_scale is None or found.summary is None:
-            results[name] = {
-                "rate_scale": None,
-                "requests_per_s": None,
-                "goodput_requests_per_s": None,
-                "slo_attainment": None,
-                "classes": None,
-            }
-        else:
-            results[name] = {
-                "rate_scale": base_scale * found.rate_scale,
-                "requests_per_s": found.summary["requests_per_s"],
-                "goodput_requests_per_s": found.summary["goodput_requests_per_s"],
-                "slo_attainment": found.summary.get("slo_attainment"),
-                # Per-class attainment at the capacity found: what the rule judged.
-                "classes": {
-                    cls: {
-                        "requests": c.requests,
-                        "slo_attainment": c.slo_attainment,
-                        "judged": c.judged,
-                    }
-                    for cls, c in class_attainments(found.summary).items()
-                },
-            }
+        found_summary = found.summary or {}
+        results[name] = {
+            "rate_scale": None if found.rate_scale is None else base_scale * found.rate_scale,
+            "requests_per_s": _float(found_summary.get("requests_per_s")),
+            "goodput_requests_per_s": _float(found_summary.get("goodput_requests_per_s")),
+            "slo_attainment": _float(found_summary.get("slo_attainment")),
+            # Per-class attainment at the capacity found: what the rule judged.
+            "classes": None
+            if found.summary is None
+            else {
+                cls: {
+                    "requests": c.requests,
+                    "slo_attainment": c.slo_attainment,
+                    "judged": c.judged,
+                }
+                for cls, c in class_attainments(found.summary).items()
+            },
+        }
         err.print(f"[dim]{name}: capacity search took {time.perf_counter() - t0:.1f} s[/dim]")
-    report = {"config": config, "results": results}
-    table = Table(title="L4 capacity", caption=table_caption(_caption(config)))
-    for column in (
-        "policy",
-        "rate x trace",
-        "req/s",
-        f"goodput req/s (>= {args.goodput_target:g})",
-        "SLO% overall / by class",
-    ):
-        table.add_column(column, justify="right")
+    print_capacity(console, results, _caption(config), target=args.goodput_target, slo=cfg.slo)
     for name, r in results.items():
-        assert isinstance(r, dict)
-        cells = [r["rate_scale"], r["requests_per_s"], r["goodput_requests_per_s"]]
-        table.add_row(
-            name, *("-" if c is None else f"{c:.3g}" for c in cells), _attainments_text(r)
+        console.print(
+            f"{name}: SLO attainment at capacity {_attainments_text(r)} "
+            f"({config['capacity_rule']})",
+            highlight=False,
         )
-    console.print(table)
-    out: Path | None = args.out
-    json_path = args.json or (out / "capacity.json" if out else None)
-    if json_path:
-        write_json(json_path, report)
-        err.print(f"wrote {json_path}")
-    if out:
-        plot_sweep(out / "capacity_sweep.png", sweep)
-        err.print(f"wrote {out / 'capacity_sweep.png'}")
+    if outputs.json:
+        _write(outputs.json, json_text({"config": config, "results": results}), err)
+    if outputs.plot:
+        capacities = {name: _float(r["requests_per_s"]) for name, r in results.items()}
+        plot_sweep(
+            outputs.plot,
+            sweep,
+            title=_plot_title("Capacity search", config, rate_word="from"),
+            marks=SweepMarks(goodput_target=args.goodput_target, capacities=capacities),
+        )
+        err.print(f"wrote {outputs.plot}")
     return 0
 
 
 def _attainments_text(result: dict[str, object]) -> str:
-    """``93% / <2K 95%, 2K-8K 91%`` (judged classes only) for the capacity table."""
+    """``93% overall; <2K 95%, 2K-8K 91%`` (judged classes only) for the capacity table."""
     overall = result.get("slo_attainment")
     if not isinstance(overall, int | float):
         return "-"
@@ -436,11 +489,15 @@ def _attainments_text(result: dict[str, object]) -> str:
             share = c.get("slo_attainment") if isinstance(c, dict) else None
             if isinstance(c, dict) and c.get("judged") and isinstance(share, int | float):
                 parts.append(f"{cls} {share:.0%}")
-    return f"{overall:.0%} / {', '.join(parts)}" if parts else f"{overall:.0%}"
+    return f"{overall:.0%} overall; {', '.join(parts)}" if parts else f"{overall:.0%} overall"
 
 
 def cmd_engine(args: argparse.Namespace, console: Console, err: Console) -> int:
     return run_engine(args)
+
+
+def cmd_serve(args: argparse.Namespace, console: Console, err: Console) -> int:
+    return run_serve(args)
 
 
 def cmd_plan(args: argparse.Namespace, console: Console, err: Console) -> int:
@@ -462,14 +519,17 @@ COMMANDS = {
     "capacity": cmd_capacity,
     "plan": cmd_plan,
     "engine": cmd_engine,
+    "serve": cmd_serve,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Off a terminal rich would wrap at 80 columns and squeeze the table; give it room.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    # Off a terminal rich would assume 80 columns; a log file has room for more, unless the
+    # caller says otherwise with COLUMNS.
+    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+    console = Console() if wide else Console(width=160)
     err = Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console, err)

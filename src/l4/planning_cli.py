@@ -2,15 +2,18 @@
 
 ``add_plan_parser(subparsers)`` adds the subcommand; ``run_plan(args)`` runs it and returns the
 exit code. Errors are raised as ``L4Error`` for the main CLI to map to exit codes. The JSON written
-by ``--json`` is ``Plan.to_dict()``: ``{"planning_time_s", "cost", "stages": [{"lo_tokens",
-"hi_tokens", "instances", "ttft_s", "tpot_s"}]}`` with ``hi_tokens`` null for the last stage (and
-``cost`` null when no partition is sustainable).
+by ``--json`` is ``Plan.to_dict()`` plus what it was planned for: ``{"config": {"trace",
+"histogram", "rate", "rate_scale", "rate_source", "instances", "profile", "alpha", "migration"},
+"planning_time_s", "cost", "stages": [{"lo_tokens", "hi_tokens", "instances", "ttft_s",
+"tpot_s"}]}`` with ``hi_tokens`` null for the last stage (and ``cost`` null when no partition is
+sustainable). The arrival rate follows ``l4.runrate``, the rule ``l4 simulate`` uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,13 +21,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from l4.cliargs import add_profile_options, check_output_file, to_stdout, write_output
 from l4.core.grid import DEFAULT_MIN_TOKENS, DEFAULT_SUBSTEPS_PER_OCTAVE, exponential_grid
 from l4.core.planner import Plan, plan_stages
 from l4.core.qoe import MECHANISMS, MigrationModel, StageModel
 from l4.core.summary import WorkloadSummary, summarize_workload, summary_from_histogram
-from l4.costmodel.profile import available_profiles, load_profile
+from l4.costmodel.profile import load_profile
 from l4.errors import ValidationError, WorkloadError
 from l4.instance.config import InstanceConfig
+from l4.runrate import DEMO_RATE_SCALE, choose_rate, rate_caption, rate_fields
 from l4.workload import WorkloadSpec, build_workload, bundled_traces
 
 
@@ -44,13 +49,15 @@ def add_plan_parser(subparsers: Any) -> None:
         "%(default)s)",
     )
     src.add_argument("--histogram", type=Path, help="an l4-length-histogram JSON file instead")
-    p.add_argument(
-        "--profile",
-        default="h100-llama-3.2-3b",
-        help=f"{', '.join(available_profiles())} or a JSON path (default: %(default)s)",
-    )
+    add_profile_options(p, default="h100-llama-3.2-3b", environ=os.environ)
     p.add_argument("--instances", type=int, default=16, help="default: %(default)s")
-    p.add_argument("--rate-scale", type=float, help="multiply the arrival rate (default: 1)")
+    p.add_argument(
+        "--rate-scale",
+        type=float,
+        help="multiply the arrival rate (default: as `l4 simulate`: "
+        f"x{DEMO_RATE_SCALE:g} for a bundled trace, else 1: a trace file is planned at its "
+        "recorded rate, a histogram at its rate_rps)",
+    )
     p.add_argument("--duration", type=float, help="use only the first seconds of the trace")
     p.add_argument(
         "--substeps-per-octave",
@@ -71,10 +78,13 @@ def add_plan_parser(subparsers: Any) -> None:
         help="with --migration replay: contexts load from a shared KV store at this many GB/s",
     )
     p.add_argument("--alpha", type=float, help="override the heterogeneity coefficient alpha")
-    p.add_argument("--json", type=Path, help="write the plan as JSON here")
+    p.add_argument("--json", type=Path, help="write the plan as JSON here ('-': standard output)")
 
 
-def _summary(args: argparse.Namespace, max_context_tokens: int) -> WorkloadSummary:
+def _summary(
+    args: argparse.Namespace, max_context_tokens: int
+) -> tuple[WorkloadSummary, dict[str, object]]:
+    """The workload summary to plan for, and the rate fields of the report's ``config``."""
     grid = exponential_grid(
         max_context_tokens,
         substeps_per_octave=args.substeps_per_octave,
@@ -86,24 +96,35 @@ def _summary(args: argparse.Namespace, max_context_tokens: int) -> WorkloadSumma
         except (OSError, ValueError) as exc:
             raise WorkloadError(f"cannot read histogram {args.histogram}: {exc}") from exc
         summary = summary_from_histogram(grid, doc)
-        return summary if args.rate_scale is None else summary.scaled(args.rate_scale)
+        scale = 1.0 if args.rate_scale is None else float(args.rate_scale)
+        summary = summary if args.rate_scale is None else summary.scaled(scale)
+        why = "--rate-scale" if args.rate_scale is not None else "default"
+        return summary, {
+            "rate": round(float(summary.arrivals.sum()) / summary.duration_s, 6),
+            "rate_scale": scale,
+            "rate_source": f"histogram rate_rps x{scale:g} ({why})",
+        }
+    rate = choose_rate(args.trace, rate_rps=None, rate_scale=args.rate_scale)
     workload = build_workload(
         WorkloadSpec(
             trace=args.trace,
             max_context_tokens=max_context_tokens,
-            rate_scale=args.rate_scale,
+            rate_scale=rate.rate_scale,
             duration_s=args.duration,
         )
     )
-    return summarize_workload(grid, workload)
+    return summarize_workload(grid, workload), rate_fields(rate, workload)
 
 
-def compute_plan(args: argparse.Namespace) -> Plan:
-    """Everything ``run_plan`` does except printing and writing."""
+def compute_plan(args: argparse.Namespace) -> tuple[Plan, dict[str, object]]:
+    """Everything ``run_plan`` does except printing and writing: the plan and the ``config``
+    that describes what it was planned for."""
     if args.instances < 1:
         raise ValidationError(f"--instances must be >= 1, got {args.instances}")
-    profile = load_profile(args.profile).with_overrides(alpha=args.alpha)
-    summary = _summary(args, profile.model.max_context_tokens)
+    profile = load_profile(args.profile, user_dir=args.profiles_dir).with_overrides(
+        alpha=args.alpha
+    )
+    summary, rate = _summary(args, profile.model.max_context_tokens)
     model = StageModel(
         profile,
         instance=InstanceConfig.from_profile(profile),
@@ -114,7 +135,16 @@ def compute_plan(args: argparse.Namespace) -> Plan:
             ),
         ),
     )
-    return plan_stages(summary, model, args.instances)
+    config: dict[str, object] = {
+        "trace": None if args.histogram is not None else args.trace,
+        "histogram": None if args.histogram is None else str(args.histogram),
+        **rate,
+        "instances": args.instances,
+        "profile": profile.name,
+        "alpha": "profile" if args.alpha is None else args.alpha,
+        "migration": args.migration,
+    }
+    return plan_stages(summary, model, args.instances), config
 
 
 def _fmt_s(value: float) -> str:
@@ -145,12 +175,18 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 
 def run_plan(args: argparse.Namespace, console: Console | None = None) -> int:
-    """Run ``l4 plan``: print the stages and planning time, write ``--json``; 0 on success."""
-    plan = compute_plan(args)
-    if console is None:
+    """Run ``l4 plan``: print the stages, the rate planned for and the planning time; write
+    ``--json`` (``-``: standard output, and the table goes to standard error)."""
+    if args.json is not None:
+        check_output_file("--json", args.json)
+    plan, config = compute_plan(args)
+    if to_stdout(args.json):
+        console = Console(stderr=True)
+    elif console is None:
         console = Console() if sys.stdout.isatty() else Console(width=160)
     print_plan(plan, console)
+    source = config["trace"] or config["histogram"]
+    console.print(f"planned for {source} at {rate_caption(config)}", highlight=False)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        write_output(args.json, json.dumps({"config": config, **plan.to_dict()}, indent=2) + "\n")
     return 0

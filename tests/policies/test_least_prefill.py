@@ -96,3 +96,44 @@ def test_when_nothing_fits_the_most_room_wins() -> None:
     assert [sim.instance(i).free_blocks() for i in range(3)] == [16, 41, 29]
     policy = make_policy("least_prefill", ctx)
     assert policy.route(req(0, 1500, 10), sim, 0.0) == 1  # 94 blocks fit nowhere
+
+
+class _Down:
+    """An instance view that reports itself out of service."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    @property
+    def available(self) -> bool:
+        return False
+
+
+class _Outage:
+    """A cluster view with some instances out of service (as the gateway reports a failure)."""
+
+    def __init__(self, inner: Simulation, down: set[int]) -> None:
+        self.inner, self.down = inner, down
+
+    @property
+    def num_instances(self) -> int:
+        return self.inner.num_instances
+
+    def instance(self, instance_id: int) -> object:
+        view = self.inner.instance(instance_id)
+        return _Down(view) if instance_id in self.down else view
+
+    def migrate(self, seq: Seq, src: int, dst: int, reason: str) -> bool:
+        return self.inner.migrate(seq, src, dst, reason)
+
+
+def test_instances_out_of_service_are_skipped() -> None:
+    ctx, sim = _setup(3)
+    _queue(sim, 0, 800)
+    _queue(sim, 2, 300)  # instance 1 idle, instance 2 has the next least prefill
+    policy = make_policy("least_prefill", ctx)
+    assert policy.route(req(0, 100, 10), sim, 0.0) == 1
+    assert policy.route(req(0, 100, 10), _Outage(sim, {1}), 0.0) == 2  # type: ignore[arg-type]

@@ -220,7 +220,8 @@ def test_calibrate_alpha_refuses_another_models_measurement(
         run_calibrate_alpha(args, _quiet())
 
 
-def test_calibrate_alpha_dry_run_on_a_bundled_profile_writes_nothing(tmp_path: Path) -> None:
+def _synthetic_csv(tmp_path: Path) -> Path:
+    """A skew CSV without measurement metadata: alpha 0.1 / 0.8 at n = 2, 0 / 0.05 at n = 64."""
     rows = [
         SkewRow(
             shape=SkewShape(
@@ -238,12 +239,83 @@ def test_calibrate_alpha_dry_run_on_a_bundled_profile_writes_nothing(tmp_path: P
     ]
     csv_path = tmp_path / "h100_skew.csv"
     write_skew_csv(csv_path, rows)
+    return csv_path
+
+
+def test_calibrate_alpha_dry_run_on_a_bundled_profile_writes_nothing(tmp_path: Path) -> None:
+    csv_path = _synthetic_csv(tmp_path)
     bundled = PROFILES / "h100-llama-3.1-8b.json"
     before = bundled.read_text()
     buf = io.StringIO()
-    args = _parse(["calibrate-alpha", "--csv", str(csv_path), "--profile", "h100-llama-3.1-8b"])
-    assert run_calibrate_alpha(args, Console(file=buf, width=200)) == 0
+    user_dir = tmp_path / "profiles"
+    args = _parse(
+        [
+            *("calibrate-alpha", "--csv", str(csv_path), "--profile", "h100-llama-3.1-8b"),
+            *("--profiles-dir", str(user_dir)),
+        ]
+    )
+    assert run_calibrate_alpha(args, Console(file=buf, width=300)) == 0
     assert bundled.read_text() == before
+    assert not user_dir.exists()
     text = buf.getvalue()
-    assert "dry run" in text and str(bundled) in text
+    target = user_dir / "h100-llama-3.1-8b-calibrated.json"
+    assert (
+        f"dry run: nothing written (--write saves it as h100-llama-3.1-8b-calibrated in {target})"
+        in text
+    )
     assert "0.083 -> 0.100" in text and "0.831 -> 0.800" in text  # n = 2: current -> fitted
+
+
+def test_calibrate_alpha_write_keeps_the_package_and_saves_a_user_profile(tmp_path: Path) -> None:
+    csv_path = _synthetic_csv(tmp_path)
+    bundled = PROFILES / "h100-llama-3.1-8b.json"
+    before = bundled.read_bytes()
+    user_dir = tmp_path / "profiles"
+    base = ["calibrate-alpha", "--csv", str(csv_path), "--profiles-dir", str(user_dir)]
+    buf = io.StringIO()
+    args = _parse([*base, "--profile", "h100-llama-3.1-8b", "--write"])
+    assert run_calibrate_alpha(args, Console(file=buf, width=300)) == 0
+    assert bundled.read_bytes() == before
+    saved = user_dir / "h100-llama-3.1-8b-calibrated.json"
+    assert f"wrote {saved}: use it with --profile h100-llama-3.1-8b-calibrated" in buf.getvalue()
+    doc = json.loads(saved.read_text())
+    assert doc["name"] == "h100-llama-3.1-8b-calibrated"
+    assert doc["provenance"]["calibrated_from"] == "h100-llama-3.1-8b"
+    profile = load_profile("h100-llama-3.1-8b-calibrated", user_dir=user_dir)
+    assert profile.alpha(2, False) == pytest.approx(0.1) and profile.alpha(2, True) == 0.8
+    assert load_profile("h100-llama-3.1-8b").alpha(2, True) == pytest.approx(0.831, abs=1e-3)
+    # a user profile is rewritten where it is, under its own name
+    again = _parse([*base, "--profile", "h100-llama-3.1-8b-calibrated", "--write"])
+    assert run_calibrate_alpha(again, _quiet()) == 0
+    assert sorted(p.name for p in user_dir.iterdir()) == ["h100-llama-3.1-8b-calibrated.json"]
+    assert json.loads(saved.read_text())["provenance"]["calibrated_from"] == "h100-llama-3.1-8b"
+    # --name saves a copy under another name
+    named = _parse([*base, "--profile", "h100-llama-3.1-8b", "--write", "--name", "lab-h100"])
+    assert run_calibrate_alpha(named, _quiet()) == 0
+    assert load_profile("lab-h100", user_dir=user_dir).name == "lab-h100"
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--write", "--name", "h100-llama-3.2-3b"], "bundled profile's name"),
+        (["--write", "--name", "a/b"], "not a path"),
+        (["--out", str(PROFILES / "h100-llama-3.1-8b.json")], "inside the installed package"),
+        (["--out", "."], "is a directory, expected a file name"),
+    ],
+)
+def test_calibrate_alpha_refuses_to_write_where_it_would_be_lost_or_harmful(
+    tmp_path: Path, extra: list[str], needle: str
+) -> None:
+    csv_path = _synthetic_csv(tmp_path)
+    before = (PROFILES / "h100-llama-3.1-8b.json").read_bytes()
+    args = _parse(
+        [
+            *("calibrate-alpha", "--csv", str(csv_path), "--profile", "h100-llama-3.1-8b"),
+            *("--profiles-dir", str(tmp_path / "p"), *extra),
+        ]
+    )
+    with pytest.raises(ConfigError, match=needle):
+        run_calibrate_alpha(args, _quiet())
+    assert (PROFILES / "h100-llama-3.1-8b.json").read_bytes() == before
+    assert not (tmp_path / "p").exists()

@@ -161,6 +161,7 @@ class InstanceAgent:
                 boundaries_tokens=msg.boundaries_tokens,
                 stage_of_instance=msg.stage_of_instance,
                 version=msg.version,
+                out=msg.out,
             )
             self.draining = self.draining or self.stage != old
 

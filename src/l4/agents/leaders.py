@@ -156,7 +156,7 @@ def propose_plan(
     (``l4.core.choice``); ``drain_cost`` prices the hand-offs a new assignment of instances
     forces (seconds of latency per second of the re-plan period) and is added to its cost."""
     grid = summary.grid
-    costs = model.cost_table(summary, len(table.stage_of_instance))
+    costs = model.cost_table(summary, table.num_serving)
     new_cost, segments, feasible = plan_from_costs(grid, costs)
     if not feasible:
         return None
@@ -173,4 +173,5 @@ def propose_plan(
         boundaries_tokens=boundaries,
         stage_of_instance=stage_of,
         sender=sender,
+        out=table.out,
     )

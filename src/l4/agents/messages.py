@@ -115,12 +115,13 @@ class BoundaryMove:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlanUpdate:
-    """A full re-plan: new boundaries and the stage of every instance."""
+    """A full re-plan: new boundaries, the stage of every instance, who is out of service."""
 
     version: int
     boundaries_tokens: tuple[int, ...]
     stage_of_instance: tuple[int, ...]
     sender: int
+    out: frozenset[int] = frozenset()
 
 
 Message = LoadReport | LengthReport | Ask | Bid | Award | Decline | BoundaryMove | PlanUpdate

@@ -19,7 +19,7 @@ one every instance starts in one stage and re-planning splits them when traffic 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -48,7 +48,7 @@ from l4.agents.messages import (
 )
 from l4.agents.observer import WindowObserver
 from l4.agents.refinement import BoundaryRule, RefinementConfig
-from l4.agents.stages import StageTable
+from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.choice import plan_with_margin
 from l4.core.grid import LengthGrid, exponential_grid
 from l4.core.qoe import MigrationModel, SloObjective, StageModel
@@ -105,7 +105,11 @@ class L4Runtime:
     def __init__(
         self, ctx: PolicyContext, config: L4Config, *, drop: DropRule | None = None
     ) -> None:
+        if ctx.static_plan is not None and config.staged:
+            config = replace(config, refine=False, replan=False)  # pinned ranges stay pinned
         self.config = config
+        self._static_plan = ctx.static_plan
+        self._workload = ctx.workload
         self.tick_interval_s: float | None = config.agent.tick_s
         self._n = ctx.num_instances
         self.grid: LengthGrid = (
@@ -148,6 +152,7 @@ class L4Runtime:
         self._next_replan_s: float | None = None
         self.boundary_moves = 0
         self.replans = 0
+        self.membership_changes = 0
         self._proposal: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self._proposal_rounds = 0
         self._cost = ctx.cost
@@ -160,6 +165,11 @@ class L4Runtime:
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
 
     def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
+        if self._static_plan is not None and self.config.staged:
+            return StageTable(
+                boundaries_tokens=self._static_plan.boundaries_tokens,
+                stage_of_instance=self._static_plan.stage_of_instance(),
+            )
         if workload is None or not self.config.staged:
             return StageTable.single(self._n)
         plan = plan_with_margin(workload, self.model, self._n, margin=self.config.stage_margin)
@@ -259,9 +269,11 @@ class L4Runtime:
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
         self._cluster = cluster
-        for a in self.agents:
+        self._check_membership(cluster)
+        serving = [a for a in self.agents if a.instance_id not in self.table.out]
+        for a in serving:
             a.publish_load(now_s)
-        for a in self.agents:
+        for a in serving:
             a.tick(now_s, self._new_ask_id)
         if self._next_refine_s is None:
             self._next_refine_s = now_s + self.config.refinement.period_s
@@ -300,6 +312,7 @@ class L4Runtime:
             "boundary_moves": self.boundary_moves,
             "replans": self.replans,
             "spills": self.spills,
+            "membership_changes": self.membership_changes,
             "agent_events": dict(sorted(totals.items())),
             "messages": dict(sorted(self.bus.sent.items())),
         }
@@ -318,8 +331,56 @@ class L4Runtime:
                 boundaries_tokens=msg.boundaries_tokens,
                 stage_of_instance=msg.stage_of_instance,
                 version=msg.version,
+                out=msg.out,
             )
-            self.replans += 1
+            if msg.sender != FRONT:  # the coordinator's re-plan, not a change of membership
+                self.replans += 1
+
+    # ---- instances leaving and rejoining service -----------------------------------------------
+    def _check_membership(self, cluster: ClusterView) -> None:
+        """Re-plan over the serving instances when one leaves or rejoins service.
+
+        Instances out of service (``InstanceView.available`` false: an engine the gateway took
+        out) keep a nominal stage but serve none; the plan is recomputed for the rest, from the
+        coordinator's latest reports (else the expected workload) — or, with pinned ranges, the
+        same boundaries over fewer instances — and published like a re-plan, so agents whose
+        stage changed drain.
+        """
+        out = frozenset(i for i in range(self._n) if not cluster.instance(i).available)
+        if out == self.table.out or len(out) == self._n:
+            return  # unchanged, or nobody to plan for (the front door has nowhere to send)
+        boundaries, counts = self._plan_for(self._n - len(out))
+        update = PlanUpdate(
+            version=self.table.version + 1,
+            boundaries_tokens=boundaries,
+            stage_of_instance=reassign(self.table, counts, out),
+            sender=FRONT,
+            out=out,
+        )
+        for dst in (*range(self._n), FRONT):
+            self.bus.send(dst, update)
+        self.bus.flush()
+        self.membership_changes += 1
+
+    def _plan_for(self, serving: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(boundaries, instances per stage) for ``serving`` instances."""
+        if not self.config.staged:
+            return (), (serving,)
+        pinned = self._static_plan
+        if pinned is not None:
+            stages = min(len(pinned.stage_sizes), serving)
+            return pinned.boundaries_tokens[: stages - 1], split_in_proportion(
+                serving, list(pinned.stage_sizes[:stages])
+            )
+        coordinator = self.agents[self._leader(0)] if self.table.members(0) else None
+        reports = list(coordinator.reports.values()) if coordinator is not None else []
+        summary = self._combined(reports) if reports else None
+        if summary is None or not summary.decode_steps.sum() > 0:
+            summary = self._workload
+        if summary is None:
+            return (), (serving,)
+        plan = plan_with_margin(summary, self.model, serving, margin=self.config.stage_margin)
+        return plan.boundaries_tokens, tuple(s.num_instances for s in plan.stages)
 
     # ---- refinement and re-planning ------------------------------------------------------------
     def _leader(self, stage: int) -> int:
@@ -332,6 +393,8 @@ class L4Runtime:
             self._batch_excess = weight * window + (1 - weight) * self._batch_excess
         self._arrivals_s = []
         for a in self.agents:
+            if a.instance_id in self.table.out:
+                continue
             summary = a.observer.close(a.view(), now_s)
             if summary is None:
                 continue

@@ -1,9 +1,11 @@
 """The stage table: ordered length boundaries and which instances serve each stage.
 
 Stage ``s`` serves current context lengths ``[b_s, b_{s+1})`` with ``b_0 = 0`` and an open last
-stage. Guarantees: boundaries stay strictly increasing and positive, every stage keeps at least one
-instance, and every instance belongs to exactly one stage — a move or re-plan that would break
-this is refused (``apply_move`` returns False), so a late or reordered message cannot corrupt it.
+stage. Instances in ``out`` are out of service (a failed engine behind the gateway): they keep a
+nominal stage but are nobody's member. Guarantees: boundaries stay strictly increasing and
+positive, every stage keeps at least one serving instance (unless every instance is out), and
+every serving instance belongs to exactly one stage — a move or re-plan that would break this is
+refused (``with_move`` returns None), so a late or reordered message cannot corrupt it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class StageTable:
     boundaries_tokens: tuple[int, ...]  # b_1 < ... < b_{N-1}
     stage_of_instance: tuple[int, ...]
     version: int = 0
+    out: frozenset[int] = frozenset()  # instances out of service
 
     def __post_init__(self) -> None:
         b = self.boundaries_tokens
@@ -30,8 +33,9 @@ class StageTable:
         stages = len(b) + 1
         if any(not 0 <= s < stages for s in self.stage_of_instance):
             raise ValidationError("an instance is assigned to a stage that does not exist")
-        if set(self.stage_of_instance) != set(range(stages)):
-            raise ValidationError("every stage needs at least one instance")
+        serving = {s for i, s in enumerate(self.stage_of_instance) if i not in self.out}
+        if serving != set(range(stages)) and len(self.out) < len(self.stage_of_instance):
+            raise ValidationError("every stage needs at least one serving instance")
 
     @classmethod
     def from_plan(cls, plan: Plan, version: int = 0) -> StageTable:
@@ -63,8 +67,12 @@ class StageTable:
         hi = b[stage] if stage < len(b) else None
         return lo, hi
 
+    @property
+    def num_serving(self) -> int:
+        return len(self.stage_of_instance) - len(self.out)
+
     def members(self, stage: int) -> list[int]:
-        return [i for i, s in enumerate(self.stage_of_instance) if s == stage]
+        return [i for i, s in enumerate(self.stage_of_instance) if s == stage and i not in self.out]
 
     def groups(self) -> list[list[int]]:
         return [self.members(s) for s in range(self.num_stages)]
@@ -84,24 +92,47 @@ class StageTable:
             boundaries_tokens=tuple(b),
             stage_of_instance=self.stage_of_instance,
             version=self.version,
+            out=self.out,
         )
 
 
-def reassign(current: StageTable, counts: Sequence[int]) -> tuple[int, ...]:
+def reassign(
+    current: StageTable, counts: Sequence[int], out: frozenset[int] | None = None
+) -> tuple[int, ...]:
     """Stage of every instance for new per-stage ``counts``, moving as few as keeps them ordered.
 
-    Instances are ranked by their current stage (then id) and dealt to the new stages in that
-    order, so an instance only moves to a neighbouring range and most stay where they are.
+    The serving instances (all but ``out``, by default the current table's) are ranked by their
+    current stage (then id) and dealt to the new stages in that order, so an instance only moves
+    to a neighbouring range and most stay where they are. Instances out of service keep their
+    stage, capped at the new last one.
     """
-    if sum(counts) != len(current.stage_of_instance) or any(c < 1 for c in counts):
+    out = current.out if out is None else out
+    n = len(current.stage_of_instance)
+    if sum(counts) != n - len(out) or any(c < 1 for c in counts):
         raise ValidationError(f"stage sizes {tuple(counts)} do not cover the instances")
     ranked = sorted(
-        range(len(current.stage_of_instance)), key=lambda i: (current.stage_of_instance[i], i)
+        (i for i in range(n) if i not in out), key=lambda i: (current.stage_of_instance[i], i)
     )
-    out = [0] * len(ranked)
+    stages = [min(s, len(counts) - 1) for s in current.stage_of_instance]
     pos = 0
     for s, c in enumerate(counts):
         for i in ranked[pos : pos + c]:
-            out[i] = s
+            stages[i] = s
         pos += c
-    return tuple(out)
+    return tuple(stages)
+
+
+def split_in_proportion(total: int, weights: Sequence[int]) -> tuple[int, ...]:
+    """``total`` instances over stages in proportion to ``weights``, at least one each (largest
+    remainders, ties to the earlier stage); needs ``1 <= len(weights) <= total``."""
+    k = len(weights)
+    if not 1 <= k <= total:
+        raise ValidationError(f"cannot give {k} stages at least one of {total} instances")
+    spare = total - k
+    wsum = sum(weights)
+    ideal = [spare * w / wsum if wsum > 0 else spare / k for w in weights]
+    sizes = [1 + int(x) for x in ideal]
+    order = sorted(range(k), key=lambda i: (-(ideal[i] - int(ideal[i])), i))
+    for i in order[: total - sum(sizes)]:
+        sizes[i] += 1
+    return tuple(sizes)

@@ -4,6 +4,10 @@ A profile is a JSON file under ``l4/costmodel/profiles/`` written by
 ``tools/calibrate_profiles.py`` from public measurements; it records where every number came from
 (``provenance``) and how well the model reproduces the measurements (``fit_error``). This module
 only reads and validates them; it never fits anything.
+
+Users' own profiles (``l4 calibrate-alpha --write``) live in a user directory that the CLI passes
+in as ``user_dir`` (this module reads no environment) or at an explicit path; ``--profile NAME``
+finds a bundled name first, then ``<user_dir>/NAME.json``.
 """
 
 from __future__ import annotations
@@ -174,20 +178,68 @@ class Profile:
 
 
 def available_profiles() -> list[str]:
+    """Names of the bundled profiles, sorted."""
     files = resources.files(PROFILE_PACKAGE).iterdir()
     return sorted(f.name.removesuffix(".json") for f in files if f.name.endswith(".json"))
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """Load a bundled profile by name, or a profile JSON file by path."""
+def user_profiles(user_dir: Path | None) -> list[str]:
+    """Names of the profiles (``<name>.json``) in a user directory, sorted; none if it is absent."""
+    if user_dir is None or not user_dir.is_dir():
+        return []
+    return sorted(f.stem for f in user_dir.glob("*.json") if f.is_file())
+
+
+def _is_name(value: str) -> bool:
+    """A profile name, as opposed to a path: no directory part and no .json suffix."""
+    return "/" not in value and "\\" not in value and not value.endswith(".json")
+
+
+def bundled_profile_dir() -> Path | None:
+    """The installed package's profile directory, or None when it is inside an archive."""
+    root = resources.files(PROFILE_PACKAGE)
+    return Path(str(root)) if isinstance(root, Path) else None
+
+
+def is_bundled_file(path: Path) -> bool:
+    """Whether ``path`` is one of the installed package's own profile files."""
+    root = bundled_profile_dir()
+    return root is not None and path.resolve().parent == root.resolve()
+
+
+def profile_source(name_or_path: str, *, user_dir: Path | None = None) -> Path | None:
+    """Where a ``--profile`` value lives: None for a bundled name, else the file.
+
+    Resolution order: a bundled name; then ``<user_dir>/<name>.json``; then a JSON path. A name
+    in the user directory never shadows a bundled one, so a bundled name always means the same
+    numbers. Unknown names raise ``UnknownNameError`` listing bundled and user profiles.
+    """
+    if name_or_path in available_profiles():
+        return None
+    if _is_name(name_or_path):
+        candidate = None if user_dir is None else user_dir / f"{name_or_path}.json"
+        if candidate is not None and candidate.is_file():
+            return candidate
+        raise UnknownNameError(
+            "profile", name_or_path, [*available_profiles(), *user_profiles(user_dir)]
+        )
     path = Path(name_or_path)
-    if name_or_path.endswith(".json") and path.exists():
-        text = path.read_text()
-    else:
-        known = available_profiles()
-        if name_or_path not in known:
-            raise UnknownNameError("profile", name_or_path, known)
-        text = resources.files(PROFILE_PACKAGE).joinpath(f"{name_or_path}.json").read_text()
+    if not path.is_file():
+        raise ConfigError(f"profile file {path} not found")
+    return path
+
+
+def load_profile(name_or_path: str, *, user_dir: Path | None = None) -> Profile:
+    """Load a bundled profile by name, a profile in ``user_dir`` by name, or a JSON file by path
+    (``profile_source`` gives the order)."""
+    source = profile_source(name_or_path, user_dir=user_dir)
+    try:
+        if source is None:
+            text = resources.files(PROFILE_PACKAGE).joinpath(f"{name_or_path}.json").read_text()
+        else:
+            text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"profile {name_or_path}: cannot read it ({exc})") from exc
     try:
         return profile_from_dict(json.loads(text))
     except (KeyError, TypeError, ValueError) as exc:

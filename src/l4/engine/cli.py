@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from l4.costmodel.profile import available_profiles, load_profile
+from l4.cliargs import add_profile_options
+from l4.costmodel.profile import load_profile
 from l4.engine.faults import FaultConfig
 from l4.engine.server import EngineConfig
 from l4.engine.serving import EngineServer
@@ -35,12 +37,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--port", type=int, help="port of the (single) instance")
     p.add_argument("--instances", type=int, default=1, help="instances to serve (default: 1)")
     p.add_argument("--base-port", type=int, help="port of instance 0; instance i uses base + i")
-    p.add_argument(
-        "--profile",
-        default=DEFAULT_PROFILE,
-        help=f"calibration profile ({', '.join(available_profiles())}) or a profile JSON path "
-        "(default: %(default)s)",
-    )
+    add_profile_options(p, default=DEFAULT_PROFILE, environ=os.environ)
     p.add_argument(
         "--time-scale",
         type=float,
@@ -138,7 +135,9 @@ def engine_targets(args: argparse.Namespace) -> list[ServeTarget]:
         _check_port(args.base_port, "--base-port")
         _check_port(args.base_port + args.instances - 1, "the last port")
         ports = [args.base_port + i for i in range(args.instances)]
-    profile = load_profile(args.profile).with_overrides(kv_capacity_tokens=args.kv_capacity_tokens)
+    profile = load_profile(args.profile, user_dir=args.profiles_dir).with_overrides(
+        kv_capacity_tokens=args.kv_capacity_tokens
+    )
     icfg = InstanceConfig.from_profile(
         profile,
         max_num_seqs=args.max_num_seqs,

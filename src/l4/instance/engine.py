@@ -143,6 +143,10 @@ class Instance:
         return self._step
 
     @property
+    def available(self) -> bool:
+        return True  # a simulated instance never fails
+
+    @property
     def num_waiting(self) -> int:
         return len(self._waiting)
 

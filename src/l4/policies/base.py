@@ -8,7 +8,7 @@ run constructs its own from a `PolicyContext`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 from l4.errors import UnknownNameError
@@ -134,9 +134,18 @@ def one_group(num_instances: int) -> list[list[int]]:
     return [list(range(num_instances))]
 
 
-def argmin(values: Sequence[float]) -> int:
-    best, best_i = values[0], 0
-    for i, v in enumerate(values):
-        if v < best:
-            best, best_i = v, i
+def available(cluster: ClusterView, ids: Iterable[int]) -> list[int]:
+    """The instances of ``ids`` in service."""
+    return [i for i in ids if cluster.instance(i).available]
+
+
+def least_loaded(cluster: ClusterView, ids: Iterable[int]) -> int:
+    """vLLM's data-parallel rule over ``ids``: fewest ``4 x waiting + running``, ties to the
+    first listed."""
+    best_i, best = -1, -1
+    for i in ids:
+        inst = cluster.instance(i)
+        score = 4 * inst.num_waiting + inst.num_running
+        if best < 0 or score < best:
+            best, best_i = score, i
     return best_i

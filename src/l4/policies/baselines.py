@@ -3,13 +3,15 @@
 * `round_robin`  the default of most gateways (vLLM production-stack).
 * `random`       uniform choice, seeded.
 * `least_load`   vLLM's data-parallel balancer: fewest 4 x waiting + running, ties to the lowest id.
+
+Each skips instances out of service (`InstanceView.available`; always true in the simulator).
 """
 
 from __future__ import annotations
 
 import random
 
-from l4.policies.base import argmin, one_group, register_policy
+from l4.policies.base import available, least_loaded, one_group, register_policy
 from l4.request import RequestSpec
 from l4.views import ClusterView, PolicyContext
 
@@ -22,9 +24,12 @@ class RoundRobin:
         self._next = 0
 
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
-        i = self._next
-        self._next = (i + 1) % self._n
-        return i
+        for _ in range(self._n):
+            i = self._next
+            self._next = (i + 1) % self._n
+            if cluster.instance(i).available:
+                return i
+        return self._next  # none in service: the caller has nowhere to send it anyway
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
         pass
@@ -41,7 +46,8 @@ class RandomChoice:
         self._rng = random.Random(ctx.seed)
 
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
-        return self._rng.randrange(self._n)
+        up = available(cluster, range(self._n))
+        return up[self._rng.randrange(len(up))] if up else self._rng.randrange(self._n)
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
         pass
@@ -59,11 +65,7 @@ class LeastLoad:
         self._n = ctx.num_instances
 
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
-        scores = []
-        for i in range(self._n):
-            inst = cluster.instance(i)
-            scores.append(4 * inst.num_waiting + inst.num_running)
-        return argmin(scores)
+        return least_loaded(cluster, available(cluster, range(self._n)) or range(self._n))
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
         pass

@@ -21,12 +21,14 @@ The rule, per arrival:
 3. When no instance passes the guard, the instance with the most KV room left after its queue
    (Llumnix's freeness without the per-request division): it will admit the prompt first.
 
-No migration. Guarantees: the choice is a pure function of the instances' state (deterministic).
+Instances out of service (`InstanceView.available`; always in service in the simulator) are
+skipped. No migration. Guarantees: the choice is a pure function of the instances' state
+(deterministic).
 """
 
 from __future__ import annotations
 
-from l4.policies.base import one_group, register_policy
+from l4.policies.base import available, one_group, register_policy
 from l4.request import RequestSpec
 from l4.views import ClusterView, InstanceView, PolicyContext
 
@@ -41,10 +43,11 @@ def pending_prefill_tokens(inst: InstanceView) -> int:
 
 
 def least_prefill_choice(cluster: ClusterView, members: list[int], prompt_blocks: int) -> int:
-    """The instance of ``members`` that the rule above picks for a prompt of ``prompt_blocks``."""
+    """The instance of ``members`` that the rule above picks for a prompt of ``prompt_blocks``
+    (among those in service, or all of them when none is)."""
     best: tuple[int, int, int] | None = None
     fallback: tuple[int, int] | None = None
-    for i in members:
+    for i in available(cluster, members) or members:
         inst = cluster.instance(i)
         room = room_blocks(inst)
         if room >= prompt_blocks:

@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from l4.core.summary import WorkloadSummary
 from l4.errors import ValidationError
-from l4.policies.base import register_policy
+from l4.policies.base import available, least_loaded, register_policy
 from l4.request import RequestSpec
 from l4.views import ClusterView, PolicyContext
 
@@ -158,17 +158,22 @@ class LengthBuckets:
 
     def __init__(self, ctx: PolicyContext, config: LengthBucketsConfig | None = None) -> None:
         self.config = config or LengthBucketsConfig()
-        self.plan = plan_buckets(ctx.workload, ctx.num_instances, self.config.num_buckets)
+        pinned = ctx.static_plan
+        if pinned is not None:  # the operator's ranges, as llm-d's context-length labels
+            starts = [int(x) for x in np.cumsum((0, *pinned.stage_sizes))]
+            self.plan = BucketPlan(
+                bounds_tokens=pinned.boundaries_tokens,
+                groups=tuple(tuple(range(a, b)) for a, b in itertools.pairwise(starts)),
+            )
+        else:
+            self.plan = plan_buckets(ctx.workload, ctx.num_instances, self.config.num_buckets)
 
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         group = self.plan.groups[self.plan.bucket_of(request.input_tokens)]
-        best_i, best = group[0], -1
-        for i in group:
-            inst = cluster.instance(i)
-            score = 4 * inst.num_waiting + inst.num_running
-            if best < 0 or score < best:
-                best, best_i = score, i
-        return best_i
+        # A group with every instance out of service borrows the others (a pool shrinks, as
+        # llm-d's filter falls back to every pod when none carries the label).
+        up = available(cluster, group) or available(cluster, range(cluster.num_instances))
+        return least_loaded(cluster, up or group)
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
         pass

@@ -145,7 +145,10 @@ class Llumnix:
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         best_i, best = 0, -math.inf
         for i in range(self._n):
-            f = self.dispatch_freeness(cluster.instance(i))
+            inst = cluster.instance(i)
+            if not inst.available:
+                continue  # out of service (behind the gateway)
+            f = self.dispatch_freeness(inst)
             if f > best:  # ties go to the lowest id, as a stable sort would
                 best, best_i = f, i
         return best_i
@@ -182,7 +185,7 @@ class Llumnix:
             killed = self.killed(inst)
             if killed > 0 or load > threshold:
                 srcs.append((-load, i))
-            elif load < threshold:
+            elif load < threshold and inst.available:
                 dsts.append((load, i))
         srcs.sort()
         dsts.sort()

@@ -8,7 +8,8 @@ uses: with ``kv-transfer`` its KV cache is copied in the background while it kee
 prefill instance (DistServe's and Splitwise's KV hand-off); with ``replay`` the decode instance
 re-prefills prompt and generated tokens (what a gateway in front of unmodified engines can do).
 A decode pool without room leaves the request decoding where it is and retries at the next tick,
-so nothing is lost or stuck when the split is wrong, only slower.
+so nothing is lost or stuck when the split is wrong, only slower. Instances out of service
+(`InstanceView.available`) take neither arrivals nor hand-offs.
 
 Decode destination: the decode instance with the most free KV (after its queue and the hand-offs
 already sent this tick; the pool's instances are alike, so this is the least KV in use), among
@@ -40,7 +41,7 @@ from l4.core.qoe import StageModel
 from l4.core.summary import WorkloadSummary
 from l4.errors import ValidationError
 from l4.instance.sequence import SeqState
-from l4.policies.base import register_policy, register_policy_option
+from l4.policies.base import available, register_policy, register_policy_option
 from l4.policies.least_prefill import least_prefill_choice, room_blocks
 from l4.request import RequestSpec
 from l4.views import ClusterView, PolicyContext
@@ -120,15 +121,15 @@ class PdDisagg:
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
         self._moving = {rid: t for rid, t in self._moving.items() if t > now_s}
-        # KV room of each decode instance after its queue and the hand-offs sent this tick.
-        room = {d: room_blocks(cluster.instance(d)) for d in self._decode}
+        # KV room of each decode instance in service after its queue and this tick's hand-offs.
+        room = {d: room_blocks(cluster.instance(d)) for d in available(cluster, self._decode)}
         for src in self._prefill:
             inst = cluster.instance(src)
             for seq in inst.running():
                 if seq.state is not SeqState.DECODE or seq.request_id in self._moving:
                     continue
                 need = -(-(inst.length_of(seq) + self.config.headroom_tokens) // self._bs)
-                order = sorted((-room[d], d) for d in self._decode if room[d] >= need)
+                order = sorted((-room[d], d) for d in room if room[d] >= need)
                 for _, dst in order:
                     if cluster.migrate(seq, src, dst, MIGRATION_REASON):
                         self._moving[seq.request_id] = now_s + self.config.give_up_s

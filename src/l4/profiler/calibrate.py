@@ -5,6 +5,9 @@ tables); the profile keeps every other number, and its ``provenance`` / ``fit_er
 table came from and how well it predicts the measured mixed batches. The JSON is written in the
 format of ``tools/calibrate_profiles.py`` (6 significant digits, sorted keys) so diffs stay small.
 
+The calibrated profile is never written into the installed package: a bundled profile's
+calibration goes to the user profile directory under a name of its own (``write_target``).
+
 The sidecar ``<csv stem>.json`` that ``l4 profile-attention`` writes next to each CSV is read when
 present: a measurement of another model is refused, and so is a CPU or ``--quick`` run unless
 forced, because those only test the pipeline.
@@ -20,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from l4.costmodel.alpha_fit import AlphaFit, fit_alpha, read_skew_csv
-from l4.costmodel.profile import PROFILE_PACKAGE, available_profiles, profile_from_dict
-from l4.errors import ConfigError, UnknownNameError
+from l4.costmodel.profile import (
+    PROFILE_PACKAGE,
+    available_profiles,
+    is_bundled_file,
+    profile_from_dict,
+    profile_source,
+)
+from l4.errors import ConfigError
 
 
 def round_floats(obj: Any) -> Any:
@@ -39,20 +48,43 @@ def profile_json_text(doc: dict[str, Any]) -> str:
     return json.dumps(round_floats(doc), indent=2, sort_keys=True) + "\n"
 
 
-def profile_file(name_or_path: str) -> Path:
-    """The JSON file behind a profile name or path (the one ``--write`` rewrites)."""
-    path = Path(name_or_path)
-    if name_or_path.endswith(".json"):
-        if not path.exists():
-            raise ConfigError(f"profile file {path} does not exist")
-        return path
-    known = available_profiles()
-    if name_or_path not in known:
-        raise UnknownNameError("profile", name_or_path, known)
+def profile_file(name_or_path: str, *, user_dir: Path | None = None) -> Path:
+    """The JSON file behind a ``--profile`` value (bundled, user directory or path)."""
+    source = profile_source(name_or_path, user_dir=user_dir)
+    if source is not None:
+        return source
     bundled = resources.files(PROFILE_PACKAGE).joinpath(f"{name_or_path}.json")
-    if not isinstance(bundled, Path):
-        raise ConfigError(f"profile {name_or_path} is inside an archive; pass --out to write it")
-    return bundled
+    return Path(str(bundled))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteTarget:
+    """Where ``--write`` puts the calibrated profile and the name it gets."""
+
+    path: Path
+    name: str
+
+
+def write_target(
+    source: Path, source_name: str, *, user_dir: Path, name: str | None = None
+) -> WriteTarget:
+    """Never the installed package: a bundled profile's calibration goes to
+    ``<user_dir>/<name>.json`` under a name of its own (default ``<bundled>-calibrated``: a
+    bundled name always resolves to the bundled numbers), a user profile is rewritten where it is,
+    unless ``name`` gives it a new one in ``user_dir``."""
+    bundled = is_bundled_file(source)
+    if name is not None:
+        if "/" in name or "\\" in name or name.endswith(".json") or not name:
+            raise ConfigError(f"--name must be a profile name, not a path: {name!r}")
+        if name in available_profiles():
+            raise ConfigError(
+                f"--name {name} is a bundled profile's name; a user profile of that name would "
+                "never be found (bundled names come first)"
+            )
+    if name is None and not bundled:
+        return WriteTarget(path=source, name=source_name)
+    new_name = name or f"{source_name}-calibrated"
+    return WriteTarget(path=user_dir / f"{new_name}.json", name=new_name)
 
 
 def sidecar_path(csv_path: Path) -> Path:
@@ -94,12 +126,19 @@ class AlphaUpdate:
 
 
 def alpha_update(
-    csv_path: Path, profile: str, *, out: Path | None = None, force: bool = False
+    csv_path: Path,
+    profile: str,
+    *,
+    user_dir: Path,
+    out: Path | None = None,
+    name: str | None = None,
+    force: bool = False,
 ) -> AlphaUpdate:
-    """The profile ``profile`` with its alpha table refitted from ``csv_path``; nothing written."""
+    """The profile ``profile`` with its alpha table refitted from ``csv_path``; nothing written.
+    Its target is ``out`` when given, else ``write_target``; it is never a bundled file."""
     records = read_skew_csv(csv_path)
     fit = fit_alpha(records)
-    source = profile_file(profile)
+    source = profile_file(profile, user_dir=user_dir)
     try:
         doc = json.loads(source.read_text())
         model_name = str(doc["model"]["name"])
@@ -116,10 +155,19 @@ def alpha_update(
             f"measured on {m.get('device')} ({m.get('kernel')} kernel, {m.get('dtype')}, torch "
             f"{m.get('torch')}, medians of {m.get('repeats')} runs)"
         )
+    target = write_target(source, str(doc.get("name", profile)), user_dir=user_dir, name=name)
+    if out is not None:
+        if is_bundled_file(out):
+            raise ConfigError(f"--out {out} is inside the installed package; write elsewhere")
+        target = WriteTarget(path=out, name=name or target.name)
+    source_name = str(doc.get("name", profile))
     new = dict(doc)
+    new["name"] = target.name
     new["alpha"] = fit.table_dict()
+    renamed = {} if target.name == source_name else {"calibrated_from": source_name}
     new["provenance"] = {
         **doc.get("provenance", {}),
+        **renamed,
         "alpha": (
             f"l4 profile-attention skew sweep {csv_path.name}: {where}; median alpha per n for "
             "regime pure (decode_only) and mixed (with_prefill), clipped to [0, 1], by "
@@ -137,7 +185,7 @@ def alpha_update(
         profile_from_dict(new)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"the updated profile would be invalid: {exc}") from exc
-    return AlphaUpdate(doc=new, old_alpha=dict(doc.get("alpha", {})), fit=fit, target=out or source)
+    return AlphaUpdate(doc=new, old_alpha=dict(doc.get("alpha", {})), fit=fit, target=target.path)
 
 
 def write_update(update: AlphaUpdate) -> None:

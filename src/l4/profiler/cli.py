@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -26,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from l4.cliargs import add_profile_options, check_output_file, default_profiles_dir
 from l4.costmodel.alpha_fit import AlphaFit, fit_alpha, read_skew_csv, write_skew_csv
-from l4.costmodel.profile import Profile, available_profiles, load_profile
+from l4.costmodel.profile import Profile, load_profile
 from l4.errors import ConfigError
 from l4.profiler.calibrate import alpha_update, write_update
 from l4.profiler.grid import FULL_GRID, QUICK_GRID, GridSpec, HeadShape, PrefillSpec, grid_points
@@ -93,6 +95,12 @@ def add_profile_parser(subparsers: Any) -> None:
         help="profiles whose model head shapes to profile (default: %(default)s)",
     )
     p.add_argument(
+        "--profiles-dir",
+        type=Path,
+        default=default_profiles_dir(os.environ),
+        help="directory of user profiles (default: %(default)s)",
+    )
+    p.add_argument(
         "--kernel",
         choices=("auto", "varlen", "sdpa"),
         default="auto",
@@ -139,16 +147,23 @@ def add_calibrate_alpha_parser(subparsers: Any) -> None:
         help="refit a profile's alpha table from a skew CSV (dry run unless --write or --out)",
         description="Fit the heterogeneity coefficient table from a skew CSV written by "
         "`l4 profile-attention` (or LLMServingSim) and put it into a calibration profile, with "
-        "its provenance and fit error. Without --write or --out nothing is written.",
+        "its provenance and fit error. Without --write or --out nothing is written. The installed "
+        "package is never modified: `--profile NAME` then finds the saved profile in "
+        "--profiles-dir.",
     )
     p.add_argument("--csv", type=Path, required=True, help="the skew CSV")
+    add_profile_options(p, default=None, environ=os.environ)
     p.add_argument(
-        "--profile",
-        required=True,
-        help=f"{', '.join(available_profiles())} or a profile JSON path",
+        "--write",
+        action="store_true",
+        help="save the calibrated profile: a bundled one as --name (default <profile>-calibrated) "
+        "in --profiles-dir, a user profile where it is; never into the installed package",
     )
-    p.add_argument("--write", action="store_true", help="rewrite the profile's JSON file")
-    p.add_argument("--out", type=Path, help="write the updated profile here instead")
+    p.add_argument(
+        "--name",
+        help="the calibrated profile's name (and, with --write, its file in --profiles-dir)",
+    )
+    p.add_argument("--out", type=Path, help="write the calibrated profile to this path instead")
     p.add_argument(
         "--force",
         action="store_true",
@@ -181,11 +196,11 @@ def _grid(args: argparse.Namespace, profile: Profile) -> GridSpec:
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _profiles(text: str) -> list[Profile]:
+def _profiles(text: str, user_dir: Path) -> list[Profile]:
     """The profiles to take head shapes from, one per distinct model."""
     seen: dict[str, Profile] = {}
     for name in (n.strip() for n in text.split(",") if n.strip()):
-        p = load_profile(name)
+        p = load_profile(name, user_dir=user_dir)
         seen.setdefault(p.model.name, p)
     if not seen:
         raise ConfigError("--profiles is empty")
@@ -248,7 +263,7 @@ def run_profile(args: argparse.Namespace, console: Console | None = None) -> int
         # the cores are shared (CI runners, parallel jobs), which made it 20x slower there.
         torch.set_num_threads(1)
     try:
-        for profile in _profiles(args.profiles):
+        for profile in _profiles(args.profiles, args.profiles_dir):
             _profile_model(args, profile, cfg, console, err)
     finally:
         torch.set_num_threads(threads)
@@ -339,7 +354,16 @@ def run_calibrate_alpha(args: argparse.Namespace, console: Console | None = None
     """Run ``l4 calibrate-alpha``: print old and new tables; write with --write or --out."""
     if console is None:
         console = Console() if sys.stdout.isatty() else Console(width=160)
-    update = alpha_update(args.csv, args.profile, out=args.out, force=args.force)
+    if args.out is not None:
+        check_output_file("--out", args.out)
+    update = alpha_update(
+        args.csv,
+        args.profile,
+        user_dir=args.profiles_dir,
+        out=args.out,
+        name=args.name,
+        force=args.force,
+    )
     old = update.old_alpha
     table = Table(title=f"alpha of {update.doc['name']}: current -> fitted from {args.csv.name}")
     for name in ("n", "decode-only", "with prefill"):
@@ -363,9 +387,13 @@ def run_calibrate_alpha(args: argparse.Namespace, console: Console | None = None
             f"{regime}: t_skew MAPE {e['alpha_0']['mape']:.1%} with alpha 0, "
             f"{e['alpha_table']['mape']:.1%} with the table ({e['alpha_table']['rows']} rows)"
         )
+    name = update.doc["name"]
     if args.write or args.out is not None:
         write_update(update)
-        console.print(f"wrote {update.target}")
+        console.print(f"wrote {update.target}: use it with --profile {name}", highlight=False)
     else:
-        console.print(f"dry run: nothing written (pass --write to update {update.target})")
+        console.print(
+            f"dry run: nothing written (--write saves it as {name} in {update.target})",
+            highlight=False,
+        )
     return 0

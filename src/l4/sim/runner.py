@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig
@@ -44,12 +47,14 @@ def summarize_outcome(
     cost = StepCostModel(cfg.profile)
     budget = cfg.instance_config.max_num_batched_tokens
 
+    @functools.cache
     def unloaded(input_tokens: int, output_tokens: int) -> tuple[float, float]:
         return cost.unloaded_latency_s(input_tokens, output_tokens, budget)
 
+    chosen = outcome.records if records is None else records
     by_instance = outcome.output_tokens_by_instance
-    return summarize(
-        outcome.records if records is None else records,
+    summary = summarize(
+        chosen,
         outcome.itl,
         slo=cfg.slo,
         unloaded=unloaded,
@@ -58,6 +63,13 @@ def summarize_outcome(
         preemptions=outcome.preemptions,
         sim_wall_s=outcome.wall_s,
     )
+    # The TTFT the requests that got a first token would have had on an idle instance: what the
+    # report compares mean TTFT with to tell queueing from prefill time.
+    started = [
+        unloaded(r.input_tokens, r.output_tokens)[0] for r in chosen if r.first_token_s is not None
+    ]
+    summary["unloaded_ttft_s"] = {"mean": float(np.mean(started)) if started else None}
+    return summary
 
 
 def run_policy(

@@ -1,0 +1,229 @@
+"""The gateway runs the L4 the simulator evaluates: one trace, both ways, the same policy.
+
+Live: K emulated instances (`l4 engine`, one child process, a time scale the CPU keeps up with),
+`l4 serve` in front of them (another child process: the policy's clock runs in emulated seconds
+too) and the replay client in this process, sending each request of the trace at its arrival time
+as a streaming completion of exactly its lengths. Simulated: `l4 simulate` with the same trace,
+profile, instances, policy and migration mechanism (`replay`: what the gateway does). Both plan
+from the same expected workload (the trace, given to the gateway as `--workload`).
+
+Compared: mean TTFT, TPOT and E2E (live: as the client measures them, in emulated seconds) and
+migrations by reason (live: the gateway's `l4_migrations_total`). Target: means within 10%,
+migrations within 20%. Each policy runs `--repeats` times live (the simulator is deterministic);
+medians over repeats. Writes docs/benchmarks/gateway_vs_sim.{json,md}.
+
+    python benchmarks/gateway_vs_sim.py [--trace mooncake] [--duration 120] [--policies l4,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from l4.core.migration import MigrationConfig, MigrationMechanism
+from l4.costmodel import load_profile
+from l4.engine.fleet import EngineFleet
+from l4.engine.replay import ReplayConfig, replay
+from l4.engine.server import EngineConfig
+from l4.gateway.config import GatewayConfig
+from l4.gateway.process import GatewayProcess
+from l4.instance import InstanceConfig
+from l4.metrics import RequestRecord, SloConfig, latency_samples
+from l4.sim.runner import SimConfig, run_policy
+from l4.workload import Workload, WorkloadSpec, build_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("ttft", "tpot", "e2e")
+
+
+def means(records: tuple[RequestRecord, ...] | list[RequestRecord]) -> dict[str, float]:
+    ttft, tpot, e2e = latency_samples(records)
+    return {
+        "ttft": float(np.mean(ttft)),
+        "tpot": float(np.mean(tpot)),
+        "e2e": float(np.mean(e2e)),
+        "finished": float(len(e2e)),
+    }
+
+
+def migrations(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("l4_migrations_total{") and 'outcome="ok"' in line:
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            out[reason] = float(line.rsplit(" ", 1)[1])
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def write_trace(workload: Workload, path: Path) -> None:
+    with path.open("w") as f:
+        for r in workload.requests:
+            f.write(
+                json.dumps(
+                    {
+                        "arrival_s": r.arrival_s,
+                        "input_tokens": r.input_tokens,
+                        "output_tokens": r.output_tokens,
+                    }
+                )
+                + "\n"
+            )
+
+
+def live_run(
+    args: argparse.Namespace, workload: Workload, trace_path: Path, policy: str
+) -> dict[str, float]:
+    profile = load_profile(args.profile)
+    icfg = InstanceConfig.from_profile(profile)
+    engines = [
+        EngineConfig(
+            profile=profile,
+            instance_config=icfg,
+            served_model_name=profile.model.name,
+            time_scale=args.time_scale,
+            seed=args.seed,
+            instance_id=i,
+        )
+        for i in range(args.instances)
+    ]
+    with EngineFleet(engines) as urls:
+        config = GatewayConfig(
+            backends=tuple(urls),
+            policy=policy,
+            profile=args.profile,
+            workload=str(trace_path),
+            time_scale=args.time_scale,
+            log_level="warning",
+            seed=args.seed,
+        )
+        with GatewayProcess(config) as gw:
+            records = asyncio.run(
+                replay(workload.requests, ReplayConfig(base_url=gw.url, time_scale=args.time_scale))
+            )
+            moved = migrations(gw.url)
+    out = means(records)
+    out["migrations"] = sum(moved.values())
+    out.update({f"migrations_{k}": v for k, v in moved.items()})
+    out["errors"] = float(sum(1 for r in records if r.finish_s is None))
+    return out
+
+
+def sim_run(args: argparse.Namespace, workload: Workload, policy: str) -> dict[str, float]:
+    profile = load_profile(args.profile)
+    cfg = SimConfig(
+        profile=profile,
+        instance_config=InstanceConfig.from_profile(profile),
+        num_instances=args.instances,
+        migration=MigrationConfig(mechanism=MigrationMechanism.REPLAY),
+        slo=SloConfig(),
+        seed=args.seed,
+    )
+    run = run_policy(cfg, workload, policy)
+    out = means(run.outcome.records)
+    moved = {k: float(v) for k, v in run.outcome.migrations_by_reason.items() if v > 0}
+    out["migrations"] = sum(moved.values())
+    out.update({f"migrations_{k}": v for k, v in moved.items()})
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trace", default="mooncake")
+    p.add_argument("--rate-scale", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of the trace")
+    p.add_argument("--instances", type=int, default=4)
+    p.add_argument("--profile", default="h100-llama-3.2-3b")
+    p.add_argument("--policies", default="l4,least_load")
+    p.add_argument("--time-scale", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    p.add_argument("--no-write", action="store_true", help="print only (smoke runs)")
+    args = p.parse_args()
+    profile = load_profile(args.profile)
+    workload = build_workload(
+        WorkloadSpec(
+            trace=args.trace,
+            max_context_tokens=profile.model.max_context_tokens,
+            rate_scale=args.rate_scale,
+            duration_s=args.duration,
+            seed=args.seed,
+        )
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trace_path = Path(tmp) / "trace.jsonl"
+        write_trace(workload, trace_path)
+        for policy in args.policies.split(","):
+            sim = sim_run(args, workload, policy)
+            runs = []
+            for r in range(args.repeats):
+                live = live_run(args, workload, trace_path, policy)
+                print(json.dumps({"policy": policy, "repeat": r, "live": live, "sim": sim}))
+                runs.append(live)
+            keys = sorted({k for run in runs for k in run})
+            median = {k: statistics.median(run.get(k, 0.0) for run in runs) for k in keys}
+            rows.append({"policy": policy, "sim": sim, "live": median, "live_runs": runs})
+    result = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "requests": len(workload.requests),
+        "rows": rows,
+    }
+    md = render(result)
+    print(md)
+    if not args.no_write:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gateway_vs_sim.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "gateway_vs_sim.md").write_text(md)
+    return 0
+
+
+def _diff(live: float, sim: float) -> str:
+    if sim == 0:
+        return "n/a" if live == 0 else "+inf"
+    return f"{(live - sim) / sim * 100:+.1f}%"
+
+
+def render(result: dict[str, object]) -> str:
+    args = result["args"]
+    assert isinstance(args, dict)
+    lines = [
+        "# The gateway versus the simulator: one trace, the same policy",
+        "",
+        "Generated by `python benchmarks/gateway_vs_sim.py`. Trace "
+        f"`{args['trace']}` x{args['rate_scale']} ({result['requests']} requests, "
+        f"{args['duration']} s), {args['instances']} x {args['profile']}, migration `replay`, "
+        f"time scale {args['time_scale']}, seed {args['seed']}; live = median of "
+        f"{args['repeats']} runs through `l4 serve`.",
+        "",
+        "| policy | mean TTFT sim / live | mean TPOT sim / live | mean E2E sim / live "
+        "| migrations sim / live | unfinished live |",
+        "|---|---|---|---|---|---:|",
+    ]
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    for row in rows:
+        s, v = row["sim"], row["live"]
+        cells = [f"{s[m] * 1e3:.1f} / {v[m] * 1e3:.1f} ms ({_diff(v[m], s[m])})" for m in METRICS]
+        ms, mv = s["migrations"], v["migrations"]
+        moved = f"{ms:.0f} / {mv:.0f} ({_diff(mv, ms)})"
+        lines.append(
+            f"| {row['policy']} | {' | '.join(cells)} | {moved} | {v.get('errors', 0):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Emulated instances in a child process, on ports the OS picks: no port can be taken twice.
+
+`EngineFleet(configs, host=...)` is a context manager (sync or async) that starts one child
+process serving every config (one `EngineServer` each, one event loop: the child is the fleet's
+own core), waits until each listens on a socket it bound to port 0, and yields their base URLs;
+leaving it stops the child (gracefully, then by force). Used by `l4 serve --emulate K`, by the
+gateway tests and by the gateway benchmarks. A child that fails to start raises
+`UnavailableError` with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import socket
+from multiprocessing.connection import Connection
+from types import TracebackType
+
+from l4.engine.server import EngineConfig
+from l4.engine.serving import EngineServer
+from l4.errors import UnavailableError
+
+_START_TIMEOUT_S = 60.0
+
+
+def _serve(configs: list[EngineConfig], host: str, conn: Connection) -> None:
+    async def run() -> None:
+        socks = []
+        try:
+            for _ in configs:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+                sock.bind((host, 0))
+                socks.append(sock)
+        except OSError as exc:
+            conn.send(f"cannot bind on {host}: {exc.strerror}")
+            return
+        servers = [EngineServer(c, sock=s) for c, s in zip(configs, socks, strict=True)]
+        loop = asyncio.get_running_loop()
+        stop = loop.run_in_executor(None, conn.recv)
+        async with asyncio.TaskGroup() as tg:
+            for server in servers:
+                tg.create_task(server.serve())
+            while not all(s.started for s in servers):
+                await asyncio.sleep(0.01)
+            conn.send([s.getsockname()[1] for s in socks])
+            await stop
+            for server in servers:
+                server.stop(force=True)
+        for sock in socks:
+            sock.close()
+
+    asyncio.run(run())
+
+
+class EngineFleet:
+    def __init__(self, configs: list[EngineConfig], *, host: str = "127.0.0.1") -> None:
+        self._configs = configs
+        self._host = host
+        ctx = mp.get_context("spawn")  # a clean interpreter: no inherited loops or sockets
+        self._parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(configs, host, child), daemon=True)
+        self.urls: list[str] = []
+
+    def start(self) -> list[str]:
+        self._proc.start()
+        if not self._parent.poll(_START_TIMEOUT_S):
+            self.stop()
+            raise UnavailableError("the emulated engines did not start in time")
+        answer = self._parent.recv()
+        if isinstance(answer, str):
+            self.stop()
+            raise UnavailableError(f"the emulated engines did not start: {answer}")
+        self.urls = [f"http://{self._host}:{port}" for port in answer]
+        return self.urls
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._parent.send("stop")
+            self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+    def __enter__(self) -> list[str]:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> list[str]:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self.stop)

@@ -1,0 +1,104 @@
+"""The gateway's Prometheus metrics, in a registry of its own (`GET /metrics`).
+
+Names follow Prometheus conventions with the `l4_` prefix; latency histograms use vLLM's bucket
+boundaries so that dashboards can put the gateway's client-side view next to the engines' own
+`vllm:` series. Latencies are wall seconds measured at the gateway: from the request's arrival to
+the gateway writing the token, so they include the gateway's own overhead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_ITL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+_E2E_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+_PAUSE_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+MIGRATION_OUTCOMES = ("ok", "failed")
+
+
+class GatewayMetrics:
+    def __init__(self, backends: list[str]) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "l4_requests", "Client requests by route and HTTP status.", ["route", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "l4_time_to_first_token_seconds",
+            "Gateway-side time to first token (arrival to the first token written).",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "l4_inter_token_latency_seconds",
+            "Gateway-side gaps between consecutive chunks written to a client.",
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "l4_e2e_request_latency_seconds",
+            "Gateway-side end-to-end latency of finished requests.",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "l4_prompt_tokens", "Prompt tokens of the requests served.", registry=r
+        )
+        self.generation_tokens = Counter(
+            "l4_generation_tokens", "Tokens relayed to clients.", registry=r
+        )
+        self.migrations = Counter(
+            "l4_migrations",
+            "Requests moved between instances by token replay, by reason and outcome.",
+            ["reason", "outcome"],
+            registry=r,
+        )
+        self.replayed_tokens = Counter(
+            "l4_replayed_tokens",
+            "Tokens re-sent as prompt to a destination instance (prompt + generated).",
+            registry=r,
+        )
+        self.handoff_pause = Histogram(
+            "l4_handoff_pause_seconds",
+            "From the last token at the source to the first token at the destination of a move.",
+            buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "l4_backend_in_flight_requests", "Requests the gateway has at each backend.",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self.healthy = Gauge(
+            "l4_backend_healthy", "1 while the backend is in service, 0 while taken out.",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self.backend_failures = Counter(
+            "l4_backend_failures", "Failed upstream calls (refused, timed out, 5xx, cut).",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self.boundary = Gauge(
+            "l4_stage_boundary_tokens", "Upper length bound of each stage (the last is +Inf).",
+            ["stage"], registry=r,
+        )  # fmt: skip
+        self.stage_instances = Gauge(
+            "l4_stage_instances", "Instances serving each stage.", ["stage"], registry=r
+        )
+        for b in backends:
+            self.healthy.labels(b).set(1)
+            self.in_flight.labels(b).set(0)
+        for reason in ("cascade", "balance", "drain", "failure"):
+            for outcome in MIGRATION_OUTCOMES:
+                self.migrations.labels(reason, outcome)

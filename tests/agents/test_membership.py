@@ -1,0 +1,93 @@
+"""Instances leaving and rejoining service: L4 re-plans over the ones that serve.
+
+The cluster here is the gateway's own live view (`l4.gateway.book`), with engines marked out of
+service by hand: the runtime sees exactly what it sees behind `l4 serve`, with no network.
+"""
+
+from __future__ import annotations
+
+from factories import req, tiny_profile
+from l4.agents.runtime import L4Config, L4Runtime
+from l4.agents.stages import StageTable, reassign, split_in_proportion
+from l4.core.grid import exponential_grid
+from l4.core.summary import summarize_requests
+from l4.costmodel import StepCostModel
+from l4.gateway.book import LiveCluster, LiveInstance
+from l4.instance import InstanceConfig
+from l4.views import PolicyContext, StaticPlan
+
+PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
+
+
+def ctx(n: int, **kw: object) -> PolicyContext:
+    return PolicyContext(
+        num_instances=n,
+        profile=PROFILE,
+        cost=StepCostModel(PROFILE),
+        instance_config=InstanceConfig.from_profile(PROFILE),
+        seed=0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def live(n: int) -> LiveCluster:
+    return LiveCluster(
+        [LiveInstance(i, num_kv_blocks=512, block_size_tokens=16) for i in range(n)],
+        clock=lambda: 0.0,
+    )
+
+
+def test_pinned_ranges_keep_their_boundaries_over_fewer_instances() -> None:
+    plan = StaticPlan(boundaries_tokens=(300,), stage_sizes=(2, 2))
+    rt = L4Runtime(ctx(4, static_plan=plan), L4Config())
+    cluster = live(4)
+    rt.on_tick(cluster, 0.0)
+    assert rt.groups() == [[0, 1], [2, 3]]
+    cluster.instances[2].healthy = False
+    rt.on_tick(cluster, 0.2)
+    assert rt.table.out == frozenset({2}) and rt.table.boundaries_tokens == (300,)
+    # 3 instances in proportion 2:2 -> 2 and 1 (largest remainder, ties to the earlier stage).
+    assert rt.groups() == [[0, 1], [3]]
+    cluster.instances[3].healthy = False
+    cluster.instances[1].healthy = False
+    rt.on_tick(cluster, 0.4)
+    assert rt.table.boundaries_tokens == () and rt.groups() == [[0]]  # one left: one stage
+    for i in (1, 2, 3):
+        cluster.instances[i].healthy = True
+    rt.on_tick(cluster, 0.6)
+    assert rt.table.out == frozenset() and rt.groups() == [[0, 1], [2, 3]]
+    assert rt.stats()["membership_changes"] == 3 and rt.stats()["replans"] == 0
+
+
+def test_every_agent_follows_the_new_table_and_the_front_door_avoids_the_failed_one() -> None:
+    rt = L4Runtime(ctx(3), L4Config(staged=False, refine=False, replan=False))
+    cluster = live(3)
+    cluster.instances[0].healthy = False
+    rt.on_tick(cluster, 0.0)
+    assert all(a.table.out == frozenset({0}) for a in rt.agents)
+    for k in range(6):
+        assert rt.route(req(k, 50, 10), cluster, 0.1) in (1, 2)
+
+
+def test_a_planned_cluster_replans_for_the_serving_instances() -> None:
+    grid = exponential_grid(2048, min_tokens=32)
+    specs = [req(i, 40 if i % 2 else 900, 200, arrival_s=i * 0.01) for i in range(400)]
+    workload = summarize_requests(grid, specs, duration_s=4.0)
+    rt = L4Runtime(ctx(4, workload=workload), L4Config())
+    cluster = live(4)
+    rt.on_tick(cluster, 0.0)
+    before = rt.table
+    cluster.instances[1].healthy = False
+    rt.on_tick(cluster, 0.2)
+    after = rt.table
+    assert after.out == frozenset({1}) and after.version == before.version + 1
+    assert sorted(i for g in rt.groups() for i in g) == [0, 2, 3]
+    assert all(g for g in rt.groups())
+
+
+def test_reassign_deals_only_serving_instances_and_caps_the_others() -> None:
+    table = StageTable(boundaries_tokens=(100, 1000), stage_of_instance=(0, 1, 2, 2))
+    assert reassign(table, [1, 2], frozenset({3})) == (0, 1, 1, 1)
+    assert reassign(table, [3], frozenset({1})) == (0, 0, 0, 0)
+    assert split_in_proportion(3, [2, 2]) == (2, 1)
+    assert split_in_proportion(7, [1, 3]) == (2, 5)
