@@ -258,3 +258,50 @@ def test_a_re_plan_needs_the_same_proposal_in_consecutive_rounds() -> None:
         L4Config(replan_confirmations=0)
     with pytest.raises(ValidationError):
         L4Config(stage_margin=1.0)
+
+
+def _pinned(spill: bool) -> tuple[L4Runtime, Simulation]:
+    from l4.views import StaticPlan
+
+    ctx = PolicyContext(
+        num_instances=2,
+        profile=PROFILE,
+        cost=StepCostModel(PROFILE),
+        instance_config=InstanceConfig.from_profile(PROFILE),
+        seed=0,
+        static_plan=StaticPlan(boundaries_tokens=(500,), stage_sizes=(1, 1)),
+    )
+    policy = L4Runtime(ctx, L4Config(spill=spill))
+    sim = Simulation(
+        profile=PROFILE,
+        instance_config=ctx.instance_config,
+        num_instances=2,
+        policy=policy,
+        cost=ctx.cost,
+    )
+    return policy, sim
+
+
+def test_an_arrival_its_stage_cannot_start_promptly_spills_to_an_idle_later_stage() -> None:
+    policy, sim = _pinned(spill=True)
+    sim.instances[0].admit(Seq(req(900, 1800, 10)))  # stage 0's only instance: 1,800 to prefill
+    assert policy.route(req(1, 100, 10), sim, 0.0) == 1
+    assert policy.spills == 1
+    # Without spill it waits in its own stage.
+    nospill, sim2 = _pinned(spill=False)
+    sim2.instances[0].admit(Seq(req(900, 1800, 10)))
+    assert nospill.route(req(1, 100, 10), sim2, 0.0) == 0
+
+
+def test_a_spill_never_queues_in_front_of_the_later_stage_s_own_requests() -> None:
+    policy, sim = _pinned(spill=True)
+    sim.instances[0].admit(Seq(req(900, 1800, 10)))
+    sim.instances[1].admit(Seq(req(901, 1200, 10)))  # a long request waiting in stage 1
+    assert policy.route(req(1, 100, 10), sim, 0.0) == 0
+    assert policy.spills == 0
+
+
+def test_no_spill_when_the_entry_stage_admits_promptly() -> None:
+    policy, sim = _pinned(spill=True)
+    assert policy.route(req(1, 100, 10), sim, 0.0) == 0
+    assert policy.spills == 0
