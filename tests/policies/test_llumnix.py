@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from factories import req, tiny_profile
+from factories import RecordingCluster, req, tiny_profile
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel import StepCostModel
 from l4.instance import InstanceConfig, SeqState
@@ -16,7 +16,7 @@ from l4.policies.base import make_policy
 from l4.policies.llumnix import Llumnix, LlumnixConfig
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
-from l4.views import ClusterView, InstanceView, PolicyContext
+from l4.views import ClusterView, PolicyContext
 
 
 def _ctx(
@@ -170,25 +170,6 @@ def test_preempted_requests_make_a_source_whatever_its_freeness() -> None:
     assert policy.pairs(sim) == [(0, 1)]
 
 
-class _Recorder:
-    """ClusterView wrapper that counts migration attempts."""
-
-    def __init__(self, inner: Simulation) -> None:
-        self.inner = inner
-        self.calls: list[tuple[int, int, int]] = []
-
-    @property
-    def num_instances(self) -> int:
-        return self.inner.num_instances
-
-    def instance(self, instance_id: int) -> InstanceView:
-        return self.inner.instance(instance_id)
-
-    def migrate(self, seq: Seq, src: int, dst: int, reason: str) -> bool:
-        self.calls.append((seq.request_id, src, dst))
-        return self.inner.migrate(seq, src, dst, reason)
-
-
 def test_moves_the_shortest_decode_and_one_at_a_time_per_instance() -> None:
     ctx = _ctx(2)
     policy = Llumnix(ctx)
@@ -196,7 +177,7 @@ def test_moves_the_shortest_decode_and_one_at_a_time_per_instance() -> None:
     seqs = _decoding(sim, 0, [300, 200, 250, 280, 260, 240, 230, 220, 210, 270, 290])
     _queue(sim, 0, 1000)  # 63 blocks that do not fit in the 14 left: (14 - 63) / 12 < -3
     assert policy.migration_freeness(sim.instance(0)) < -3.0
-    view = _Recorder(sim)
+    view = RecordingCluster(sim)
     policy.on_tick(view, 0.0)
     shortest = min(seqs, key=lambda s: s.spec.input_tokens)
     assert view.calls == [(shortest.request_id, 0, 1)]

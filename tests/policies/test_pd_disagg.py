@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from factories import req, tiny_profile
+from factories import RecordingCluster, req, tiny_profile
 from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.core.summary import summarize_lengths
@@ -18,7 +18,7 @@ from l4.instance import Sequence as Seq
 from l4.policies.base import make_policy, parse_policy_list
 from l4.policies.pd_disagg import PdConfig, PdDisagg, default_num_prefill, phase_gpu_time
 from l4.sim.cluster import Simulation
-from l4.views import ClusterView, InstanceView, PolicyContext
+from l4.views import ClusterView, PolicyContext
 
 _ids = iter(range(1000, 10**6))
 
@@ -50,23 +50,6 @@ def _sim(ctx: PolicyContext, policy: PdDisagg, *, check: bool = True) -> Simulat
     )
 
 
-class _Recorder:
-    def __init__(self, inner: Simulation) -> None:
-        self.inner = inner
-        self.calls: list[tuple[int, int, int]] = []
-
-    @property
-    def num_instances(self) -> int:
-        return self.inner.num_instances
-
-    def instance(self, instance_id: int) -> InstanceView:
-        return self.inner.instance(instance_id)
-
-    def migrate(self, seq: Seq, src: int, dst: int, reason: str) -> bool:
-        self.calls.append((seq.request_id, src, dst))
-        return self.inner.migrate(seq, src, dst, reason)
-
-
 def _decode(sim: Simulation, i: int, prompts: list[int]) -> list[Seq]:
     seqs = [Seq(req(next(_ids), p, 500)) for p in prompts]
     inst, now = sim.instances[i], 0.0
@@ -96,7 +79,7 @@ def test_decoding_requests_move_to_the_decode_instance_with_most_room() -> None:
     sim = _sim(ctx, policy)
     a, b = _decode(sim, 0, [300, 200])
     _decode(sim, 2, [1000])  # decode instance 2 holds 63 blocks, instance 3 none
-    view = _Recorder(sim)
+    view = RecordingCluster(sim)
     policy.on_tick(view, 0.0)
     # Both go to instance 3 (192 free, then 192 - 35 after the first hand-off, still > 129).
     assert view.calls == [(a.request_id, 0, 3), (b.request_id, 0, 3)]
@@ -110,7 +93,7 @@ def test_a_full_decode_pool_leaves_the_request_where_it_is() -> None:
     sim = _sim(ctx, policy)
     _decode(sim, 1, [1400, 1400])  # 16 blocks free: less than a context + 256 tokens of headroom
     _decode(sim, 0, [300])
-    view = _Recorder(sim)
+    view = RecordingCluster(sim)
     policy.on_tick(view, 0.0)
     assert view.calls == []
 
