@@ -305,3 +305,31 @@ def test_no_spill_when_the_entry_stage_admits_promptly() -> None:
     policy, sim = _pinned(spill=True)
     assert policy.route(req(1, 100, 10), sim, 0.0) == 0
     assert policy.spills == 0
+
+
+def test_under_plain_replay_only_cheap_decoding_requests_move_for_balance() -> None:
+    specs = _workload(7, 300)
+    moved: dict[MigrationMechanism, int] = {}
+    for mechanism in MigrationMechanism:
+        config = replace(BUSY, staged=False, refine=False, replan=False)
+        policy = L4Runtime(_ctx(4, specs, mechanism, False), config)
+        _run(specs, policy, 4, mechanism)
+        totals = policy.stats()["agent_events"]
+        assert isinstance(totals, dict)
+        moved[mechanism] = int(totals.get("moved_balance_decode", 0))
+    # kv-transfer stalls a request for a stop-and-copy; replay re-prefills its whole context
+    # (cheap in this tiny profile, so some still move), and with no stall allowed none does.
+    assert moved[MigrationMechanism.KV_TRANSFER] > 0
+    kv_stall = L4Runtime(
+        _ctx(4, specs, MigrationMechanism.KV_TRANSFER, False), BUSY
+    ).migration_stall_s(1500)
+    replay_stall = L4Runtime(
+        _ctx(4, specs, MigrationMechanism.REPLAY, False), BUSY
+    ).migration_stall_s(1500)
+    assert replay_stall > kv_stall
+    strict = replace(BUSY.agent, balance_max_stall_steps=0.0)
+    config = replace(BUSY, staged=False, refine=False, replan=False, agent=strict)
+    policy = L4Runtime(_ctx(4, specs, MigrationMechanism.REPLAY, False), config)
+    _run(specs, policy, 4, MigrationMechanism.REPLAY)
+    totals = policy.stats()["agent_events"]
+    assert isinstance(totals, dict) and totals.get("moved_balance_decode", 0) == 0

@@ -159,6 +159,7 @@ class L4Runtime:
         self._budget = ctx.instance_config.max_num_batched_tokens
         self._slo_scale = 5.0 if config.objective is None else config.objective.slo_scale
         self._slos: dict[int, tuple[float, float]] = {}
+        self._stalls: dict[int, float] = {}
         self.spills = 0
         # The front door sees every arrival: it measures how many arrive together (EMA by window).
         self._arrivals_s: list[float] = []
@@ -204,6 +205,14 @@ class L4Runtime:
 
     def note_incoming(self, seq: Sequence, dst: int, length_tokens: int, now_s: float) -> None:
         self.agents[dst].observer.note_incoming(seq, length_tokens, now_s)
+
+    def migration_stall_s(self, length_tokens: int) -> float:
+        key = length_tokens >> 6  # 64-token buckets: the stall is smooth in the length
+        hit = self._stalls.get(key)
+        if hit is None:
+            lost = self.model.migration_latency_s([float(key << 6)], tpot_s=0.01, step_s=0.01)
+            hit = self._stalls[key] = float(lost[0])
+        return hit
 
     def next_round_robin(self, stage: int) -> int:
         members = self.table.members(stage)
