@@ -1,12 +1,16 @@
-"""The experiment suite (issue 3): the scenarios of docs/design/EVALUATION.md in the simulator.
+"""The experiment suite: the scenarios of docs/design/EVALUATION.md in the simulator.
 
-For each scenario (Mooncake on 16 x Llama-3.2-3B and on 16 x Llama-3.1-8B, the Azure conversation
-trace, ShareGPT with Poisson arrivals) it sweeps the rate from light load to past saturation, for
-every registered policy of the baseline and L4 families, several seeds, the calibrated alpha and
-alpha = 0, and both migration mechanisms for the migrating policies where the scenario asks for
-them; it bisects each policy's capacity (goodput >= 90%). It writes docs/results.md (every number
-in it computed from the runs), plots under docs/results/ and docs/results/results.json. Runs are
-cached in a JSON-lines file keyed by run and code version, so a rerun resumes. Usage:
+For each scenario (where decode batches mix short and long contexts: ServeGen's DeepSeek-R1
+reasoning traffic, Azure chat with 10% long documents; where they do not: Mooncake on 3B and 8B,
+Azure chat, ShareGPT, ServeGen's m-mid language traffic; all on 16 instances) it sweeps the rate
+from light load to past saturation for every baseline and L4 policy over several seeds (windows of
+the trace), runs the migrating policies with token replay and with replay from a shared KV store
+too, and bisects every policy's capacity with the per-class rule (SLO attainment >= 90% overall
+and in every length class). Then it measures L4 at the best baseline's capacity, and in the
+premise scenarios L4's advantage as the heterogeneity coefficient alpha grows (the curve). It
+writes docs/results.md (every number in it computed from the runs), plots under docs/results/ and
+docs/results/results.json. Runs are cached in a JSON-lines file keyed by run and code version, so
+a rerun resumes. Usage:
 
     python benchmarks/experiments.py [--quick] [--jobs N] [--out docs/results.md]
 """
@@ -18,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import threading
 import time
@@ -27,10 +32,15 @@ from pathlib import Path
 
 from _experiments_lib import (
     ALPHAS,
+    CURVE_ALPHAS,
     KV_TRANSFER,
     METRICS,
+    PAPER_ALPHA,
+    REPLAY,
     ROOT,
     SCENARIOS,
+    STORE,
+    STORE_BANDWIDTH_BYTES_PER_S,
     WINDOW_STRIDE,
     WORKLOAD_METRICS,
     Cell,
@@ -44,6 +54,7 @@ from _experiments_lib import (
     Stat,
     SuiteData,
     alpha_label,
+    best_baseline,
     code_version,
     execute,
     git_describe,
@@ -53,13 +64,14 @@ from _experiments_lib import (
 from l4.cliargs import OneLineParser, non_negative_float, positive_float, positive_int
 from l4.errors import L4Error, UnknownNameError, ValidationError
 from l4.plots import plot_sweep
-from l4.policies.base import policy_names
+from l4.policies.base import option_families, policy_names
 from l4.report import format_seconds
 
 DEFAULT_OUT = ROOT / "docs" / "results.md"
 DEFAULT_CACHE = ROOT / "out" / "experiments" / "runs.jsonl"
-FULL = {"seeds": 3, "duration_s": 1200.0, "capacity_iterations": 5}
-QUICK = {"seeds": 1, "duration_s": 300.0, "capacity_iterations": 3}
+# Durations are per scenario (Scenario.duration_s; halved by --quick).
+FULL = {"seeds": 2, "capacity_iterations": 3}
+QUICK = {"seeds": 1, "capacity_iterations": 2}
 # A few policy runs past saturation can take orders of magnitude longer than the rest; the limit
 # keeps one of them from holding the suite. Timed-out runs are listed in the report.
 DEFAULT_RUN_TIMEOUT_S = 600.0
@@ -76,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"3 rates per scenario, {QUICK['seeds']} seed, {QUICK['duration_s']:g} s cut, "
-        f"{QUICK['capacity_iterations']} bisection steps (default: 3 seeds, 1200 s, 5 steps)",
+        help=f"a smoke test: 2 rates per scenario, {QUICK['seeds']} seed, half of each "
+        f"scenario's window, {QUICK['capacity_iterations']} bisection steps (default: 3 rates, "
+        f"{FULL['seeds']} seeds, the scenario's window, {FULL['capacity_iterations']} steps)",
     )
     p.add_argument(
         "--jobs", type=positive_int, default=os.cpu_count() or 1, help="worker processes"
@@ -93,7 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: every one of them that is registered)",
     )
     p.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
-    p.add_argument("--duration", type=positive_float, help="keep arrivals in the first S s")
+    p.add_argument(
+        "--duration",
+        type=positive_float,
+        help="keep arrivals in the first S s in every scenario (default: each scenario's window)",
+    )
+    p.add_argument(
+        "--no-curve", action="store_true", help="skip the heterogeneity curve (alpha constants)"
+    )
+    p.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="skip the replay and replay+store runs of the migrating policies",
+    )
     p.add_argument("--capacity-iterations", type=positive_int, help="bisection steps")
     p.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     p.add_argument(
@@ -125,7 +150,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
         chosen = _names(args.scenarios, [s.name for s in SCENARIOS], "scenario")
         scenarios = [s for s in SCENARIOS if s.name in chosen]
     roles = Roles()
-    registered = set(policy_names())
+    families = set(option_families())
+    registered = {
+        n for n in roles.wanted() if n in policy_names() or n.partition(":")[0] in families
+    }
     wanted = list(roles.wanted())
     if args.policies is not None:
         wanted = _names(args.policies, wanted, "policy")
@@ -142,13 +170,15 @@ def build_plan(args: argparse.Namespace) -> Plan:
         roles=roles,
         seeds=tuple(range(args.seeds or int(preset["seeds"]))),
         alphas=ALPHAS,
-        duration_s=float(args.duration or preset["duration_s"]),
+        duration_s=None if args.duration is None else float(args.duration),
         quick=bool(args.quick),
         capacity=not args.no_capacity,
         capacity_iterations=int(args.capacity_iterations or preset["capacity_iterations"]),
         goodput_target=GOODPUT_TARGET,
         slo_scale=SLO_SCALE,
         code=code_version(),
+        curve_alphas=() if args.no_curve else CURVE_ALPHAS,
+        mechanisms_extra=not args.no_replay,
     )
 
 
@@ -158,7 +188,8 @@ class Progress:
     def __init__(self, plan: Plan, jobs: int) -> None:
         self.jobs = jobs
         self.t0 = time.perf_counter()
-        searches = len(plan.cells()) * len(plan.seeds) if plan.capacity else 0
+        searched = [c for c in plan.cells() if plan.searched(c)]
+        searches = len(searched) * len(plan.seeds) if plan.capacity else 0
         # Bracketing from the start guess takes about 3 probes, then one per bisection step.
         self.expected = len(plan.sweep_specs()) + searches * (plan.capacity_iterations + 3)
         self.done = 0
@@ -228,6 +259,7 @@ DETAIL_METRICS: tuple[tuple[str, str], ...] = (
     ("unfinished", "unfinished requests"),
 )
 NOTHING = "—"
+STORE_GBPS = STORE_BANDWIDTH_BYTES_PER_S / 1e9
 FAILED = "failed (see Failed runs)"
 DAGGER = "†"
 
@@ -358,9 +390,9 @@ def caption(
     return (
         f"*trace={sc.trace} · rate={rate} · instances={sc.num_instances} · "
         f"profile={sc.profile} · alpha={alpha} · seeds={seeds} (median [min–max]) · "
-        f"duration=arrivals in the first {plan.duration_s:g} s after rate scaling ({span}) · "
+        f"duration=arrivals in the first {plan.duration(sc):g} s after rate scaling ({span}) · "
         f"migration={mechanism} · SLO: TTFT and TPOT within {plan.slo_scale:g}x unloaded, "
-        f"goodput target {plan.goodput_target:.0%}*"
+        f"target {plan.goodput_target:.0%} overall and per length class*"
     )
 
 
@@ -398,20 +430,23 @@ def versus(
     mechanism: str = KV_TRANSFER,
 ) -> Versus | None:
     """``subject`` against the reference with the lowest median (the best, for latencies)."""
-    if not results.has(subject):
+    if not results.has_in(sc, subject, alpha):
         return None
     mine = results.point(kv_cell(sc, alpha, subject, mechanism), rate, name)
     candidates = [
         (s, ref)
         for ref in references
-        if results.has(ref)
-        and (s := results.point(kv_cell(sc, alpha, ref, mechanism), rate, name)) is not None
+        if results.has_in(sc, ref, alpha)
+        and (c := _ref_cell(results, sc, alpha, ref, mechanism)) is not None
+        and (s := results.point(c, rate, name)) is not None
     ]
     if mine is None or not candidates:
         return None
     best, best_name = min(candidates, key=lambda c: c[0].median)
+    ref_cell = _ref_cell(results, sc, alpha, best_name, mechanism)
+    assert ref_cell is not None
     unfinished = _unfinished(results, kv_cell(sc, alpha, subject, mechanism), rate) or (
-        _unfinished(results, kv_cell(sc, alpha, best_name, mechanism), rate)
+        _unfinished(results, ref_cell, rate)
     )
     return Versus(
         subject=mine,
@@ -447,14 +482,15 @@ def capacity_versus(
     mechanism: str = KV_TRANSFER,
 ) -> tuple[float | None, str]:
     """Capacity ratio subject / best (highest) reference, as a number and a sentence."""
-    if not results.has(subject):
-        return None, f"not measured ({subject} not registered)"
+    if not results.has_in(sc, subject, alpha):
+        return None, f"not measured ({subject} not run here)"
     mine, _ = results.capacity(kv_cell(sc, alpha, subject, mechanism))
     refs = [
         (s, ref)
         for ref in references
-        if results.has(ref)
-        and (s := results.capacity(kv_cell(sc, alpha, ref, mechanism))[0]) is not None
+        if results.has_in(sc, ref, alpha)
+        and (c := _ref_cell(results, sc, alpha, ref, mechanism)) is not None
+        and (s := results.capacity(c)[0]) is not None
     ]
     if mine is None:
         return (
@@ -487,6 +523,23 @@ def capacity_ratio_text(mine: Stat, best: Stat, best_name: str, iterations: int)
     return text
 
 
+def migrating(roles: Roles, policy: str) -> bool:
+    return policy.partition(":")[0] in roles.migrating
+
+
+def _ref_cell(
+    results: Results, sc: Scenario, alpha: float | None, policy: str, mechanism: str
+) -> Cell | None:
+    """A reference policy's runs under ``mechanism``: its own, or its kv-transfer ones if it
+    never migrates (the mechanism does not touch it); None for a migrating policy not run so."""
+    plan = results.plan
+    if mechanism in plan.mechanisms(sc, policy, alpha):
+        return kv_cell(sc, alpha, policy, mechanism)
+    if migrating(plan.roles, policy):
+        return None
+    return kv_cell(sc, alpha, policy, KV_TRANSFER)
+
+
 def _missing_note(results: Results, names: Sequence[str]) -> str | None:
     missing = [n for n in names if not results.has(n)]
     if not missing:
@@ -505,7 +558,7 @@ def section_versus(results: Results, sc: Scenario, alpha: float | None) -> list[
     label = alpha_label(alpha)
     out = [f"#### {roles.subject} vs the best baseline (alpha={label})", ""]
     missing = _missing_note(results, [roles.subject])
-    baselines = [b for b in roles.baselines if results.has(b)]
+    baselines = swept_baselines(results, sc)
     if missing or not baselines:
         return [*out, missing or "Not measured: no baseline registered.", ""]
     rows = []
@@ -540,190 +593,235 @@ def section_versus(results: Results, sc: Scenario, alpha: float | None) -> list[
     return out
 
 
+def swept_baselines(results: Results, sc: Scenario) -> list[str]:
+    roles = results.plan.roles
+    return [b for b in roles.baselines if results.has_in(sc, b) and b not in roles.capacity_only]
+
+
+def all_baselines(results: Results, sc: Scenario, alpha: float | None = None) -> list[str]:
+    return [b for b in results.plan.roles.baselines if results.has_in(sc, b, alpha)]
+
+
+def capped_text(results: Results, cell: Cell) -> str:
+    """What failed first above the capacity, over seeds: "<2K (2/3), overall (1/3)"."""
+    counts: dict[str, int] = {}
+    runs = [f for f in results.capacity_runs(cell) if f is not None and f.error is None]
+    for found in runs:
+        for name in found.capped_by():
+            counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        return NOTHING
+    ranked = sorted(counts.items(), key=lambda x: -x[1])
+    return ", ".join(f"{k} ({v}/{len(runs)})" for k, v in ranked)
+
+
 def section_capacity(results: Results, sc: Scenario) -> list[str]:
     plan = results.plan
-    out = [f"#### Capacity (largest rate with SLO attainment >= {plan.goodput_target:.0%})", ""]
+    out = [
+        f"#### Capacity (largest rate with SLO attainment >= {plan.goodput_target:.0%} overall "
+        "and in every length class)",
+        "",
+    ]
     if not plan.capacity:
         return [*out, "Not measured (--no-capacity).", ""]
-    header = ["policy"]
-    for alpha in plan.alphas:
-        header += [f"capacity, alpha={alpha_label(alpha)}", "req/s"]
+    alpha = plan.alphas[0]
     rows = []
-    for policy in plan.policies:
-        row = [policy]
-        for alpha in plan.alphas:
-            cell = kv_cell(sc, alpha, policy)
-            row += [capacity_text(results, cell), fmt_stat(results.capacity(cell)[1], _plain)]
-        rows.append(row)
+    for policy in plan.scenario_policies(sc, alpha):
+        cell = kv_cell(sc, alpha, policy)
+        rows.append(
+            [
+                policy,
+                capacity_text(results, cell),
+                fmt_stat(results.capacity(cell)[1], _plain),
+                capped_text(results, cell),
+            ]
+        )
+    header = ["policy", "capacity", "req/s", "failed first above it (seeds)"]
     out += [md_table(header, rows), ""]
-    out += [caption(results, sc, "as in the columns", KV_TRANSFER, None), ""]
-    roles = plan.roles
-    baselines = [b for b in roles.baselines if results.has(b)]
-    for alpha in plan.alphas:
-        _, text = capacity_versus(results, sc, alpha, roles.subject, baselines)
-        out.append(f"* {roles.subject} / best baseline, alpha={alpha_label(alpha)}: {text}")
-    out.append("")
+    out += [caption(results, sc, alpha_label(alpha), KV_TRANSFER, None), ""]
+    _, text = capacity_versus(results, sc, alpha, plan.roles.subject, all_baselines(results, sc))
+    out += [f"* {plan.roles.subject} / best baseline: {text}", ""]
+    splits = [b for b in all_baselines(results, sc) if b.startswith("pd_disagg")]
+    found = [
+        (s.median, b)
+        for b in splits
+        if (s := results.capacity(kv_cell(sc, alpha, b))[0]) is not None
+    ]
+    if found:
+        best_cap, best_name = max(found)
+        out += [
+            f"* Best prefill/decode split: `{best_name}` (x{best_cap:.3g}); "
+            + ", ".join(f"`{b}` {capacity_text(results, kv_cell(sc, alpha, b))}" for b in splits),
+            "",
+        ]
     return out
 
 
 def section_balance(results: Results, sc: Scenario) -> list[str]:
     plan = results.plan
     bid, rr = plan.roles.balance_pair
+    if not (results.has_in(sc, bid) and results.has_in(sc, rr)):
+        return []
     out = [
         f"#### Balance: output-token CV inside groups, {bid} (bid-ask) vs {rr} (round robin)",
         "",
     ]
-    missing = _missing_note(results, [bid, rr])
-    if missing:
-        return [*out, missing, ""]
     fmt = FORMATS["output_tokens_cv"]
-    for alpha in plan.alphas:
-        rows = []
-        for rate in plan.rates(sc):
-            a = results.point(kv_cell(sc, alpha, bid), rate, "output_tokens_cv")
-            b = results.point(kv_cell(sc, alpha, rr), rate, "output_tokens_cv")
-            change = NOTHING
-            if a is not None and b is not None and b.median > 0:
-                change = _change(a.median / b.median - 1.0)
-            rows.append(
-                [
-                    f"x{rate:g}",
-                    point_text(results, kv_cell(sc, alpha, bid), rate, "output_tokens_cv", fmt),
-                    point_text(results, kv_cell(sc, alpha, rr), rate, "output_tokens_cv", fmt),
-                    change,
-                ]
-            )
-        out += [
-            f"**alpha={alpha_label(alpha)}**",
-            "",
-            md_table(["rate", bid, rr, f"change of {bid}"], rows),
-            "",
-            caption(results, sc, alpha_label(alpha), KV_TRANSFER, plan.rates(sc)),
-            "",
-        ]
+    alpha = plan.alphas[0]
+    rows = []
+    for rate in plan.rates(sc):
+        a = results.point(kv_cell(sc, alpha, bid), rate, "output_tokens_cv")
+        b = results.point(kv_cell(sc, alpha, rr), rate, "output_tokens_cv")
+        change = NOTHING
+        if a is not None and b is not None and b.median > 0:
+            change = _change(a.median / b.median - 1.0)
+        rows.append(
+            [
+                f"x{rate:g}",
+                point_text(results, kv_cell(sc, alpha, bid), rate, "output_tokens_cv", fmt),
+                point_text(results, kv_cell(sc, alpha, rr), rate, "output_tokens_cv", fmt),
+                change,
+            ]
+        )
+    out += [
+        md_table(["rate", bid, rr, f"change of {bid}"], rows),
+        "",
+        caption(results, sc, alpha_label(alpha), KV_TRANSFER, plan.rates(sc)),
+        "",
+    ]
     return out
 
 
-def section_refinement(results: Results, sc: Scenario) -> list[str]:
-    names = results.plan.roles.refinement
-    return section_ablation(results, sc, f"Refinement ablation: {', '.join(names)}", names)
-
-
-def section_staging(results: Results, sc: Scenario) -> list[str]:
-    names = results.plan.roles.staging
-    title = f"Staging ablation: {' vs '.join(names)} (one stage, the same bids)"
-    return section_ablation(results, sc, title, names)
-
-
 def section_ablation(results: Results, sc: Scenario, title: str, names: Sequence[str]) -> list[str]:
-    """Mean E2E and capacity of ``names``, each against the first of them."""
+    """Mean and p99 E2E, SLO attainment and capacity of ``names``, each against the first."""
     plan = results.plan
-    out = [f"#### {title}", ""]
-    present = [n for n in names if results.has(n)]
-    missing = _missing_note(results, names)
-    if missing:
-        out += [missing, ""]
+    present = [n for n in names if results.has_in(sc, n)]
     if len(present) < 2:
-        return out
+        return []
+    out = [f"#### {title}", ""]
     first = present[0]
-    for alpha in plan.alphas:
-        rows = []
-        for policy in present:
-            row = [policy]
-            changes: list[float | None] = []
-            for rate in plan.rates(sc):
-                s = results.point(kv_cell(sc, alpha, policy), rate, "e2e_mean_s")
-                ref = results.point(kv_cell(sc, alpha, first), rate, "e2e_mean_s")
-                row.append(point_text(results, kv_cell(sc, alpha, policy), rate, "e2e_mean_s"))
-                ok = s is not None and ref is not None and s.median > 0
-                changes.append(ref.median / s.median - 1.0 if ok and ref and s else None)
-            cap = kv_cell(sc, alpha, policy)
-            row.append(capacity_text(results, cap) if plan.capacity else NOTHING)
-            row.append(NOTHING if policy == first else over_rates(changes)[1])
-            rows.append(row)
-        header = [
-            "policy",
-            *(f"mean E2E x{r:g}" for r in plan.rates(sc)),
-            "capacity",
-            f"{first} vs this policy (mean E2E)",
-        ]
-        out += [
-            f"**alpha={alpha_label(alpha)}**",
-            "",
-            md_table(header, rows),
-            "",
-            caption(results, sc, alpha_label(alpha), KV_TRANSFER, plan.rates(sc)),
-            "",
-        ]
+    alpha = plan.alphas[0]
+    rows = []
+    for policy in present:
+        cell = kv_cell(sc, alpha, policy)
+        row = [policy]
+        changes: list[float | None] = []
+        for rate in plan.rates(sc):
+            s = results.point(cell, rate, "e2e_mean_s")
+            ref = results.point(kv_cell(sc, alpha, first), rate, "e2e_mean_s")
+            p99 = point_text(results, cell, rate, "e2e_p99_s")
+            slo = point_text(results, cell, rate, "slo_attainment", _share)
+            row.append(f"{point_text(results, cell, rate, 'e2e_mean_s')} / {p99}, {slo}")
+            ok = s is not None and ref is not None and s.median > 0
+            changes.append(ref.median / s.median - 1.0 if ok and ref and s else None)
+        row.append(capacity_text(results, cell) if plan.capacity else NOTHING)
+        row.append(NOTHING if policy == first else over_rates(changes)[1])
+        rows.append(row)
+    header = [
+        "policy",
+        *(f"x{r:g}: mean / p99 E2E, SLO" for r in plan.rates(sc)),
+        "capacity",
+        f"{first} vs this policy (mean E2E)",
+    ]
+    out += [
+        md_table(header, rows),
+        "",
+        caption(results, sc, alpha_label(alpha), KV_TRANSFER, plan.rates(sc)),
+        "",
+    ]
+    return out
+
+
+def section_ablations(results: Results, sc: Scenario) -> list[str]:
+    roles = results.plan.roles
+    refinement = tuple(n for n in roles.refinement if n != "l4_static")
+    groups = (
+        ("Staging ({} vs one stage with the same bids)", roles.staging),
+        ("Re-planning and refinement ({} vs the initial plan kept)", (roles.subject, "l4_static")),
+        ("Refinement rules ({}: QoE vs request-count and memory balancing)", refinement),
+        ("Planner objective and spill ({}: mean-latency objective, no spill)", roles.objective),
+    )
+    out: list[str] = []
+    for title, names in groups:
+        present = [n for n in names if results.has_in(sc, n)]
+        out += section_ablation(results, sc, title.format(" vs ".join(present)), names)
     return out
 
 
 def section_mechanisms(results: Results, sc: Scenario) -> list[str]:
     plan = results.plan
-    if not sc.extra_mechanisms:
-        return []
-    mechanisms = (KV_TRANSFER, *sc.extra_mechanisms)
-    out = [f"#### Migration mechanisms: {', '.join(mechanisms)}", ""]
-    movers = [p for p in plan.policies if p in plan.roles.migrating]
+    alpha = plan.alphas[0]
+    movers = [
+        p for p in plan.scenario_policies(sc, alpha) if len(plan.mechanisms(sc, p, alpha)) > 1
+    ]
     if not movers:
-        return [*out, "Not measured: no migrating policy registered.", ""]
-    out += [
-        "Cells: mean E2E / p99 E2E, migrations (medians over seeds). Non-migrating policies "
-        "are unaffected by the mechanism and appear only in the kv-transfer tables.",
+        return []
+    out = [
+        "#### Migration mechanisms: kv-transfer, token replay, replay from a shared KV store",
+        "",
+        "Cells: mean E2E / p99 E2E, migrations (medians over seeds). `replay+store` loads a moved "
+        f"request's context from a shared KV store at {STORE_GBPS:g} GB/s instead of re-prefilling "
+        "it. Non-migrating policies are unaffected by the mechanism and appear only in the "
+        "kv-transfer tables.",
         "",
     ]
-    for alpha in plan.alphas:
-        rows = []
-        for policy in movers:
-            for mech in mechanisms:
-                cell = kv_cell(sc, alpha, policy, mech)
-                row = [policy, mech]
-                for rate in plan.rates(sc):
-                    mean = results.point(cell, rate, "e2e_mean_s")
-                    p99 = results.point(cell, rate, "e2e_p99_s")
-                    moves = results.point(cell, rate, "migrations")
-                    text = f"{fmt_stat(mean)} / {fmt_stat(p99)}, {fmt_stat(moves, _count)} migr"
-                    if results.failed(cell, rate):
-                        text = FAILED if mean is None else f"{text} (some seeds {FAILED})"
-                    row.append(text)
-                row.append(capacity_text(results, cell) if plan.capacity else NOTHING)
-                rows.append(row)
-        header = ["policy", "mechanism", *(f"x{r:g}" for r in plan.rates(sc)), "capacity"]
-        out += [
-            f"**alpha={alpha_label(alpha)}**",
-            "",
-            md_table(header, rows),
-            "",
-            caption(results, sc, alpha_label(alpha), ", ".join(mechanisms), plan.rates(sc)),
-            "",
-        ]
-    return out
+    rows = []
+    for policy in movers:
+        for mech in plan.mechanisms(sc, policy, alpha):
+            cell = kv_cell(sc, alpha, policy, mech)
+            row = [policy, mech]
+            for rate in plan.rates(sc):
+                mean = results.point(cell, rate, "e2e_mean_s")
+                p99 = results.point(cell, rate, "e2e_p99_s")
+                moves = results.point(cell, rate, "migrations")
+                text = f"{fmt_stat(mean)} / {fmt_stat(p99)}, {fmt_stat(moves, _count)} migr"
+                if results.failed(cell, rate):
+                    text = FAILED if mean is None else f"{text} (some seeds {FAILED})"
+                row.append(text)
+            row.append(capacity_text(results, cell) if plan.capacity else NOTHING)
+            rows.append(row)
+    header = ["policy", "mechanism", *(f"x{r:g}" for r in plan.rates(sc)), "capacity"]
+    mechanisms = ", ".join(dict.fromkeys(m for p in movers for m in plan.mechanisms(sc, p, alpha)))
+    out += [
+        md_table(header, rows),
+        "",
+        caption(results, sc, alpha_label(alpha), mechanisms, plan.rates(sc)),
+        "",
+    ]
+    for mech in (REPLAY, STORE):
+        if mech in plan.mechanisms(sc, plan.roles.subject, alpha):
+            _, text = capacity_versus(
+                results, sc, alpha, plan.roles.subject, all_baselines(results, sc), mech
+            )
+            out.append(f"* {plan.roles.subject} / best baseline with {mech}: {text}")
+    return [*out, ""]
 
 
 def section_details(results: Results, sc: Scenario) -> list[str]:
     plan = results.plan
+    alpha = plan.alphas[0]
     out = ["<details><summary>Every policy, every metric (kv-transfer)</summary>", ""]
-    for alpha in plan.alphas:
-        for name, title in DETAIL_METRICS:
-            fmt = FORMATS.get(name, _seconds)
-            rows = [
-                [
-                    policy,
-                    *(
-                        point_text(results, kv_cell(sc, alpha, policy), r, name, fmt)
-                        for r in plan.rates(sc)
-                    ),
-                ]
-                for policy in plan.policies
+    policies = [p for p in plan.scenario_policies(sc, alpha) if p not in plan.roles.capacity_only]
+    for name, title in DETAIL_METRICS:
+        fmt = FORMATS.get(name, _seconds)
+        rows = [
+            [
+                policy,
+                *(
+                    point_text(results, kv_cell(sc, alpha, policy), r, name, fmt)
+                    for r in plan.rates(sc)
+                ),
             ]
-            out += [
-                f"**{title}, alpha={alpha_label(alpha)}**",
-                "",
-                md_table(["policy", *(f"x{r:g}" for r in plan.rates(sc))], rows),
-                "",
-                caption(results, sc, alpha_label(alpha), KV_TRANSFER, plan.rates(sc)),
-                "",
-            ]
+            for policy in policies
+        ]
+        out += [
+            f"**{title}**",
+            "",
+            md_table(["policy", *(f"x{r:g}" for r in plan.rates(sc))], rows),
+            "",
+            caption(results, sc, alpha_label(alpha), KV_TRANSFER, plan.rates(sc)),
+            "",
+        ]
     return [*out, "</details>", ""]
 
 
@@ -736,9 +834,9 @@ class Claim:
 
 
 def claims(results: Results, sc: Scenario) -> list[Claim]:
-    """The paper's claims next to what the runs of ``sc`` measured, for every alpha."""
+    """The paper's claims next to what the runs of ``sc`` measured (calibrated alpha)."""
     plan, roles = results.plan, results.plan.roles
-    baselines = [b for b in roles.baselines if results.has(b)]
+    baselines = all_baselines(results, sc)
     subject = roles.subject
     rows: dict[str, tuple[dict[str, str], dict[str, object]]] = {
         key: ({}, {}) for key in PAPER_CLAIMS
@@ -803,7 +901,8 @@ def section_claims(results: Results) -> list[str]:
         "",
         f"Measured on the first scenario ({sc.name}), over its rate sweep; a change is "
         "(ours / reference - 1), negative = lower; capacity ratios compare the rate multipliers "
-        "at which SLO attainment stays at the target, found on a geometric grid of step "
+        "at which SLO attainment stays at the target overall and per length class, found on a "
+        "geometric grid of step "
         f"{capacity_grid_step(plan.capacity_iterations):.3f}x ({plan.capacity_iterations} "
         "bisection steps): a ratio within one step is reported as a tie. "
         "The paper's setting is not fully known "
@@ -816,34 +915,178 @@ def section_claims(results: Results) -> list[str]:
     ]
 
 
-def section_summary(results: Results) -> list[str]:
-    plan, roles = results.plan, results.plan.roles
-    baselines = [b for b in roles.baselines if results.has(b)]
-    rows = []
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """One scenario against "How we will know it works" (issue 11)."""
+
+    scenario: str
+    premise: bool
+    best_baseline: str | None
+    capacity_ratio: float | None
+    capacity_text: str
+    e2e_change: float | None  # mean E2E at the best baseline's capacity, subject / baseline - 1
+    p99_change: float | None
+    at_capacity_text: str
+    replay_ratio: float | None
+    replay_text: str
+    passed: bool | None  # None: not measured
+
+
+def _at_capacity(
+    results: Results, sc: Scenario, mechanism: str = KV_TRANSFER
+) -> tuple[str | None, float | None, float | None, str]:
+    """Subject vs the best baseline at that baseline's capacity: (name, mean change, p99
+    change, text), medians over the seeds where both have a run there."""
+    plan = results.plan
+    found = best_baseline(plan, results.data.capacity, sc, mechanism)
+    if found is None:
+        return None, None, None, "not measured (no baseline capacity)"
+    ref_cell, per_seed = found
+    subject = kv_cell(sc, plan.alphas[0], plan.roles.subject, mechanism)
+    pairs: dict[str, list[tuple[float, float]]] = {"e2e_mean_s": [], "e2e_p99_s": []}
+    for seed, rate in per_seed.items():
+        mine = results.data.records.get(plan.spec(subject, rate, seed).key_id())
+        ref = results.data.records.get(plan.spec(ref_cell, rate, seed).key_id())
+        if mine is None or ref is None:
+            continue
+        for name, out in pairs.items():
+            a, b = metric(mine, name), metric(ref, name)
+            if a is not None and b is not None and b > 0:
+                out.append((a, b))
+    if not pairs["e2e_mean_s"]:
+        return ref_cell.policy, None, None, f"not measured (no {plan.roles.subject} run there)"
+
+    def change(name: str) -> float | None:
+        vals = pairs[name]
+        if not vals:
+            return None
+        return statistics.median(a for a, _ in vals) / statistics.median(b for _, b in vals) - 1
+
+    mean, p99 = change("e2e_mean_s"), change("e2e_p99_s")
+    rate = statistics.median(per_seed.values())
+    text = (
+        f"at {ref_cell.policy}'s capacity (x{rate:.3g}, {len(pairs['e2e_mean_s'])} seeds): "
+        f"mean E2E {NOTHING if mean is None else _change(mean)}, "
+        f"p99 E2E {NOTHING if p99 is None else _change(p99)}"
+    )
+    return ref_cell.policy, mean, p99, text
+
+
+def verdicts(results: Results) -> list[Verdict]:
+    plan = results.plan
+    alpha = plan.alphas[0]
+    out = []
     for sc in plan.scenarios:
-        for alpha in plan.alphas:
-            row = [sc.name, alpha_label(alpha)]
-            for name in ("e2e_mean_s", "e2e_p99_s"):
-                changes = []
-                for rate in plan.rates(sc):
-                    v = versus(results, sc, alpha, rate, name, roles.subject, baselines)
-                    changes.append(None if v is None else v.change)
-                row.append(over_rates(changes)[1])
-            row.append(capacity_versus(results, sc, alpha, roles.subject, baselines)[1])
-            rows.append(row)
+        baselines = all_baselines(results, sc)
+        ratio, cap_text = capacity_versus(results, sc, alpha, plan.roles.subject, baselines)
+        name, mean, p99, at_text = _at_capacity(results, sc)
+        r_ratio, r_text = (None, "not measured")
+        if REPLAY in plan.mechanisms(sc, plan.roles.subject, alpha):
+            r_ratio, r_text = capacity_versus(
+                results, sc, alpha, plan.roles.subject, baselines, REPLAY
+            )
+        passed: bool | None = None
+        if ratio is not None and mean is not None:
+            if sc.premise:
+                passed = ratio >= 1.3 and mean <= -0.25 and (p99 is not None and p99 <= 0)
+            else:
+                passed = ratio >= 0.98 and mean <= 0.02
+        out.append(
+            Verdict(
+                scenario=sc.name,
+                premise=sc.premise,
+                best_baseline=name,
+                capacity_ratio=ratio,
+                capacity_text=cap_text,
+                e2e_change=mean,
+                p99_change=p99,
+                at_capacity_text=at_text,
+                replay_ratio=r_ratio,
+                replay_text=r_text,
+                passed=passed,
+            )
+        )
+    return out
+
+
+def section_acceptance(results: Results) -> list[str]:
+    rows = []
+    for v in verdicts(results):
+        target = (
+            "capacity >= 1.3x, mean E2E <= -25%, p99 <= 0"
+            if v.premise
+            else "capacity >= 0.98x, mean E2E <= +2%"
+        )
+        verdict = NOTHING if v.passed is None else ("**met**" if v.passed else "not met")
+        rows.append(
+            [v.scenario, target, v.capacity_text, v.at_capacity_text, v.replay_text, verdict]
+        )
     return [
-        f"## Summary: {roles.subject} vs the best baseline, every scenario",
+        "## How we will know it works (issue 11): l4 against the best baseline",
+        "",
+        "Capacity with the per-class rule; the best baseline is the one with the highest median "
+        "capacity among every baseline (fixed prefill/decode splits included); latencies at its "
+        "capacity are measured on the same windows (seeds) at that baseline's own capacity. The "
+        "replay column compares l4 with token replay against the best baseline under replay (a "
+        "baseline that never migrates is unaffected by the mechanism).",
         "",
         md_table(
-            ["scenario", "alpha", "mean E2E change", "p99 E2E change", "capacity ratio"], rows
+            [
+                "scenario",
+                "target",
+                "capacity: l4 / best baseline",
+                "at the best baseline's capacity",
+                "with --migration replay",
+                "verdict",
+            ],
+            rows,
         ),
         "",
         "\n\n".join(
-            caption(results, sc, "as in the rows", KV_TRANSFER, plan.rates(sc))
-            for sc in plan.scenarios
+            caption(results, sc, alpha_label(results.plan.alphas[0]), KV_TRANSFER, None)
+            for sc in results.plan.scenarios
         ),
         "",
     ]
+
+
+def section_curve(results: Results) -> list[str]:
+    """L4's capacity advantage as alpha grows, per premise scenario."""
+    plan = results.plan
+    premise = [sc for sc in plan.scenarios if sc.premise]
+    if not premise or not plan.capacity:
+        return []
+    out = [
+        "## The heterogeneity question, as a curve",
+        "",
+        f"Capacity of `{plan.roles.subject}` over the best baseline among "
+        f"{', '.join(b for b in plan.roles.curve if b in plan.roles.baselines)}, as the "
+        "heterogeneity coefficient alpha goes from "
+        f"0 through the calibrated table to constants: {PAPER_ALPHA:g} makes a 1 x 64K + 15 x "
+        "100-token decode batch's attention 2x slower than a uniform batch of the same tokens "
+        "(the paper's premise).",
+        "",
+    ]
+    for sc in premise:
+        rows = []
+        for alpha in plan.scenario_alphas(sc):
+            refs = [
+                b
+                for b in plan.roles.curve
+                if b in plan.roles.baselines and results.has_in(sc, b, alpha)
+            ]
+            _, text = capacity_versus(results, sc, alpha, plan.roles.subject, refs)
+            _, stage_text = capacity_versus(results, sc, alpha, plan.roles.subject, ["l4_bids"])
+            rows.append([alpha_label(alpha), text, stage_text])
+        out += [
+            f"**{sc.name}**",
+            "",
+            md_table(["alpha", "l4 / best baseline"], rows),
+            "",
+            caption(results, sc, "as in the rows", KV_TRANSFER, None),
+            "",
+        ]
+    return out
 
 
 def _median_summary(results: Results, cell: Cell, rate: float) -> dict[str, object]:
@@ -862,47 +1105,46 @@ def _median_summary(results: Results, cell: Cell, rate: float) -> dict[str, obje
 
 
 def write_plots(results: Results, assets: Path) -> dict[tuple[str, str], Path]:
-    """Latency (and goodput) versus rate: per scenario and alpha, and per mechanism."""
+    """Latency (and goodput) versus rate per scenario (kv-transfer), and per mechanism."""
     plan = results.plan
+    alpha = plan.alphas[0]
+    label = alpha_label(alpha)
     written: dict[tuple[str, str], Path] = {}
     for sc in plan.scenarios:
         rates = plan.rates(sc)
-        for alpha in plan.alphas:
-            label = alpha_label(alpha)
-            points = {
-                policy: [
-                    (r, _median_summary(results, kv_cell(sc, alpha, policy), r)) for r in rates
+        swept = [p for p in plan.scenario_policies(sc, alpha) if p not in plan.roles.capacity_only]
+        points = {
+            policy: [(r, _median_summary(results, kv_cell(sc, alpha, policy), r)) for r in rates]
+            for policy in swept
+        }
+        path = assets / f"{sc.name}.png"
+        plot_sweep(
+            path,
+            points,
+            "rate (x trace rate)",
+            title=f"{sc.name}: {sc.num_instances} x {sc.profile}, alpha={label}, "
+            f"median over seeds {', '.join(map(str, plan.seeds))}, "
+            f"{plan.duration(sc):g} s cut",
+        )
+        written[(sc.name, "sweep")] = path
+        movers = [p for p in swept if len(plan.mechanisms(sc, p, alpha)) > 1]
+        if movers:
+            mech_points = {
+                f"{policy} ({mech})": [
+                    (r, _median_summary(results, kv_cell(sc, alpha, policy, mech), r))
+                    for r in rates
                 ]
-                for policy in plan.policies
+                for policy in movers
+                for mech in plan.mechanisms(sc, policy, alpha)
             }
-            path = assets / f"{sc.name}-alpha-{label}.png"
+            path = assets / f"{sc.name}-mechanisms.png"
             plot_sweep(
                 path,
-                points,
+                mech_points,
                 "rate (x trace rate)",
-                title=f"{sc.name}: {sc.num_instances} x {sc.profile}, alpha={label}, "
-                f"median over seeds {', '.join(map(str, plan.seeds))}, "
-                f"{plan.duration_s:g} s cut",
+                title=f"{sc.name}: migration mechanisms, alpha={label}",
             )
-            written[(sc.name, label)] = path
-            movers = [p for p in plan.policies if p in plan.roles.migrating]
-            if sc.extra_mechanisms and movers:
-                mech_points = {
-                    f"{policy} ({mech})": [
-                        (r, _median_summary(results, kv_cell(sc, alpha, policy, mech), r))
-                        for r in rates
-                    ]
-                    for policy in movers
-                    for mech in (KV_TRANSFER, *sc.extra_mechanisms)
-                }
-                path = assets / f"{sc.name}-mechanisms-alpha-{label}.png"
-                plot_sweep(
-                    path,
-                    mech_points,
-                    "rate (x trace rate)",
-                    title=f"{sc.name}: migration mechanisms, alpha={label}",
-                )
-                written[(sc.name, f"mechanisms-{label}")] = path
+            written[(sc.name, "mechanisms")] = path
     return written
 
 
@@ -914,7 +1156,7 @@ def sweep_sentence(results: Results, sc: Scenario) -> str:
     alpha = plan.alphas[0]
     found = [
         (s.median, policy)
-        for policy in plan.policies
+        for policy in plan.scenario_policies(sc, alpha)
         if (s := results.capacity(kv_cell(sc, alpha, policy))[0]) is not None
     ]
     if not found:
@@ -950,14 +1192,16 @@ def render_markdown(
     ]
     if plan.quick:
         lines += [
-            "**Quick run** (`--quick`): 3 rates per scenario, "
-            f"{len(plan.seeds)} seed(s), a {plan.duration_s:g} s cut and "
+            f"**Quick run** (`--quick`): {len(plan.rates(plan.scenarios[0]))} rates per scenario, "
+            f"{len(plan.seeds)} seed(s), half of each scenario's window and "
             f"{plan.capacity_iterations} bisection steps. A smoke test of the suite, "
             "not the results: run without `--quick` for those.",
             "",
         ]
     lines += [
-        f"Policies measured: {', '.join(f'`{p}`' for p in plan.policies)}.",
+        f"Policies measured: {', '.join(f'`{p}`' for p in plan.policies)} (the ablations only in "
+        f"{', '.join(sc.name for sc in plan.scenarios if sc.ablations) or 'no scenario'}; the "
+        "fixed prefill/decode splits capacity only).",
         "",
     ]
     if plan.missing_policies:
@@ -968,36 +1212,34 @@ def render_markdown(
             "",
         ]
     lines += [
-        "Conventions: medians over seeds, with [min–max] where seeds differ; a change is "
-        "(policy / reference - 1), negative = lower; the best baseline is chosen per metric and "
-        "rate. Goodput follows docs/design/EVALUATION.md (TTFT and TPOT within "
+        "Conventions: medians over seeds (windows of the trace, or ServeGen's times of day), "
+        "with [min–max] where seeds differ; a change is (policy / reference - 1), negative = "
+        "lower; the best baseline is chosen per metric and rate in the sweep tables. Goodput "
+        "follows docs/design/EVALUATION.md (TTFT and TPOT within "
         f"{plan.slo_scale:g}x each request's unloaded values); capacity is "
-        "`l4.sim.capacity.find_capacity` on the rate multiplier.",
+        "`l4.sim.capacity.find_capacity` on the rate multiplier with the per-class rule: SLO "
+        f"attainment >= {plan.goodput_target:.0%} overall and in every length class (< 2K, 2K-8K, "
+        "8K-32K, >= 32K total tokens) with at least 20 requests.",
         "",
     ]
+    lines += section_acceptance(results)
+    lines += section_curve(results)
     lines += section_claims(results)
-    lines += section_summary(results)
     for i, sc in enumerate(plan.scenarios, 1):
         lines += [f"## Scenario {i}: {sc.title}", ""]
         lines += [sweep_sentence(results, sc), ""]
-        for alpha in plan.alphas:
-            plot = plots.get((sc.name, alpha_label(alpha)))
-            if plot is not None:
-                lines += [
-                    f"![{sc.name}, alpha={alpha_label(alpha)}]({_relative(plot, base)})",
-                    "",
-                ]
+        plot = plots.get((sc.name, "sweep"))
+        if plot is not None:
+            lines += [f"![{sc.name}]({_relative(plot, base)})", ""]
         for alpha in plan.alphas:
             lines += section_versus(results, sc, alpha)
         lines += section_capacity(results, sc)
+        lines += section_ablations(results, sc)
         lines += section_balance(results, sc)
-        lines += section_refinement(results, sc)
-        lines += section_staging(results, sc)
         lines += section_mechanisms(results, sc)
-        for alpha in plan.alphas:
-            plot = plots.get((sc.name, f"mechanisms-{alpha_label(alpha)}"))
-            if plot is not None:
-                lines += [f"![{sc.name} mechanisms]({_relative(plot, base)})", ""]
+        plot = plots.get((sc.name, "mechanisms"))
+        if plot is not None:
+            lines += [f"![{sc.name} mechanisms]({_relative(plot, base)})", ""]
         lines += section_details(results, sc)
     lines += section_notes(results)
     return "\n".join(lines).rstrip() + "\n"
@@ -1073,7 +1315,7 @@ def results_json(results: Results, meta: dict[str, object]) -> dict[str, object]
                 "mechanism": cell.mechanism,
                 "policy": cell.policy,
             }
-            for rate in plan.rates(sc):
+            for rate in plan.rates(sc) if plan.swept(cell) else ():
                 metrics = {
                     name: s.as_json()
                     for name in (*METRICS_ALL,)
@@ -1095,7 +1337,10 @@ def results_json(results: Results, meta: dict[str, object]) -> dict[str, object]
                                 "seed": seed,
                                 "rate_scale": found.rate_scale,
                                 "requests_per_s": found.requests_per_s,
-                                "probes": [list(p) for p in found.probes],
+                                "probes": [
+                                    {"rate_scale": r, "slo_attainment": a, "failed": list(f)}
+                                    for r, a, f in found.probes
+                                ],
                                 "error": found.error,
                             }
                             for seed, found in zip(
@@ -1113,6 +1358,9 @@ def results_json(results: Results, meta: dict[str, object]) -> dict[str, object]
                 "instances": sc.num_instances,
                 "rate_scales": list(plan.rates(sc)),
                 "capacity_start_scale": sc.capacity_start_scale,
+                "duration_s": plan.duration(sc),
+                "premise": sc.premise,
+                "alphas": [alpha_label(a) for a in plan.scenario_alphas(sc)],
                 "sweep": sweep,
                 "capacity": capacity,
             }
@@ -1125,6 +1373,8 @@ def results_json(results: Results, meta: dict[str, object]) -> dict[str, object]
             "seeds": list(plan.seeds),
             "alphas": [alpha_label(a) for a in plan.alphas],
             "duration_s": plan.duration_s,
+            "curve_alphas": list(plan.curve_alphas),
+            "store_bandwidth_bytes_per_s": STORE_BANDWIDTH_BYTES_PER_S,
             "goodput_target": plan.goodput_target,
             "slo_scale": plan.slo_scale,
             "capacity_iterations": plan.capacity_iterations,
@@ -1136,6 +1386,8 @@ def results_json(results: Results, meta: dict[str, object]) -> dict[str, object]
                 "balance_pair": list(plan.roles.balance_pair),
                 "refinement": list(plan.roles.refinement),
                 "migrating": list(plan.roles.migrating),
+                "ablations": list(plan.roles.ablations),
+                "curve": list(plan.roles.curve),
             },
             "simulated_runs": data.simulated,
             "wall_s": data.wall_s,
@@ -1147,6 +1399,19 @@ def results_json(results: Results, meta: dict[str, object]) -> dict[str, object]
                 for c in claims(results, first)
             ],
         },
+        "verdicts": [
+            {
+                "scenario": v.scenario,
+                "premise": v.premise,
+                "best_baseline": v.best_baseline,
+                "capacity_ratio": v.capacity_ratio,
+                "e2e_mean_change_at_baseline_capacity": v.e2e_change,
+                "e2e_p99_change_at_baseline_capacity": v.p99_change,
+                "replay_capacity_ratio": v.replay_ratio,
+                "passed": v.passed,
+            }
+            for v in verdicts(results)
+        ],
         "scenarios": scenarios,
         "failures": [{"run": label, "error": error} for label, error in data.failures],
     }

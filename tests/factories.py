@@ -18,8 +18,10 @@ from l4.costmodel import (
     StepCostModel,
 )
 from l4.instance import Instance, InstanceConfig
+from l4.instance import Sequence as Seq
 from l4.metrics import RequestRecord
 from l4.request import RequestSpec
+from l4.views import ClusterView, InstanceView
 
 
 def tiny_profile(*, kv_capacity_tokens: int = 4096, max_context_tokens: int = 2048) -> Profile:
@@ -107,3 +109,23 @@ def random_records(seed: int, n: int = 40, *, max_ttft_s: float = 0.5) -> list[R
             )
         )
     return records
+
+
+class RecordingCluster:
+    """A ClusterView that records every migration asked of it, (request id, source, destination),
+    and passes it on."""
+
+    def __init__(self, inner: ClusterView) -> None:
+        self.inner = inner
+        self.calls: list[tuple[int, int, int]] = []
+
+    @property
+    def num_instances(self) -> int:
+        return self.inner.num_instances
+
+    def instance(self, instance_id: int) -> InstanceView:
+        return self.inner.instance(instance_id)
+
+    def migrate(self, seq: Seq, src: int, dst: int, reason: str) -> bool:
+        self.calls.append((seq.request_id, src, dst))
+        return self.inner.migrate(seq, src, dst, reason)

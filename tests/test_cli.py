@@ -61,9 +61,22 @@ def test_capacity_json_shape(tmp_path: Path) -> None:
     path = tmp_path / "cap.json"
     args = ["capacity", *SMALL, "--policies", "round_robin", "--iterations", "2"]
     assert main([*args, "--json", str(path)]) == 0
-    result = json.loads(path.read_text())["results"]["round_robin"]
-    assert set(result) == {"rate_scale", "requests_per_s", "goodput_requests_per_s"}
+    report = json.loads(path.read_text())
+    result = report["results"]["round_robin"]
+    assert set(result) == {
+        "rate_scale",
+        "requests_per_s",
+        "goodput_requests_per_s",
+        "slo_attainment",
+        "classes",
+    }
     assert result["rate_scale"] is not None and result["rate_scale"] > 0
+    assert set(result["classes"]) == {"<2K", "2K-8K", "8K-32K", ">=32K"}
+    for c in result["classes"].values():
+        assert c["judged"] == (c["requests"] >= 20)
+        if c["judged"]:
+            assert c["slo_attainment"] >= 0.9
+    assert report["config"]["capacity_rule"] == "overall and every length class"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,9 @@ from l4.metrics import (
     ItlRecorder,
     RequestRecord,
     SloConfig,
+    class_summaries,
     distribution,
+    length_class,
     output_tokens_cv,
     summarize,
     weighted_percentiles,
@@ -115,6 +117,7 @@ def test_counts_latencies_and_throughput() -> None:
         "throughput",
         "goodput_requests_per_s",
         "slo_attainment",
+        "classes",
         "migrations",
         "migrations_by_reason",
         "preemptions",
@@ -397,3 +400,42 @@ def _meets(r: RequestRecord, slo: SloConfig, unloaded: tuple[float, float] = (1.
         output_tokens_by_group=[[1]], migrations_by_reason={}, preemptions=0, sim_wall_s=0.0,
     )  # fmt: skip
     return out["slo_attainment"] == 1.0
+
+
+def test_length_classes_by_total_tokens_at_their_edges() -> None:
+    assert [length_class(t) for t in (1, 2047, 2048, 8191, 8192, 32767, 32768, 10**6)] == [
+        "<2K",
+        "<2K",
+        "2K-8K",
+        "2K-8K",
+        "8K-32K",
+        "8K-32K",
+        ">=32K",
+        ">=32K",
+    ]
+
+
+def test_class_summaries_split_requests_by_prompt_plus_output() -> None:
+    records = (
+        # <2K: 1000 + 5 tokens, TTFT 1 (meets 2.0), TPOT 1 (meets 1.25): good.
+        rec(0, 0.0, 1.0, 5.0, output_tokens=5, input_tokens=1000),
+        # <2K: 2000 + 47 = 2047 tokens, TTFT 3 > 2: misses.
+        rec(1, 0.0, 3.0, 3.0, output_tokens=47, input_tokens=2000),
+        # 2K-8K: 2000 + 48 = 2048 tokens, unfinished: misses.
+        rec(2, 0.0, 1.0, None, output_tokens=48, generated_tokens=3, input_tokens=2000),
+        # >=32K: TTFT 0.5, one output token: good.
+        rec(3, 0.0, 0.5, 0.5, output_tokens=1, input_tokens=40_000),
+    )
+    slo, unloaded = SloConfig(scale=10.0), constant_unloaded(0.2, 0.125)
+    out = class_summaries(records, slo=slo, unloaded=unloaded)
+    assert list(out) == ["<2K", "2K-8K", "8K-32K", ">=32K"]
+    assert [out[c]["requests"] for c in out] == [2, 1, 0, 1]
+    assert [out[c]["completed"] for c in out] == [2, 0, 0, 1]
+    assert [out[c]["slo_attainment"] for c in out] == [0.5, 0.0, None, 1.0]
+    assert out["<2K"]["ttft_s"]["p50"] == 2.0  # TTFTs 1 and 3
+    assert out["<2K"]["e2e_s"]["mean"] == 4.0  # E2Es 5 and 3
+    assert out["2K-8K"]["e2e_s"]["mean"] is None  # nothing finished
+    assert out["8K-32K"]["ttft_s"] == {"mean": None, "p50": None, "p90": None, "p99": None}
+    # The whole run's summary carries the same table.
+    whole = run(records, slo=slo, unloaded=unloaded)
+    assert whole["classes"] == out

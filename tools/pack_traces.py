@@ -28,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "sim_data" / "traces"
 DEFAULT_DEST = REPO_ROOT / "src" / "l4" / "workload" / "data"
 
+SERVEGEN_MARKER = "<!-- servegen: written by tools/pack_servegen.py -->"
+
 Row = tuple[str | None, int, int]  # arrival in exact decimal seconds (or None), input, output
 
 
@@ -223,7 +225,14 @@ def pack(source_dir: Path, dest_dir: Path) -> list[tuple[Source, int, str]]:
         blob = gzip.compress(render_csv(rows), compresslevel=9, mtime=0)
         (dest_dir / f"{src.name}.csv.gz").write_bytes(blob)
         packed.append((src, len(rows), hashlib.sha256(blob).hexdigest()))
-    (dest_dir / "LICENSES.md").write_text(render_licences(packed), encoding="utf-8")
+    licences = dest_dir / "LICENSES.md"
+    # tools/pack_servegen.py owns the section from its marker on: keep it.
+    kept = ""
+    if licences.exists():
+        old = licences.read_text(encoding="utf-8")
+        if SERVEGEN_MARKER in old:
+            kept = "\n" + SERVEGEN_MARKER + old.split(SERVEGEN_MARKER, 1)[1]
+    licences.write_text(render_licences(packed) + kept, encoding="utf-8")
     return packed
 
 

@@ -46,10 +46,11 @@ from l4.report import (
     json_text,
     print_capacity,
     print_table,
+    render_class_table,
     requests_jsonl_text,
 )
 from l4.runrate import DEMO_RATE_SCALE, RateChoice, choose_rate, rate_caption, rate_fields
-from l4.sim.capacity import find_capacity
+from l4.sim.capacity import class_attainments, find_capacity
 from l4.sim.runner import PolicyRun, SimConfig, run_policy
 from l4.workload import Workload, WorkloadSpec, build_workload, bundled_traces
 
@@ -71,8 +72,10 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--trace",
         default=DEFAULT_TRACE,
-        help=f"bundled trace ({', '.join(bundled_traces())}) or a JSONL/CSV path with "
-        "arrival_s,input_tokens,output_tokens (default: %(default)s)",
+        help=f"bundled workload ({', '.join(bundled_traces())}; servegen-* are generated "
+        "per client from ServeGen's production statistics, azure-longdoc is Azure chat with 10%% "
+        "long documents) or a JSONL/CSV path with arrival_s,input_tokens,output_tokens "
+        "(default: %(default)s)",
     )
     w.add_argument("--rate", type=positive_float, help="mean arrival rate in requests/s")
     w.add_argument(
@@ -101,7 +104,8 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         default=0.0,
         help="start a timestamped trace S seconds into it (its own time, before --rate-scale) "
-        "and wrap around at its end; windows of a trace are its independent samples "
+        "and wrap around at its end; windows of a trace are its independent samples. For the "
+        "servegen-* workloads, the time of day to start at (50400 = 14:00) "
         "(default: %(default)s)",
     )
     w.add_argument("--seed", type=int, default=0, help="seed for arrivals and random choices")
@@ -119,6 +123,12 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
         choices=[m.value for m in MigrationMechanism],
         default=MigrationMechanism.KV_TRANSFER.value,
         help="how policies move running requests (default: %(default)s)",
+    )
+    c.add_argument(
+        "--kv-store-gbps",
+        type=positive_float,
+        help="with --migration replay: a shared KV store (LMCache-style) from which the "
+        "destination loads a moved request's context at this many GB/s instead of recomputing it",
     )
     c.add_argument("--max-num-seqs", type=positive_int, help="vLLM max_num_seqs")
     c.add_argument("--max-num-batched-tokens", type=positive_int, help="vLLM token budget/step")
@@ -177,7 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_workload_options(cap)
     cap.add_argument("--policies", default=DEFAULT_POLICIES, help="comma-separated policies")
-    cap.add_argument("--goodput-target", type=float, default=0.9, help="default: %(default)s")
+    cap.add_argument(
+        "--goodput-target",
+        type=float,
+        default=0.9,
+        help="SLO attainment a rate must keep, overall and in every length class "
+        "(default: %(default)s)",
+    )
+    cap.add_argument(
+        "--overall-only",
+        action="store_true",
+        help="judge overall SLO attainment only, not each length class (< 2K, 2K-8K, 8K-32K, "
+        ">= 32K total tokens; classes under 20 requests are never judged)",
+    )
     cap.add_argument("--iterations", type=positive_int, default=6, help="bisection steps")
     cap.add_argument(
         "--json",
@@ -212,7 +234,12 @@ def _sim_config(args: argparse.Namespace, profile: Profile) -> SimConfig:
             max_num_batched_tokens=args.max_num_batched_tokens,
         ),
         num_instances=args.instances,
-        migration=MigrationConfig(mechanism=MigrationMechanism(args.migration)),
+        migration=MigrationConfig(
+            mechanism=MigrationMechanism(args.migration),
+            kv_store_bandwidth_bytes_per_s=(
+                None if args.kv_store_gbps is None else args.kv_store_gbps * 1e9
+            ),
+        ),
         slo=SloConfig(scale=args.slo_scale, ttft_s=args.slo_ttft, tpot_s=args.slo_tpot),
         seed=args.seed,
     )
@@ -255,7 +282,7 @@ def _config(
         "offset_s": args.offset,
         "duration": described.get("duration_s"),
         "requests": len(workload.requests),
-        "migration": args.migration,
+        "migration": cfg.migration.label,
         "max_num_seqs": cfg.instance_config.max_num_seqs,
         "max_num_batched_tokens": cfg.instance_config.max_num_batched_tokens,
         "kv_capacity_tokens": cfg.instance_config.kv_capacity_tokens,
@@ -364,6 +391,7 @@ def cmd_simulate(args: argparse.Namespace, console: Console, err: Console) -> in
             progress.done(f"simulated {name}", time.perf_counter() - t0)
     results = {r.policy: r.summary for r in runs}
     print_table(console, results, _caption(config), slo=cfg.slo)
+    console.print(render_class_table(results, _caption(config)))
     records = {r.policy: r.outcome.records for r in runs}
     if outputs.json:
         _write(outputs.json, json_text({"config": config, "results": results}), err)
@@ -387,7 +415,8 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
     base = _workload(args, profile, base_scale)
     config = _config(args, cfg, rate, base)
     config["goodput_target"] = args.goodput_target
-    results: dict[str, dict[str, float | None]] = {}
+    config["capacity_rule"] = "overall" if args.overall_only else "overall and every length class"
+    results: dict[str, dict[str, object]] = {}
     sweep: dict[str, list[tuple[float, dict[str, object]]]] = {}
     for name in policies:
         t0 = time.perf_counter()
@@ -402,20 +431,43 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
             )
             return summary
 
-        found = find_capacity(probe, target=args.goodput_target, iterations=args.iterations)
+        found = find_capacity(
+            probe,
+            target=args.goodput_target,
+            iterations=args.iterations,
+            per_class=not args.overall_only,
+        )
         sweep[name] = [(float(str(s["requests_per_s"])), dict(s)) for _, s in found.probes]
         found_summary = found.summary or {}
         results[name] = {
             "rate_scale": None if found.rate_scale is None else base_scale * found.rate_scale,
             "requests_per_s": _float(found_summary.get("requests_per_s")),
             "goodput_requests_per_s": _float(found_summary.get("goodput_requests_per_s")),
+            "slo_attainment": _float(found_summary.get("slo_attainment")),
+            # Per-class attainment at the capacity found: what the rule judged.
+            "classes": None
+            if found.summary is None
+            else {
+                cls: {
+                    "requests": c.requests,
+                    "slo_attainment": c.slo_attainment,
+                    "judged": c.judged,
+                }
+                for cls, c in class_attainments(found.summary).items()
+            },
         }
         err.print(f"[dim]{name}: capacity search took {time.perf_counter() - t0:.1f} s[/dim]")
     print_capacity(console, results, _caption(config), target=args.goodput_target, slo=cfg.slo)
+    for name, r in results.items():
+        console.print(
+            f"{name}: SLO attainment at capacity {_attainments_text(r)} "
+            f"({config['capacity_rule']})",
+            highlight=False,
+        )
     if outputs.json:
         _write(outputs.json, json_text({"config": config, "results": results}), err)
     if outputs.plot:
-        capacities = {name: r["requests_per_s"] for name, r in results.items()}
+        capacities = {name: _float(r["requests_per_s"]) for name, r in results.items()}
         plot_sweep(
             outputs.plot,
             sweep,
@@ -424,6 +476,21 @@ def cmd_capacity(args: argparse.Namespace, console: Console, err: Console) -> in
         )
         err.print(f"wrote {outputs.plot}")
     return 0
+
+
+def _attainments_text(result: dict[str, object]) -> str:
+    """``93% overall; <2K 95%, 2K-8K 91%`` (judged classes only) for the capacity table."""
+    overall = result.get("slo_attainment")
+    if not isinstance(overall, int | float):
+        return "-"
+    classes = result.get("classes")
+    parts = []
+    if isinstance(classes, dict):
+        for cls, c in classes.items():
+            share = c.get("slo_attainment") if isinstance(c, dict) else None
+            if isinstance(c, dict) and c.get("judged") and isinstance(share, int | float):
+                parts.append(f"{cls} {share:.0%}")
+    return f"{overall:.0%} overall; {', '.join(parts)}" if parts else f"{overall:.0%} overall"
 
 
 def cmd_engine(args: argparse.Namespace, console: Console, err: Console) -> int:

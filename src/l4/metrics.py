@@ -26,6 +26,17 @@ IntArray = npt.NDArray[np.int64]
 
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
 
+# Length classes by request total tokens (prompt + output), EVALUATION.md: (name, lo, hi), a
+# request of t tokens is in the class with lo <= t < hi (hi None: open). Capacity judges every
+# class with at least MIN_CLASS_REQUESTS requests, so that no class can starve unnoticed.
+LENGTH_CLASSES: tuple[tuple[str, int, int | None], ...] = (
+    ("<2K", 0, 2048),
+    ("2K-8K", 2048, 8192),
+    ("8K-32K", 8192, 32768),
+    (">=32K", 32768, None),
+)
+MIN_CLASS_REQUESTS = 20
+
 # A request served exactly at its unloaded latency must meet a scale-1 SLO even though the
 # simulator sums step times in another order than the cost model: allow float rounding only.
 _SLO_RTOL = 1e-9
@@ -249,6 +260,40 @@ def output_tokens_cv(output_tokens_by_group: Sequence[Sequence[int]]) -> float |
     return float(np.mean(cvs)) if cvs else None
 
 
+def length_class(total_tokens: int) -> str:
+    """Name of the length class of a request of ``total_tokens`` (prompt + output)."""
+    for name, _, hi in LENGTH_CLASSES:
+        if hi is None or total_tokens < hi:
+            return name
+    raise InvariantError("the last length class is open")  # pragma: no cover
+
+
+def class_summaries(
+    records: Sequence[RequestRecord],
+    *,
+    slo: SloConfig,
+    unloaded: Callable[[int, int], tuple[float, float]],
+) -> dict[str, dict[str, object]]:
+    """Per length class (every class, in ``LENGTH_CLASSES`` order): request count, TTFT, TPOT
+    and E2E distributions and SLO attainment (``None`` for a class without requests)."""
+    by_class: dict[str, list[RequestRecord]] = {name: [] for name, _, _ in LENGTH_CLASSES}
+    for r in records:
+        by_class[length_class(r.input_tokens + r.output_tokens)].append(r)
+    out: dict[str, dict[str, object]] = {}
+    for name, members in by_class.items():
+        ttft, tpot, e2e = latency_samples(members)
+        good = sum(1 for r in members if _meets_slo(r, slo, unloaded))
+        out[name] = {
+            "requests": len(members),
+            "completed": sum(1 for r in members if r.finish_s is not None),
+            "ttft_s": distribution(ttft),
+            "tpot_s": distribution(tpot),
+            "e2e_s": distribution(e2e),
+            "slo_attainment": good / len(members) if members else None,
+        }
+    return out
+
+
 def _per_s(count: float, window_s: float) -> float | None:
     return count / window_s if window_s > 0.0 else None
 
@@ -297,6 +342,7 @@ def summarize(
         },
         "goodput_requests_per_s": _per_s(good, window_s),
         "slo_attainment": good / len(records) if records else None,
+        "classes": class_summaries(records, slo=slo, unloaded=lookup),
         "migrations": int(sum(migrations_by_reason.values())),
         "migrations_by_reason": {
             k: int(migrations_by_reason[k]) for k in sorted(migrations_by_reason)

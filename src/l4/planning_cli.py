@@ -79,6 +79,11 @@ def add_plan_parser(subparsers: Any) -> None:
         help="smallest candidate boundary in tokens (default: %(default)s)",
     )
     p.add_argument("--migration", choices=MECHANISMS, default="kv-transfer")
+    p.add_argument(
+        "--kv-store-gbps",
+        type=float,
+        help="with --migration replay: contexts load from a shared KV store at this many GB/s",
+    )
     p.add_argument("--alpha", type=float, help="override the heterogeneity coefficient alpha")
     p.add_argument("--json", type=Path, help="write the plan as JSON here ('-': standard output)")
 
@@ -129,7 +134,12 @@ def compute_plan(args: argparse.Namespace) -> tuple[Plan, dict[str, object]]:
     model = StageModel(
         profile,
         instance=InstanceConfig.from_profile(profile),
-        migration=MigrationModel(mechanism=args.migration),
+        migration=MigrationModel(
+            mechanism=args.migration,
+            kv_store_bandwidth_bytes_per_s=(
+                None if args.kv_store_gbps is None else args.kv_store_gbps * 1e9
+            ),
+        ),
     )
     config: dict[str, object] = {
         "trace": None if args.histogram is not None else args.trace,

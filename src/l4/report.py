@@ -32,7 +32,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from l4.errors import ValidationError
-from l4.metrics import RequestRecord, SloConfig
+from l4.metrics import LENGTH_CLASSES, MIN_CLASS_REQUESTS, RequestRecord, SloConfig
 
 # The run description every result table must carry, in caption order.
 CAPTION_KEYS: tuple[str, ...] = (
@@ -336,6 +336,51 @@ def print_capacity(
     console.print(render_capacity_table(results, target=target))
     console.print(f"run: {caption}", highlight=False)
     console.print(slo_sentence(slo), highlight=False)
+
+
+def render_class_table(
+    results: Mapping[str, Mapping[str, object]],
+    config: Mapping[str, object],
+    *,
+    title: str = "Per length class (request total tokens)",
+) -> Table:
+    """One row per policy and length class of the ``classes`` of ``metrics.summarize`` objects:
+    TTFT, TPOT and E2E p50/p99 and SLO attainment; classes without requests are left out, and
+    those too small to count for capacity are marked."""
+    table = Table(title=title, caption=table_caption(config), caption_justify="left")
+    table.add_column("policy", style="bold")
+    table.add_column("class")
+    for header in (
+        "requests",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "TPOT p99",
+        "E2E p50",
+        "E2E p99",
+        "SLO%",
+    ):
+        table.add_column(header, justify="right")
+    for policy, r in results.items():
+        for name, _, _ in LENGTH_CLASSES:
+            c = _lookup(r, "classes", name)
+            n = _number(_lookup(c, "requests")) if isinstance(c, Mapping) else None
+            if not isinstance(c, Mapping) or not n:
+                continue
+            share = _number(_lookup(c, "slo_attainment"))
+            small = "" if n >= MIN_CLASS_REQUESTS else " (not judged)"
+            table.add_row(
+                policy,
+                name,
+                f"{n:.0f}{small}",
+                *(
+                    format_seconds(_lookup(c, metric, q))
+                    for metric in ("ttft_s", "tpot_s", "e2e_s")
+                    for q in ("p50", "p99")
+                ),
+                _NOTHING if share is None else f"{share:.0%}",
+            )
+    return table
 
 
 def _plain(value: object) -> object:

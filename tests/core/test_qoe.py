@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from factories import tiny_profile
+from factories import log_uniform_summary, tiny_profile
 from l4.core.grid import exponential_grid
-from l4.core.migration import MigrationConfig
+from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.core.qoe import MigrationModel, QoeWeights, StageModel
 from l4.core.summary import summarize_lengths
 from l4.costmodel import StepCostModel, load_profile
@@ -156,6 +156,33 @@ def test_migration_latency_per_mechanism() -> None:
     assert kv._migration_latency_s(ctx, tpot, tpot)[0, 0] == pytest.approx(want_kv)
     # Replay re-prefills the whole context: far more than a stop-and-copy.
     assert rp._migration_latency_s(ctx, tpot, tpot)[0, 0] > 5 * want_kv
+    # With a shared KV store the context loads at the store's bandwidth, then one step.
+    store = MigrationModel(mechanism="replay", kv_store_bandwidth_bytes_per_s=10e9)
+    st = StageModel(H100, migration=store)
+    step = np.array([[0.004]])
+    want = 0.002 + 16384 * b / 10e9 + 0.004
+    assert st._migration_latency_s(ctx, tpot, step)[0, 0] == pytest.approx(want)
+    assert store.recomputes is False and MigrationModel(mechanism="replay").recomputes
+    sim = MigrationConfig(mechanism=MigrationMechanism.REPLAY, kv_store_bandwidth_bytes_per_s=1e9)
+    assert MigrationModel.like(sim, "replay").kv_store_bandwidth_bytes_per_s == 1e9
+    with pytest.raises(ValidationError):
+        MigrationModel(kv_store_bandwidth_bytes_per_s=1e9)  # kv-transfer has no store
+
+
+def test_a_kv_store_removes_the_replayed_prefill_from_the_destination_stage() -> None:
+    grid = exponential_grid(H100.model.max_context_tokens)
+    summary = log_uniform_summary(grid, seed=1)
+    plain = StageModel(H100, migration=MigrationModel(mechanism="replay"))
+    stored = StageModel(
+        H100,
+        migration=MigrationModel(mechanism="replay", kv_store_bandwidth_bytes_per_s=25e9),
+    )
+    a = plain.cost_table(summary, 4)
+    b = stored.cost_table(summary, 4)
+    finite = np.isfinite(a.cost) & np.isfinite(b.cost)
+    # Re-prefilled contexts load the downstream stages: the store is never costlier.
+    assert np.all(b.cost[finite] <= a.cost[finite] * (1 + 1e-9))
+    assert np.any(b.cost[finite] < a.cost[finite])
 
 
 def test_slo_weights() -> None:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from factories import req, tiny_profile
+from factories import RecordingCluster, req, tiny_profile
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel import StepCostModel
 from l4.instance import InstanceConfig, SeqState
@@ -16,7 +16,7 @@ from l4.policies.base import make_policy
 from l4.policies.llumnix import Llumnix, LlumnixConfig
 from l4.request import RequestSpec
 from l4.sim.cluster import SimOutcome, Simulation
-from l4.views import ClusterView, InstanceView, PolicyContext
+from l4.views import ClusterView, PolicyContext
 
 
 def _ctx(
@@ -121,22 +121,48 @@ def test_pairs_least_free_source_with_freest_destination_under_threshold() -> No
     _decoding(sim, 2, [200])  # about 178
     f = [policy.migration_freeness(sim.instance(i)) for i in range(4)]
     assert f[0] < f[1] < f[2] < f[3] == math.inf
+
+    def config(freeness: float) -> LlumnixConfig:
+        # The threshold is a load, and Llumnix's load is the negated freeness.
+        return LlumnixConfig(migrate_out_threshold=-freeness)
+
     between = (f[1] + f[2]) / 2
-    assert Llumnix(ctx, LlumnixConfig(migrate_out_threshold_blocks=between)).pairs(sim) == [
-        (0, 3),
-        (1, 2),
-    ]
+    assert Llumnix(ctx, config(between)).pairs(sim) == [(0, 3), (1, 2)]
     # Only instance 0 below the threshold: it alone migrates out, to the freest instance.
     below_1 = (f[0] + f[1]) / 2
-    assert Llumnix(ctx, LlumnixConfig(migrate_out_threshold_blocks=below_1)).pairs(sim) == [(0, 3)]
+    assert Llumnix(ctx, config(below_1)).pairs(sim) == [(0, 3)]
     # Nobody below the threshold: no migration.
-    low = f[0] - 0.5
-    assert Llumnix(ctx, LlumnixConfig(migrate_out_threshold_blocks=low)).pairs(sim) == []
+    assert Llumnix(ctx, config(f[0] - 0.5)).pairs(sim) == []
+    # Llumnix's default (load > 3, freeness < -3): a few free blocks per request is no reason.
+    assert policy.pairs(sim) == []
+
+
+def test_default_threshold_migrates_out_only_below_minus_three_blocks_per_request() -> None:
+    ctx = _ctx(3)  # 192 blocks of 16 tokens per instance
+    policy = Llumnix(ctx)
+    sim = _sim(ctx, policy)
+    # Instance 0: 10 decodes of 13 blocks (130 held, 62 free) and a queued 1,000-token prompt of
+    # 63 blocks: (62 - 63) / 11 = -0.09 blocks per request, so not a source by default.
+    _decoding(sim, 0, [200] * 10)
+    _queue(sim, 0, 1000)
+    # Instance 1: the same decodes and a queued 1,500-token prompt of 94 blocks:
+    # (62 - 94) / 11 = -2.9, still above -3.
+    _decoding(sim, 1, [200] * 10)
+    _queue(sim, 1, 1500)
+    # Instance 2: the same decodes and a queued 1,600-token prompt of 100 blocks:
+    # (62 - 100) / 11 = -3.45: a source, paired with the freest destination.
+    _decoding(sim, 2, [200] * 10)
+    _queue(sim, 2, 1600)
+    free = [sim.instance(i).free_blocks() for i in range(3)]
+    assert free == [62, 62, 62]  # 200 prompt + 1 token = 13 blocks each
+    f = [policy.migration_freeness(sim.instance(i)) for i in range(3)]
+    assert f == pytest.approx([-1 / 11, -32 / 11, -38 / 11])
+    assert policy.pairs(sim) == [(2, 0)]
 
 
 def test_preempted_requests_make_a_source_whatever_its_freeness() -> None:
     ctx = _ctx(2)
-    policy = Llumnix(ctx, LlumnixConfig(migrate_out_threshold_blocks=-1e9))
+    policy = Llumnix(ctx, LlumnixConfig(migrate_out_threshold=1e9))
     sim = _sim(ctx, policy)
     victim = _queue(sim, 0, 100)
     victim.preemptions = 1  # a recompute waiting in the queue: Llumnix's "killed" request
@@ -144,32 +170,14 @@ def test_preempted_requests_make_a_source_whatever_its_freeness() -> None:
     assert policy.pairs(sim) == [(0, 1)]
 
 
-class _Recorder:
-    """ClusterView wrapper that counts migration attempts."""
-
-    def __init__(self, inner: Simulation) -> None:
-        self.inner = inner
-        self.calls: list[tuple[int, int, int]] = []
-
-    @property
-    def num_instances(self) -> int:
-        return self.inner.num_instances
-
-    def instance(self, instance_id: int) -> InstanceView:
-        return self.inner.instance(instance_id)
-
-    def migrate(self, seq: Seq, src: int, dst: int, reason: str) -> bool:
-        self.calls.append((seq.request_id, src, dst))
-        return self.inner.migrate(seq, src, dst, reason)
-
-
 def test_moves_the_shortest_decode_and_one_at_a_time_per_instance() -> None:
     ctx = _ctx(2)
     policy = Llumnix(ctx)
     sim = _sim(ctx, policy)
     seqs = _decoding(sim, 0, [300, 200, 250, 280, 260, 240, 230, 220, 210, 270, 290])
-    assert policy.migration_freeness(sim.instance(0)) < 3.0
-    view = _Recorder(sim)
+    _queue(sim, 0, 1000)  # 63 blocks that do not fit in the 14 left: (14 - 63) / 12 < -3
+    assert policy.migration_freeness(sim.instance(0)) < -3.0
+    view = RecordingCluster(sim)
     policy.on_tick(view, 0.0)
     shortest = min(seqs, key=lambda s: s.spec.input_tokens)
     assert view.calls == [(shortest.request_id, 0, 1)]
@@ -226,4 +234,4 @@ def test_registered_with_the_simulation_s_mechanism_and_llumnix_defaults() -> No
     policy = make_policy("llumnix", ctx)
     assert isinstance(policy, Llumnix)
     assert policy.tick_interval_s == 0.05
-    assert policy.config.migrate_out_threshold_blocks == 3.0
+    assert policy.config.migrate_out_threshold == 3.0

@@ -22,8 +22,11 @@ EXPECTED = {
 BIG_CONTEXT = 1 << 20
 
 
+GENERATED = ("azure-longdoc", "servegen-mmid", "servegen-r1")
+
+
 def test_names() -> None:
-    assert bundled_traces() == sorted(EXPECTED)
+    assert bundled_traces() == sorted([*EXPECTED, *GENERATED])
     with pytest.raises(UnknownNameError):
         bundled_trace("nope")
 
@@ -78,7 +81,40 @@ def test_licence_notes_cover_every_file() -> None:
     data = resources.files("l4.workload").joinpath("data")
     notes = data.joinpath("LICENSES.md").read_text(encoding="utf-8")
     for name in bundled_traces():
-        assert data.joinpath(f"{name}.csv.gz").is_file()
-        assert f"`{name}.csv.gz`" in notes
+        trace = bundled_trace(name)
+        if trace.kind == "mix":
+            assert trace.mix is not None
+            assert {trace.mix.base, trace.mix.source} <= set(EXPECTED)
+            continue
+        assert data.joinpath(trace.file_name).is_file()
+        if trace.kind == "csv":
+            assert f"`{trace.file_name}`" in notes
+        else:
+            assert f"`{trace.file_name}`" in notes
+            assert "ServeGen" in notes and "NSDI" in notes
     for licence in ("Apache-2.0", "CC-BY-4.0", "MIT", "hash_ids"):
         assert licence in notes
+
+
+def test_the_package_data_stays_small() -> None:
+    data = resources.files("l4.workload").joinpath("data")
+    for name in GENERATED[1:]:
+        size = len(data.joinpath(bundled_trace(name).file_name).read_bytes())
+        assert size < 300 * 1024
+
+
+def test_long_document_mix_keeps_chat_timestamps_and_turns_a_tenth_into_documents() -> None:
+    chat = build_workload(WorkloadSpec(trace="azure-conv", max_context_tokens=BIG_CONTEXT))
+    mix = build_workload(WorkloadSpec(trace="azure-longdoc", max_context_tokens=BIG_CONTEXT))
+    assert mix.timestamped and len(mix.requests) == len(chat.requests)
+    assert [r.arrival_s for r in mix.requests] == [r.arrival_s for r in chat.requests]
+    changed = [m for m, c in zip(mix.requests, chat.requests, strict=True) if m != c]
+    assert all(r.input_tokens >= 16_384 for r in changed)
+    assert len(changed) / len(mix.requests) == pytest.approx(0.1, abs=0.01)
+    long_prompts = {int(x) for x in load_bundled("mooncake").input_tokens if x >= 16_384}
+    assert {r.input_tokens for r in changed} <= long_prompts
+    again = build_workload(WorkloadSpec(trace="azure-longdoc", max_context_tokens=BIG_CONTEXT))
+    other = build_workload(
+        WorkloadSpec(trace="azure-longdoc", max_context_tokens=BIG_CONTEXT, seed=1)
+    )
+    assert again.requests == mix.requests and other.requests != mix.requests

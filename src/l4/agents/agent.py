@@ -55,6 +55,10 @@ class AgentConfig:
     tick_s: float = 0.2  # balancing tick
     balance_threshold: float = 0.2  # ask when load > (1 + threshold) x the stage mean...
     balance_persist_ticks: int = 5  # ...for this many ticks in a row (not a passing burst)
+    # A decoding request moves to balance load only if its migration stalls it no longer than
+    # this many of the source's decode steps: a stop-and-copy (kv-transfer) does, a re-prefill
+    # (token replay) of any sizeable context does not, and its cost would exceed the gain.
+    balance_max_stall_steps: float = 10.0
     bid_timeout_s: float = 1.0
     trade_timeout_s: float = 5.0  # a trade not seen to land by then no longer blocks the next
     release_smoothing: float = 0.3  # EMA weight of the newest release-rate sample
@@ -66,6 +70,8 @@ class AgentConfig:
             raise ValidationError("balancing tick must be > 0 s")
         if self.balance_threshold < 0 or self.balance_persist_ticks < 1:
             raise ValidationError("balance threshold must be >= 0 and persistence >= 1 tick")
+        if self.balance_max_stall_steps < 0:
+            raise ValidationError("balance stall limit must be >= 0 steps")
         if not (self.bid_timeout_s > 0 and self.trade_timeout_s > 0):
             raise ValidationError("timeouts must be > 0 s")
 
@@ -77,6 +83,10 @@ class World(Protocol):
     def cluster(self) -> ClusterView: ...
     def note_incoming(self, seq: Sequence, dst: int, length_tokens: int, now_s: float) -> None: ...
     def next_round_robin(self, stage: int) -> int: ...
+    def migration_stall_s(self, length_tokens: int) -> float:
+        """What moving a decoding request of this length stalls it, by the deployment's
+        mechanism (the planner's migration model)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -112,6 +122,7 @@ class InstanceAgent:
         self._bus = bus
         self._world = world
         self._load = load
+        self.load_model = load
         self._bs = block_tokens
         self._reservations: dict[int, _Reservation] = {}
         self._bids: dict[int, list[Bid]] = {}
@@ -184,6 +195,10 @@ class InstanceAgent:
             self._trade is not None or not mine + ask.delta_load_s < ask.sender_load_s
         ):
             return
+        # A spilled arrival never queues in front of this stage's own waiting requests: long
+        # requests must not starve behind short ones escaping their stage.
+        if ask.kind is TradeKind.SPILL and view.num_waiting > 0:
+            return
         earliest = self.earliest_accept_s(view, ask.blocks, now)
         expires = now + self.config.bid_timeout_s
         self._reservations[ask.ask_id] = _Reservation(ask.blocks, expires)
@@ -195,6 +210,8 @@ class InstanceAgent:
                 load_s=load,
                 earliest_accept_s=earliest,
                 expires_s=expires,
+                prefill_s=parts.prefill_s,
+                decode_s=parts.decode_s,
             ),
         )
         self._count("bids")
@@ -338,10 +355,13 @@ class InstanceAgent:
         gap = mine - mean
         best: tuple[float, Sequence, int, float] | None = None
         pool = view.waiting() if queued else view.running()
+        max_stall_s = self.config.balance_max_stall_steps * fresh[self.instance_id].decode_s
         for seq in pool:
             if seq.request_id in self._moving or (not queued and seq.state is not SeqState.DECODE):
                 continue
             length = view.length_of(seq)
+            if not queued and self._world.migration_stall_s(length) > max_stall_s:
+                continue  # the move would cost the request more than the balance gains
             delta = self._load.prompt_s(length) if queued else self._load.decode_delta_s(length)
             if delta >= 2 * gap:
                 continue  # moving it would overshoot the mean by more than it closes

@@ -11,7 +11,7 @@ touches the bus or a clock.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +19,7 @@ import numpy.typing as npt
 from l4.agents.messages import LengthReport, PlanUpdate
 from l4.agents.refinement import BoundaryRule, RefinementConfig, next_boundary
 from l4.agents.stages import StageTable, reassign
+from l4.core.choice import prefer_one_stage
 from l4.core.grid import LengthGrid
 from l4.core.planner import plan_from_costs
 from l4.core.qoe import StageCosts, StageModel
@@ -145,18 +146,32 @@ def propose_plan(
     *,
     min_gain: float,
     sender: int,
+    stage_margin: float = 0.0,
+    drain_cost: Callable[[tuple[int, ...]], float] | None = None,
 ) -> PlanUpdate | None:
     """The coordinator's new plan, or None when none is feasible or predicted at least
-    ``min_gain`` better than ``table`` (a re-plan drains instances: it must be worth it)."""
+    ``min_gain`` better than ``table`` (a re-plan drains instances: it must be worth it).
+
+    The DP's plan gives way to one stage when it is not ``stage_margin`` cheaper
+    (``l4.core.choice``); ``drain_cost`` prices the hand-offs a new assignment of instances
+    forces (seconds of latency per second of the re-plan period) and is added to its cost."""
     grid = summary.grid
     costs = model.cost_table(summary, table.num_serving)
     new_cost, segments, feasible = plan_from_costs(grid, costs)
-    if not feasible or not new_cost < plan_cost(costs, grid, table) * (1.0 - min_gain):
+    if not feasible:
+        return None
+    new_cost, segments = prefer_one_stage(costs, grid, segments, new_cost, margin=stage_margin)
+    boundaries = tuple(grid.edges_tokens[j] for _, j, _ in segments[:-1])
+    stage_of = reassign(table, [n for _, _, n in segments])
+    if boundaries == table.boundaries_tokens and stage_of == table.stage_of_instance:
+        return None
+    moving = 0.0 if drain_cost is None else drain_cost(stage_of)
+    if not new_cost + moving < plan_cost(costs, grid, table) * (1.0 - min_gain):
         return None
     return PlanUpdate(
         version=table.version + 1,
-        boundaries_tokens=tuple(grid.edges_tokens[j] for _, j, _ in segments[:-1]),
-        stage_of_instance=reassign(table, [n for _, _, n in segments]),
+        boundaries_tokens=boundaries,
+        stage_of_instance=stage_of,
         sender=sender,
         out=table.out,
     )

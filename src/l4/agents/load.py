@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from l4.costmodel.step import PrefillChunk, StepCostModel
 from l4.views import InstanceView
 
+_MEMO_SIZE = 1 << 16
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Load:
@@ -32,10 +34,18 @@ class Load:
 
 
 class LoadModel:
-    __slots__ = ("_attn_per_token_s", "_cost", "_pair_s", "_per_seq_s", "_prefill_per_token_s")
+    __slots__ = (
+        "_attn_per_token_s",
+        "_cost",
+        "_pair_s",
+        "_per_seq_s",
+        "_prefill_per_token_s",
+        "_steps",
+    )
 
     def __init__(self, cost: StepCostModel, *, budget_tokens: int) -> None:
         self._cost = cost
+        self._steps: dict[tuple[int, int, int], float] = {}
         full = cost.step_time_s(
             num_decodes=0,
             context_sum_tokens=0,
@@ -59,10 +69,17 @@ class LoadModel:
         self._attn_per_token_s = (long1 - step1) / 1024.0
 
     def of(self, view: InstanceView) -> Load:
-        n, total, longest = view.decode_length_stats()
-        step = self._cost.step_time_s(
-            num_decodes=n, context_sum_tokens=total, context_max_tokens=longest
-        )
+        stats = view.decode_length_stats()
+        # Every bid, report and balance check of an instance between two of its steps asks for
+        # the same step: memoised (a pure function of the three numbers).
+        step = self._steps.get(stats)
+        if step is None:
+            if len(self._steps) >= _MEMO_SIZE:
+                self._steps.clear()
+            n, total, longest = stats
+            step = self._steps[stats] = self._cost.step_time_s(
+                num_decodes=n, context_sum_tokens=total, context_max_tokens=longest
+            )
         tokens, pairs = view.pending_prefill()
         return Load(decode_s=step, prefill_s=self.prefill_s(tokens, pairs))
 

@@ -19,6 +19,7 @@ class TradeKind(enum.Enum):
     CASCADE = "cascade"  # a request reached its stage's upper bound: hand it downstream
     BALANCE = "balance"  # move a request to a lighter peer of the same stage
     DRAIN = "drain"  # a re-plan moved the instance: hand out what no longer belongs to it
+    SPILL = "spill"  # a new arrival its entry stage cannot admit promptly, offered downstream
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +81,10 @@ class Bid:
     load_s: float
     earliest_accept_s: float
     expires_s: float
+    # The two parts of load_s (l4.agents.load): what a newcomer waits for its first token, and
+    # the bidder's next decode step (what it would pay per token).
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

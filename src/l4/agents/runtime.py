@@ -49,9 +49,9 @@ from l4.agents.messages import (
 from l4.agents.observer import WindowObserver
 from l4.agents.refinement import BoundaryRule, RefinementConfig
 from l4.agents.stages import StageTable, reassign, split_in_proportion
+from l4.core.choice import plan_with_margin
 from l4.core.grid import LengthGrid, exponential_grid
-from l4.core.planner import plan_stages
-from l4.core.qoe import MigrationModel, StageModel
+from l4.core.qoe import MigrationModel, SloObjective, StageModel
 from l4.core.summary import WorkloadSummary, arrival_batch_excess
 from l4.errors import InvariantError, ValidationError
 from l4.instance.sequence import Sequence
@@ -70,7 +70,19 @@ class L4Config:
     refine: bool = True
     replan: bool = True
     replan_period_s: float = 30.0
-    replan_min_gain: float = 0.1  # adopt a new plan only if predicted this much better
+    replan_min_gain: float = 0.1  # adopt a new plan only if predicted this much better...
+    replan_confirmations: int = 2  # ...in this many re-plan rounds in a row (hysteresis)
+    # What the planner optimises: SLO goodput with every length bucket's tail (None: the mean
+    # latency of L4.md section 4 alone, the first version's objective).
+    objective: SloObjective | None = field(default_factory=SloObjective)
+    # Spill: an arrival whose entry stage cannot start it within spill_threshold x its TTFT SLO
+    # is offered to later stages, and goes there when that is spill_margin cheaper (TTFT and
+    # TPOT, each over its SLO); only instances with nothing queued bid (no starvation).
+    spill: bool = True
+    spill_threshold: float = 0.5
+    spill_margin: float = 0.2
+    # Stage only when the staged plan is predicted this much cheaper than one stage.
+    stage_margin: float = 0.2
     agent: AgentConfig = field(default_factory=AgentConfig)
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
 
@@ -79,6 +91,12 @@ class L4Config:
             raise ValidationError("re-plan period must be > 0 s")
         if not 0 <= self.replan_min_gain < 1:
             raise ValidationError("re-plan gain must lie in [0, 1)")
+        if self.replan_confirmations < 1:
+            raise ValidationError("a re-plan needs at least one confirming round")
+        if not 0 <= self.stage_margin < 1:
+            raise ValidationError("staging margin must lie in [0, 1)")
+        if not (self.spill_threshold >= 0 and 0 <= self.spill_margin < 1):
+            raise ValidationError("spill threshold must be >= 0 and its margin in [0, 1)")
         if not self.staged and (self.refine or self.replan):
             raise ValidationError("one stage (staged=False) neither refines nor re-plans")
 
@@ -103,6 +121,7 @@ class L4Runtime:
             ctx.profile,
             instance=ctx.instance_config,
             migration=MigrationModel.like(ctx.migration, ctx.migration.mechanism.value),
+            objective=config.objective,
         )
         self.table = self._initial_table(ctx.workload)
         self.bus = MessageBus(drop=drop)
@@ -134,6 +153,14 @@ class L4Runtime:
         self.boundary_moves = 0
         self.replans = 0
         self.membership_changes = 0
+        self._proposal: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._proposal_rounds = 0
+        self._cost = ctx.cost
+        self._budget = ctx.instance_config.max_num_batched_tokens
+        self._slo_scale = 5.0 if config.objective is None else config.objective.slo_scale
+        self._slos: dict[int, tuple[float, float]] = {}
+        self._stalls: dict[int, float] = {}
+        self.spills = 0
         # The front door sees every arrival: it measures how many arrive together (EMA by window).
         self._arrivals_s: list[float] = []
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
@@ -146,7 +173,8 @@ class L4Runtime:
             )
         if workload is None or not self.config.staged:
             return StageTable.single(self._n)
-        table = StageTable.from_plan(plan_stages(workload, self.model, self._n))
+        plan = plan_with_margin(workload, self.model, self._n, margin=self.config.stage_margin)
+        table = StageTable.from_plan(plan)
         if self.config.rule is BoundaryRule.QOE:
             return table
         # The count and memory ablations keep the DP's stage sizes but place the boundaries by
@@ -178,6 +206,14 @@ class L4Runtime:
     def note_incoming(self, seq: Sequence, dst: int, length_tokens: int, now_s: float) -> None:
         self.agents[dst].observer.note_incoming(seq, length_tokens, now_s)
 
+    def migration_stall_s(self, length_tokens: int) -> float:
+        key = length_tokens >> 6  # 64-token buckets: the stall is smooth in the length
+        hit = self._stalls.get(key)
+        if hit is None:
+            lost = self.model.migration_latency_s([float(key << 6)], tpot_s=0.01, step_s=0.01)
+            hit = self._stalls[key] = float(lost[0])
+        return hit
+
     def next_round_robin(self, stage: int) -> int:
         members = self.table.members(stage)
         k = self._rr.get(stage, 0)
@@ -193,14 +229,27 @@ class L4Runtime:
         self._arrivals_s.append(now_s)
         stage = self.table.stage_of(request.input_tokens)
         members = self.table.members(stage)
-        if len(members) == 1:
+        can_spill = self.config.spill and stage + 1 < self.table.num_stages
+        if len(members) == 1 and not can_spill:
             return members[0]
         if not self.config.agent.use_bids:
             return self.next_round_robin(stage)
+        ask_id, bids = self._ask_bids(TradeKind.ADMIT, request, members, now_s)
+        if not bids:  # every bid lost: place by load as the retained reports last said
+            return self.next_round_robin(stage)
+        best = min(bids, key=lambda b: (b.earliest_accept_s, b.load_s, b.sender))
+        spill = self._spill(request, best, stage, now_s) if can_spill else None
+        self._answer(ask_id, bids, None if spill is not None else best)
+        return best.sender if spill is None else spill
+
+    def _ask_bids(
+        self, kind: TradeKind, request: RequestSpec, members: list[int], now_s: float
+    ) -> tuple[int, list[Bid]]:
+        """Ask ``members`` to bid for a new arrival; (the ask's id, the bids that came back)."""
         ask = Ask(
             ask_id=self._new_ask_id(),
             sender=FRONT,
-            kind=TradeKind.ADMIT,
+            kind=kind,
             request_id=request.request_id,
             length_tokens=request.input_tokens,
             blocks=-(-(request.input_tokens + 1) // self._bs),
@@ -212,19 +261,17 @@ class L4Runtime:
         for i in members:
             self.bus.send(i, ask)
         self.bus.flush()
-        bids = self._front_bids.pop(ask.ask_id, [])
-        if not bids:  # every bid lost: place by load as the retained reports last said
-            return self.next_round_robin(stage)
-        best = min(bids, key=lambda b: (b.earliest_accept_s, b.load_s, b.sender))
+        return ask.ask_id, self._front_bids.pop(ask.ask_id, [])
+
+    def _answer(self, ask_id: int, bids: list[Bid], winner: Bid | None) -> None:
         for b in bids:
             reply: Message = (
-                Award(ask_id=ask.ask_id, sender=FRONT)
-                if b is best
-                else Decline(ask_id=ask.ask_id, sender=FRONT)
+                Award(ask_id=ask_id, sender=FRONT)
+                if b is winner
+                else Decline(ask_id=ask_id, sender=FRONT)
             )
             self.bus.send(b.sender, reply)
         self.bus.flush()
-        return best.sender
 
     def admitted(self, seq: Sequence, instance_id: int, now_s: float) -> None:
         self.agents[instance_id].observer.note_admitted(seq, now_s)
@@ -273,6 +320,7 @@ class L4Runtime:
             "instances_per_stage": [len(g) for g in self.table.groups()],
             "boundary_moves": self.boundary_moves,
             "replans": self.replans,
+            "spills": self.spills,
             "membership_changes": self.membership_changes,
             "agent_events": dict(sorted(totals.items())),
             "messages": dict(sorted(self.bus.sent.items())),
@@ -340,7 +388,7 @@ class L4Runtime:
             summary = self._workload
         if summary is None:
             return (), (serving,)
-        plan = plan_stages(summary, self.model, serving)
+        plan = plan_with_margin(summary, self.model, serving, margin=self.config.stage_margin)
         return plan.boundaries_tokens, tuple(s.num_instances for s in plan.stages)
 
     # ---- refinement and re-planning ------------------------------------------------------------
@@ -429,9 +477,81 @@ class L4Runtime:
             coordinator.table,
             min_gain=self.config.replan_min_gain,
             sender=coordinator.instance_id,
+            stage_margin=self.config.stage_margin,
+            drain_cost=lambda stage_of: self._drain_cost_s(coordinator.table, stage_of),
         )
-        if update is None:
+        if not self._confirmed(update):
             return
+        assert update is not None
         for dst in (*range(self._n), FRONT):
             self.bus.send(dst, update)
         self.bus.flush()
+
+    # ---- re-plan stability: hysteresis and drain costs ----------------------------------------
+    def _confirmed(self, update: PlanUpdate | None) -> bool:
+        """A proposal is adopted once the same one has come ``replan_confirmations`` rounds in
+        a row: a plan that is better only for one window (a burst) never drains anything."""
+        if update is None:
+            self._proposal, self._proposal_rounds = None, 0
+            return False
+        key = (update.boundaries_tokens, update.stage_of_instance)
+        self._proposal_rounds = self._proposal_rounds + 1 if key == self._proposal else 1
+        self._proposal = key
+        if self._proposal_rounds < self.config.replan_confirmations:
+            return False
+        self._proposal, self._proposal_rounds = None, 0
+        return True
+
+    def _drain_cost_s(self, table: StageTable, stage_of: tuple[int, ...]) -> float:
+        """Latency the hand-offs of a new assignment cost, per second of a re-plan period: every
+        running request of an instance that changes stage migrates once (queued ones move
+        without KV and cost nothing), priced by the planner's migration model."""
+        lengths: list[int] = []
+        for i, (old, new) in enumerate(zip(table.stage_of_instance, stage_of, strict=True)):
+            if old == new:
+                continue
+            view = self.cluster.instance(i)
+            lengths.extend(view.length_of(seq) for seq in view.running())
+        if not lengths:
+            return 0.0
+        step_s = 0.01  # a typical decode step: the migration model's stall is not sensitive to it
+        lost = self.model.migration_latency_s(lengths, tpot_s=step_s, step_s=step_s)
+        return float(lost.sum()) / self.config.replan_period_s
+
+    # ---- spill: admission that keeps pooling ----------------------------------------------------
+    def _slo_s(self, prompt_tokens: int) -> tuple[float, float]:
+        """(TTFT, TPOT) SLOs of a prompt: the objective's scale x its unloaded latencies."""
+        hit = self._slos.get(prompt_tokens)
+        if hit is None:
+            ttft, tpot = self._cost.unloaded_latency_s(max(prompt_tokens, 1), 2, self._budget)
+            hit = self._slos[prompt_tokens] = (self._slo_scale * ttft, self._slo_scale * tpot)
+        return hit
+
+    def _spill(self, request: RequestSpec, entry: Bid, stage: int, now_s: float) -> int | None:
+        """The later-stage instance to admit ``request`` at, or None to keep it in its stage.
+
+        Priced like the objective, per request: TTFT over its SLO plus TPOT over its SLO, the
+        TTFT being the bidder's wait (memory, then pending prefill) plus the prompt's own
+        prefill, the TPOT its next decode step. The request is counted by its real length
+        wherever it lands (the observers record prompts, not stages)."""
+        ttft_slo, tpot_slo = self._slo_s(request.input_tokens)
+        own = self.agents[entry.sender].load_model.prompt_s(request.input_tokens)
+
+        def cost(b: Bid) -> float:
+            wait = max(b.earliest_accept_s - now_s, 0.0) + b.prefill_s
+            return (wait + own) / ttft_slo + b.decode_s / tpot_slo
+
+        entry_wait = max(entry.earliest_accept_s - now_s, 0.0) + entry.prefill_s + own
+        if entry_wait <= self.config.spill_threshold * ttft_slo:
+            return None
+        later = [i for s in range(stage + 1, self.table.num_stages) for i in self.table.members(s)]
+        ask_id, bids = self._ask_bids(TradeKind.SPILL, request, later, now_s)
+        ready = [b for b in bids if b.earliest_accept_s <= now_s]
+        best = min(ready, key=lambda b: (cost(b), b.sender), default=None)
+        if best is None or not cost(best) < cost(entry) * (1.0 - self.config.spill_margin):
+            best = None
+        self._answer(ask_id, bids, best)
+        if best is None:
+            return None
+        self.spills += 1
+        return best.sender

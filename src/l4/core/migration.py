@@ -7,6 +7,12 @@
 * replay: the source aborts the request at its next step boundary; after `replay_overhead_s` (an
   HTTP round trip) the destination receives prompt + generated tokens as a new prompt and
   re-prefills them. Works for any request, queued or running.
+* replay with a shared KV store (`kv_store_bandwidth_bytes_per_s` set; LMCache-style: engines
+  write their KV cache to a store shared by the instances): a decoding request is aborted and
+  resent the same way, but the destination loads its context from the store at that bandwidth
+  instead of recomputing it, holding the blocks from the start of the load, and resumes
+  decoding. Without room for the context at the destination, or for a request that is not yet
+  decoding (its KV is incomplete), it falls back to plain replay.
 """
 
 from __future__ import annotations
@@ -31,9 +37,23 @@ class MigrationConfig:
     replay_overhead_s: float = 0.002
     # KV reserved at the destination beyond the current context, for tokens decoded during the copy.
     headroom_tokens: int = 256
+    # Replay only: load the context from a shared KV store at this bandwidth (None: recompute).
+    kv_store_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.bandwidth_bytes_per_s <= 0:
             raise ValidationError("migration bandwidth must be > 0")
+        store = self.kv_store_bandwidth_bytes_per_s
+        if store is not None:
+            if not store > 0:
+                raise ValidationError("KV store bandwidth must be > 0")
+            if self.mechanism is not MigrationMechanism.REPLAY:
+                raise ValidationError("a shared KV store only applies to --migration replay")
         if self.downtime_base_s < 0 or self.replay_overhead_s < 0 or self.headroom_tokens < 0:
             raise ValidationError("migration overheads must be >= 0")
+
+    @property
+    def label(self) -> str:
+        """``kv-transfer``, ``replay`` or ``replay+store`` (reports and the experiment suite)."""
+        store = self.kv_store_bandwidth_bytes_per_s is not None
+        return self.mechanism.value + ("+store" if store else "")

@@ -22,7 +22,9 @@ planner's estimate; the simulator is the ground truth. The model, per instance o
   chunks (one decode step each plus its prefill work);
 * migration latency at the stage's upper boundary ``g_j`` (charged to the source stage):
   kv-transfer = ``downtime_base + (tokens decoded during the background copy) * kv_bytes / bw``,
-  replay = ``replay_overhead + re-prefill of g_j tokens`` (same numbers as ``l4.core.migration``).
+  replay = ``replay_overhead + re-prefill of g_j tokens``, replay with a shared KV store =
+  ``replay_overhead + g_j * kv_bytes / store_bw + one step`` (no re-prefill work at the
+  destination; same numbers as ``l4.core.migration``).
 
 Cost per second = ``w_ttft * arrivals * TTFT + w_tpot * decode_steps * TPOT
 + w_migration * crossings * migration_latency``. More instances never raise a stage's cost: an
@@ -31,6 +33,7 @@ instance can always stay idle, so the table takes the running minimum over ``n``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +43,7 @@ import numpy.typing as npt
 from l4.core.migration import MigrationConfig
 from l4.core.summary import DEFAULT_LMAX_QUANTILE, RangeTable, WorkloadSummary
 from l4.costmodel.profile import MixedAttention, Profile
+from l4.costmodel.step import StepCostModel
 from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 
@@ -60,6 +64,8 @@ class _MigrationConfigLike(Protocol):
     def downtime_base_s(self) -> float: ...
     @property
     def replay_overhead_s(self) -> float: ...
+    @property
+    def kv_store_bandwidth_bytes_per_s(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +76,9 @@ class MigrationModel:
     bandwidth_bytes_per_s: float = 25e9
     downtime_base_s: float = 0.005
     replay_overhead_s: float = 0.002
+    # Replay only: the destination loads the context from a shared KV store at this bandwidth
+    # instead of re-prefilling it (None: plain replay).
+    kv_store_bandwidth_bytes_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
@@ -78,6 +87,14 @@ class MigrationModel:
             raise ValidationError("migration bandwidth must be > 0")
         if self.downtime_base_s < 0 or self.replay_overhead_s < 0:
             raise ValidationError("migration overheads must be >= 0")
+        store = self.kv_store_bandwidth_bytes_per_s
+        if store is not None and not (store > 0 and self.mechanism == "replay"):
+            raise ValidationError("a KV store needs replay and a bandwidth > 0")
+
+    @property
+    def recomputes(self) -> bool:
+        """Plain replay: the destination re-prefills the migrated context."""
+        return self.mechanism == "replay" and self.kv_store_bandwidth_bytes_per_s is None
 
     @classmethod
     def like(cls, config: _MigrationConfigLike, mechanism: str) -> MigrationModel:
@@ -87,6 +104,7 @@ class MigrationModel:
             bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,
             downtime_base_s=config.downtime_base_s,
             replay_overhead_s=config.replay_overhead_s,
+            kv_store_bandwidth_bytes_per_s=config.kv_store_bandwidth_bytes_per_s,
         )
 
 
@@ -108,6 +126,51 @@ class QoeWeights:
         if not (ttft_slo_s > 0 and tpot_slo_s > 0):
             raise ValidationError("SLOs must be > 0 s")
         return cls(ttft=1.0 / ttft_slo_s, tpot=1.0 / tpot_slo_s, migration=1.0 / tpot_slo_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SloObjective:
+    """What the planner optimises beyond mean latency: SLO goodput, every length bucket's tail.
+
+    A stage's cost per second becomes ``latency + miss_cost_s * misses + tail_cost_s * excess``:
+
+    * ``misses``: requests per second predicted to miss their SLOs (TTFT within ``slo_scale`` x
+      the unloaded TTFT of their prompt, TPOT within ``slo_scale`` x the unloaded TPOT at the
+      stage's contexts; EVALUATION.md's goodput). A prompt bucket's TTFT misses are the chance
+      that the stage's queueing wait exceeds its slack (the SLO less its own prefill): the wait
+      is zero with probability ``1 - p_wait`` and otherwise exponential with the stage's mean
+      wait over ``p_wait``, ``p_wait`` being the M/G/n chance to wait (``util^(sqrt(2(n+1)) -
+      1)``, Sakasegawa) joined with the chance to queue behind one's own arrival group. A
+      stage's TPOT misses ramp from none at 0.8 x the TPOT SLO to all at 1.2 x (a request's
+      TPOT averages hundreds of steps, so it sits close to the stage's mean), counted in
+      requests by the workload's mean output length.
+    * ``excess``: for every prompt bucket, the miss rate above ``1 - target`` (times its
+      arrivals): capacity judges every length class (EVALUATION.md), so a plan that lets one
+      class starve must not win by serving the others well. A class is a union of buckets, so
+      no bucket above the line means no class above it.
+    * an overloaded stage (no decode fixed point, or over its sequence or KV limits) misses
+      every request it holds and pays ``overload_horizon_s`` of latency per request per unit of
+      load, instead of an infinite cost: under overload the DP still ranks plans, by how much
+      they degrade, rather than giving up. The horizon is long (its queue grows without bound,
+      and preemptions follow), so a plan that overloads any stage never beats one that overloads
+      none: the DP sacrifices a stage only when every plan has to.
+
+    With the costs in seconds, ``miss_cost_s`` is what one missed request is worth in latency:
+    large enough that goodput decides whenever plans differ in predicted misses, while the
+    latency term still orders plans that all meet their SLOs.
+    """
+
+    slo_scale: float = 5.0
+    target: float = 0.9
+    miss_cost_s: float = 100.0
+    tail_cost_s: float = 1000.0
+    overload_horizon_s: float = 1e4
+
+    def __post_init__(self) -> None:
+        if not self.slo_scale > 0 or not 0.0 < self.target <= 1.0:
+            raise ValidationError("SLO scale must be > 0 and the target in (0, 1]")
+        if min(self.miss_cost_s, self.tail_cost_s, self.overload_horizon_s) < 0:
+            raise ValidationError("objective weights must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -142,10 +205,12 @@ class StageModel:
         "_mixed",
         "_per_seq_s",
         "_per_token_s",
+        "_step",
         "_step_fixed_s",
         "instance",
         "lmax_quantile",
         "migration",
+        "objective",
         "profile",
         "weights",
     )
@@ -158,12 +223,16 @@ class StageModel:
         migration: MigrationModel | None = None,
         weights: QoeWeights | None = None,
         lmax_quantile: float = DEFAULT_LMAX_QUANTILE,
+        objective: SloObjective | None = None,
     ) -> None:
         self.profile = profile
         self.instance = instance or InstanceConfig.from_profile(profile)
         self.migration = migration or MigrationModel()
         self.weights = weights or QoeWeights()
         self.lmax_quantile = lmax_quantile
+        # None: the mean-latency cost of L4.md section 4 alone (infinite for overloaded stages).
+        self.objective = objective
+        self._step = StepCostModel(profile)
         # The step-cost model's constants with all layers folded in, as StepCostModel does.
         p = profile
         layers = p.model.num_layers
@@ -285,10 +354,24 @@ class StageModel:
         For refinement, which re-solves one boundary at a time: only the candidate stages are
         evaluated, not the whole table. Infinite cost marks an unsustainable stage.
         """
+        cost, _, _, load = self.stage_prediction(ranges, lo, hi, n)
+        return cost, load
+
+    def stage_prediction(
+        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, n: int
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """(cost, TTFT, TPOT, load) of stages ``[g_lo[k], g_hi[k])`` with ``n`` instances each."""
         ii = np.asarray(lo, dtype=np.intp)
         jj = np.asarray(hi, dtype=np.intp)
-        cost, _, _, load = self._evaluate(ranges, ii, jj, np.array([[float(n)]]))
-        return cost[:, 0], load[:, 0]
+        cost, ttft, tpot, load = self._evaluate(ranges, ii, jj, np.array([[float(n)]]))
+        return cost[:, 0], ttft[:, 0], tpot[:, 0], load[:, 0]
+
+    def migration_latency_s(
+        self, context_tokens: npt.ArrayLike, tpot_s: float, step_s: float
+    ) -> FloatArray:
+        """What a request of ``context_tokens`` loses to one migration (the planner's model)."""
+        ctx = np.asarray(context_tokens, dtype=np.float64)
+        return self._migration_latency_s(ctx, np.full_like(ctx, tpot_s), np.full_like(ctx, step_s))
 
     def evaluate_stages(
         self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, counts: npt.ArrayLike
@@ -330,7 +413,7 @@ class StageModel:
         m_in = rt.crossing_rps[ii][col]
         m_out = np.where(jj == top, 0.0, rt.crossing_rps[jj])[col]
         budget = float(self.instance.max_num_batched_tokens)
-        replay = self.migration.mechanism == "replay"
+        replay = self.migration.recomputes
 
         # Prefill work: the stage's prompts, plus the contexts that replay re-prefills.
         inflow = m_in if replay else np.zeros_like(m_in)
@@ -396,13 +479,88 @@ class StageModel:
             mig = self._migration_latency_s(g_hi, tpot, t)
             w = self.weights
             cost = w.ttft * lam * ttft + w.tpot * r * tpot + w.migration * m_out * mig
+            if self.objective is not None:
+                p_wait = np.minimum(pooling * n * util, 1.0)
+                p_wait = 1.0 - (1.0 - p_wait) * (1.0 / (1.0 + ahead))  # or behind one's group
+                cost = self._slo_cost(
+                    rt, ii, jj, cost, wait=wait, p_wait=p_wait, t=t, tpot=tpot, load=load,
+                    feasible=feasible, lam=lam, r=r, l_mean=l_mean,
+                )  # fmt: skip
         inf = np.inf
+        finite_cost = self.objective is not None
         return (
-            np.where(feasible, cost, inf),
+            cost if finite_cost else np.where(feasible, cost, inf),
             np.where(feasible, ttft, inf),
             np.where(feasible, tpot, inf),
             np.where(np.isfinite(load), load, 1e9),
         )
+
+    def _slo_cost(
+        self,
+        rt: RangeTable,
+        ii: npt.NDArray[np.intp],
+        jj: npt.NDArray[np.intp],
+        latency: FloatArray,
+        *,
+        wait: FloatArray,
+        p_wait: FloatArray,
+        t: FloatArray,
+        tpot: FloatArray,
+        load: FloatArray,
+        feasible: npt.NDArray[np.bool_],
+        lam: FloatArray,
+        r: FloatArray,
+        l_mean: FloatArray,
+    ) -> FloatArray:
+        """``SloObjective``'s cost of every (pair, n) from the stage model's predictions."""
+        obj = self.objective
+        assert obj is not None
+        top = len(rt.bounds_tokens) - 1
+        budget = float(self.instance.max_num_batched_tokens)
+        total_rate = float(rt.arrival_rps[0, top])
+        mean_output = float(rt.decode_steps_ps[0, top]) / total_rate if total_rate > 0 else 1.0
+        shape = np.broadcast_shapes(wait.shape, latency.shape)
+        misses = np.zeros(shape)
+        excess = np.zeros(shape)
+        allowed = 1.0 - obj.target
+        cond_wait = np.where(p_wait > 0, wait / np.maximum(p_wait, 1e-12), 0.0)
+        for k in range(top):
+            lam_k = float(rt.arrival_rps[k, k + 1])
+            if lam_k <= 0:
+                continue
+            inside = ((ii <= k) & (k < jj))[:, None]
+            if not inside.any():
+                continue
+            prompt = float(rt.prompt_tokens_ps[k, k + 1]) / lam_k
+            prompt_sq = float(rt.prompt_tokens_sq_ps[k, k + 1]) / lam_k
+            chunks = max(math.ceil(prompt / budget), 1)
+            slo = obj.slo_scale * self._unloaded_ttft_s(round(prompt))
+            own = chunks * t + float(self.prefill_work_s(prompt, prompt_sq, chunks))  # type: ignore[arg-type]
+            slack = slo - own
+            tail = np.exp(-np.maximum(slack, 0.0) / np.maximum(cond_wait, 1e-12))
+            p_miss = np.where(slack <= 0, 1.0, np.where(cond_wait > 0, p_wait * tail, 0.0))
+            p_miss = np.where(feasible, p_miss, 1.0)
+            misses += np.where(inside, lam_k * p_miss, 0.0)
+            excess += np.where(inside, lam_k * np.maximum(p_miss - allowed, 0.0), 0.0)
+        # TPOT: the stage's mean TPOT against the SLO at its mean context, in requests.
+        slo_tpot = (
+            obj.slo_scale
+            * self.decode_step_s(np.ones_like(l_mean), l_mean, l_mean, np.zeros_like(l_mean))[0]
+        )
+        ramp = np.clip((tpot / slo_tpot - 0.8) / 0.4, 0.0, 1.0)
+        ramp = np.where(feasible, ramp, 1.0)
+        decoding = r / max(mean_output, 1.0)  # requests per second decoding here
+        misses = misses + decoding * ramp
+        excess = excess + decoding * np.maximum(ramp - allowed, 0.0)
+        overload = (lam + decoding) * obj.overload_horizon_s * np.maximum(load, 1.0)
+        latency = np.where(feasible, latency, overload)
+        out: FloatArray = latency + obj.miss_cost_s * misses + obj.tail_cost_s * excess
+        return out
+
+    def _unloaded_ttft_s(self, prompt_tokens: int) -> float:
+        """TTFT of a prompt alone on an idle instance: the SLO reference (EVALUATION.md)."""
+        budget = self.instance.max_num_batched_tokens
+        return self._step.unloaded_latency_s(max(prompt_tokens, 1), 1, budget)[0]
 
     def _fixed_point(
         self,
@@ -459,6 +617,10 @@ class StageModel:
             decoded = copy_s / tpot_s  # tokens that grew during the background copy
             out: FloatArray = m.downtime_base_s + decoded * kv_bytes / m.bandwidth_bytes_per_s
             return out
+        if m.kv_store_bandwidth_bytes_per_s is not None:
+            load_s = context_tokens * kv_bytes / m.kv_store_bandwidth_bytes_per_s
+            stored: FloatArray = m.replay_overhead_s + load_s + step_s
+            return stored
         budget = float(self.instance.max_num_batched_tokens)
         chunks = np.maximum(np.ceil(context_tokens / budget), 1.0)
         refill = self.prefill_work_s(context_tokens, context_tokens**2, chunks)

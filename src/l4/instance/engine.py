@@ -75,6 +75,8 @@ class StepPlan:
 
     def steps_done_by(self, now_s: float) -> int:
         """How many whole steps have finished by `now_s` (0..num_steps)."""
+        if self.num_steps == 0 or self.end_of_step_s(0) > now_s:
+            return 0  # the common case: observed again before the next step ends
         lo, hi = 0, self.num_steps
         while lo < hi:  # largest m with end_of_step_s(m - 1) <= now
             mid = (lo + hi + 1) // 2

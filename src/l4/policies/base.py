@@ -48,7 +48,10 @@ class StatsReporter(Protocol):
 
 
 PolicyFactory = Callable[[PolicyContext], Policy]
+# A policy family with an option in its CLI name, ``family:OPTION`` (e.g. ``pd_disagg:4``).
+OptionFactory = Callable[[PolicyContext, str], Policy]
 _REGISTRY: dict[str, PolicyFactory] = {}
+_OPTIONS: dict[str, OptionFactory] = {}
 
 
 def register_policy(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
@@ -61,23 +64,54 @@ def register_policy(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
     return deco
 
 
+def register_policy_option(family: str) -> Callable[[OptionFactory], OptionFactory]:
+    """Register ``family:OPTION`` names; the factory validates the option (``ValidationError``)."""
+
+    def deco(factory: OptionFactory) -> OptionFactory:
+        if family in _OPTIONS:
+            raise ValueError(f"policy family {family!r} registered twice")
+        _OPTIONS[family] = factory
+        return factory
+
+    return deco
+
+
 def policy_names() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)
 
 
+def option_families() -> list[str]:
+    """Families that take ``family:OPTION`` names."""
+    _load_builtin()
+    return sorted(_OPTIONS)
+
+
+def _known(name: str) -> bool:
+    family, sep, option = name.partition(":")
+    return name in _REGISTRY or (bool(sep) and bool(option) and family in _OPTIONS)
+
+
+def _listed() -> list[str]:
+    return [*_REGISTRY, *(f"{f}:OPTION" for f in sorted(_OPTIONS))]
+
+
 def make_policy(name: str, ctx: PolicyContext) -> Policy:
     _load_builtin()
-    if name not in _REGISTRY:
-        raise UnknownNameError("policy", name, list(_REGISTRY))
-    return _REGISTRY[name](ctx)
+    if not _known(name):
+        raise UnknownNameError("policy", name, _listed())
+    if name in _REGISTRY:
+        return _REGISTRY[name](ctx)
+    family, _, option = name.partition(":")
+    return _OPTIONS[family](ctx, option)
 
 
 def parse_policy_list(text: str) -> list[str]:
+    _load_builtin()
     names = [p.strip() for p in text.split(",") if p.strip()]
-    known = policy_names()
+    known = _listed()
     for name in names:
-        if name not in known:
+        if not _known(name):
             raise UnknownNameError("policy", name, known)
     if not names:
         raise UnknownNameError("policy", text, known)
@@ -86,7 +120,14 @@ def parse_policy_list(text: str) -> list[str]:
 
 def _load_builtin() -> None:
     # Importing the modules registers their policies (the registry is filled once, at import).
-    from l4.policies import baselines, length_aware, length_buckets, llumnix  # noqa: F401
+    from l4.policies import (  # noqa: F401
+        baselines,
+        least_prefill,
+        length_aware,
+        length_buckets,
+        llumnix,
+        pd_disagg,
+    )
 
 
 def one_group(num_instances: int) -> list[list[int]]:

@@ -6,6 +6,10 @@
 * ``l4_memory``  boundaries placed and refined to equalise KV tokens held per instance.
 * ``l4_rr``      ``l4`` with round robin instead of bids inside stages (and no balancing asks).
 * ``l4_bids``    one stage of all instances: bid-ask placement and balancing without staging.
+* ``l4_nospill`` ``l4`` without spill: arrivals stay in their entry stage however long it queues.
+* ``l4_meanlat`` ``l4`` with the first version's planner: mean-latency objective, staging
+                 whenever the DP finds it cheaper, re-plans adopted at once (the objective's
+                 ablation).
 
 The count and memory ablations keep the DP's stage sizes and skip the QoE re-plan, so they differ
 from ``l4`` in the boundary rule only (plus re-planning, which ``l4_static`` isolates). ``l4_bids``
@@ -29,6 +33,8 @@ VARIANTS: dict[str, L4Config] = {
     "l4_memory": L4Config(rule=BoundaryRule.MEMORY, replan=False),
     "l4_rr": L4Config(agent=AgentConfig(use_bids=False, balance=False)),
     "l4_bids": L4Config(staged=False, refine=False, replan=False),
+    "l4_nospill": L4Config(spill=False),
+    "l4_meanlat": L4Config(objective=None, stage_margin=0.0, replan_confirmations=1, spill=False),
 }
 
 

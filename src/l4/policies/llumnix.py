@@ -6,8 +6,9 @@ memory runs out. Queued requests count as virtual usage, so an instance with a l
 full even while its physical memory is free. Arrivals go to the freest instance; every polling
 interval the least free instances migrate one running request each to the freest ones.
 
-What follows the Llumnix v0 code (github.com/AlibabaPAI/llumnix, the release the OSDI artifact
-github.com/alibaba/llm-scheduling-artifact runs; defaults from `EngineManagerArgs`):
+What follows the Llumnix v0 code (github.com/AlibabaPAI/llumnix at commit 0b48bbcf, August 2024,
+over vLLM 0.4.2; the same algorithm as the OSDI artifact github.com/alibaba/llm-scheduling-artifact;
+defaults from that commit's `EngineManagerArgs`):
 
 * dispatch ("load" policy, load metric "remaining_steps"): the instance with the highest
   ``(free - blocks of all queued prompts) / (running + queued)``; an instance with no request is
@@ -15,10 +16,15 @@ github.com/alibaba/llm-scheduling-artifact runs; defaults from `EngineManagerArg
 * migration load with defragmentation on (`enable_defrag=True`, the default and the setting of
   every Llumnix run in the artifact): ``(free - blocks of the head-of-line prompt) /
   (running + 1 if anything is queued)`` (`MigrationLoadComputation`).
-* pairing ("defrag_constrained", the default): sources are instances with freeness below
-  `migrate_out_threshold` (3.0 blocks per request) or with preempted requests waiting
-  ("killed"); destinations are instances above it with none. The least free source is paired
-  with the freest destination, the next with the next, and so on (`DefragConstrained`).
+* pairing ("defrag_constrained", the default): Llumnix compares *loads*, and its load is the
+  negated freeness (``instance_load = -(free / requests)``, `MigrationLoadComputation`).
+  Sources are instances whose load exceeds `migrate_out_threshold` (3.0), i.e. whose freeness
+  is below **-3** blocks per request: the head-of-line prompt no longer fits, so the instance is
+  about to preempt or is already stalling admissions; or instances with preempted requests
+  waiting ("killed"). Destinations are instances with load below it (freeness above -3) and none
+  killed. The least free source is paired with the freest destination, the next with the next,
+  and so on (`LoadFilter` in `migration_filter.py`, `DefragConstrained` in
+  `migration_policy.py`).
 * every pair moves one request, the shortest running decode ("SJF": least context, the cheapest
   to copy); an instance takes part in one migration at a time (the manager's
   `instance_migrating` flags), checked every `polling_interval` of 50 ms with
@@ -61,7 +67,9 @@ class LlumnixConfig:
 
     polling_interval_s: float = 0.05  # --polling-interval
     pair_migration_frequency: int = 1  # --pair-migration-frequency: pair every N polls
-    migrate_out_threshold_blocks: float = 3.0  # --migrate-out-threshold (freeness units)
+    # --migrate-out-threshold, in Llumnix's load units (load = -freeness): an instance migrates
+    # out when its load exceeds it, i.e. when its freeness drops below -threshold blocks.
+    migrate_out_threshold: float = 3.0
     enable_migration: bool = True  # --enable-migration
     enable_defrag: bool = True  # --enable-defrag
 
@@ -168,17 +176,17 @@ class Llumnix:
     # ---- migration ----------------------------------------------------------------------------
     def pairs(self, cluster: ClusterView) -> list[tuple[int, int]]:
         """(source, destination) pairs, least free source with the freest destination."""
-        threshold = self.config.migrate_out_threshold_blocks
+        threshold = self.config.migrate_out_threshold
         srcs: list[tuple[float, int]] = []
         dsts: list[tuple[float, int]] = []
         for i in range(self._n):
             inst = cluster.instance(i)
-            f = self.migration_freeness(inst)
+            load = -self.migration_freeness(inst)  # Llumnix's instance_load_migrate
             killed = self.killed(inst)
-            if killed > 0 or f < threshold:
-                srcs.append((f, i))
-            elif f > threshold and inst.available:
-                dsts.append((-f, i))
+            if killed > 0 or load > threshold:
+                srcs.append((-load, i))
+            elif load < threshold and inst.available:
+                dsts.append((load, i))
         srcs.sort()
         dsts.sort()
         return [(s, d) for (_, s), (_, d) in zip(srcs, dsts, strict=False)]

@@ -277,6 +277,8 @@ class Simulation:
         self._queue.schedule(now + delay, lambda t: self._arrive(mig, t))
 
     def _arrive(self, mig: _Migration, now: float) -> None:
+        if mig.reserved_blocks == 0 and self._load_from_store(mig, now):
+            return
         del self._in_transit[mig.seq.request_id]
         self._migrating.discard(mig.seq.request_id)
         if mig.reserved_blocks > 0:
@@ -285,6 +287,23 @@ class Simulation:
             self.instances[mig.dst].admit(mig.seq)
             self._count_migration(mig)
         self._kick(mig.dst, now)
+
+    def _load_from_store(self, mig: _Migration, now: float) -> bool:
+        """Replay with a shared KV store: reserve the context at the destination and load it
+        (then attach as a KV transfer would). False: plain replay (no store, not decoding when
+        it left, or no room)."""
+        store = self.migration.kv_store_bandwidth_bytes_per_s
+        seq = mig.seq
+        if store is None or seq.generated_tokens == 0:
+            return False
+        length = seq.spec.input_tokens + seq.generated_tokens
+        blocks = self._blocks(length)
+        if not self.instances[mig.dst].reserve(blocks):
+            return False
+        mig.reserved_blocks = blocks
+        load_s = length * self._kv_bytes_per_token / store
+        self._queue.schedule(now + load_s, lambda t: self._arrive(mig, t))
+        return True
 
     def _abort(self, mig: _Migration, now: float) -> None:
         self._migrating.discard(mig.seq.request_id)

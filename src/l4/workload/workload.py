@@ -30,7 +30,8 @@ from l4.workload.arrivals import (
     rotate,
 )
 from l4.workload.formats import TraceData
-from l4.workload.traces import resolve_trace
+from l4.workload.servegen import generate_servegen, load_servegen, native_rate_rps
+from l4.workload.traces import SERVEGEN, BundledTrace, bundled_trace, bundled_traces, resolve_trace
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,7 +118,9 @@ class Workload:
 
 def build_workload(spec: WorkloadSpec) -> Workload:
     """Resolve, load, time, cut and clip the trace that ``spec`` names."""
-    bundled, data = resolve_trace(spec.trace)
+    if spec.trace in bundled_traces() and bundled_trace(spec.trace).kind == SERVEGEN:
+        return servegen_workload(bundled_trace(spec.trace), spec)
+    bundled, data = resolve_trace(spec.trace, spec.seed)
     if bundled is not None:
         return workload_from_trace(
             data,
@@ -147,11 +150,34 @@ def workload_from_trace(
         arrivals = _generated_arrivals(data.num_requests, spec, name, default_rate_rps)
         input_tokens, output_tokens = data.input_tokens, data.output_tokens
 
+    return _finish(
+        arrivals,
+        input_tokens,
+        output_tokens,
+        spec,
+        name=name,
+        source=source,
+        timestamped=data.arrival_s is not None,
+    )
+
+
+def _finish(
+    arrivals: FloatArray,
+    input_tokens: IntArray,
+    output_tokens: IntArray,
+    spec: WorkloadSpec,
+    *,
+    name: str,
+    source: str,
+    timestamped: bool,
+) -> Workload:
+    """Cut (duration, then count) and clip sorted arrivals and their lengths into a workload."""
     keep = cut_length(arrivals, duration_s=spec.duration_s, num_requests=spec.num_requests)
     if keep == 0:
+        first = f"{float(arrivals[0]):.6g} s" if len(arrivals) else "never"
         raise ValidationError(
             f"--duration {spec.duration_s} s keeps no request of trace {name!r} "
-            f"(its first arrival is at {float(arrivals[0]):.6g} s)"
+            f"(its first arrival is at {first})"
         )
     arrivals = arrivals[:keep]
     inputs, outputs, clipped = clip_lengths(
@@ -168,10 +194,45 @@ def workload_from_trace(
     return Workload(
         name=name,
         source=source,
-        timestamped=data.arrival_s is not None,
+        timestamped=timestamped,
         requests=requests,
         mean_rate_rps=mean_rate_rps(arrivals),
         clipped_requests=clipped,
+    )
+
+
+def servegen_workload(trace: BundledTrace, spec: WorkloadSpec) -> Workload:
+    """A ServeGen workload: ``spec.offset_s`` is the time of day it starts at (wrapping at
+    midnight), the mean rate over the span is ``--rate`` (or the trace's default) times
+    ``--rate-scale``, keeping the clients' relative rates; the seed draws arrivals and lengths."""
+    if spec.burstiness != 1.0:
+        raise ValidationError(
+            f"--burstiness does not apply to {trace.name!r}: its clients have their own arrival "
+            "processes"
+        )
+    data = load_servegen(trace.file_name)
+    base = spec.rate_rps if spec.rate_rps is not None else trace.default_rate_rps
+    assert base is not None
+    target = base * (spec.rate_scale if spec.rate_scale is not None else 1.0)
+    if spec.duration_s is not None:
+        span = spec.duration_s
+    else:  # a count cut: generate enough time for it (half again as many, expected)
+        span = max(float(data.window_s), 1.5 * (spec.num_requests or 1) / target)
+    native = native_rate_rps(data, spec.offset_s, span)
+    if not native > 0:
+        raise ValidationError(
+            f"trace {trace.name!r} has no traffic from {spec.offset_s:g} s into the day for "
+            f"{span:g} s: choose another --offset"
+        )
+    arrivals, inputs, outputs = generate_servegen(
+        data,
+        start_s=spec.offset_s,
+        duration_s=span,
+        rate_factor=target / native,
+        seed=spec.seed,
+    )
+    return _finish(
+        arrivals, inputs, outputs, spec, name=trace.name, source="bundled", timestamped=False
     )
 
 
