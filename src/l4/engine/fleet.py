@@ -24,6 +24,7 @@ from l4.errors import UnavailableError
 from l4.instance.config import InstanceConfig
 
 _START_TIMEOUT_S = 60.0
+_GRACE_S = 5.0  # below stop()'s join, so the child ends on its own
 
 
 def _serve(configs: list[EngineConfig], host: str, conn: Connection) -> None:
@@ -41,13 +42,17 @@ def _serve(configs: list[EngineConfig], host: str, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         stop = loop.run_in_executor(None, conn.recv)
         async with asyncio.TaskGroup() as tg:
-            for server in servers:
-                tg.create_task(server.serve())
+            tasks = [tg.create_task(server.serve()) for server in servers]
             while not all(s.started for s in servers):
                 await asyncio.sleep(0.01)
             conn.send([s.getsockname()[1] for s in socks])
             await stop
+            # Gracefully first: a forced uvicorn exit skips the lifespan shutdown, and the
+            # cancelled lifespan task then prints a traceback. Streams still open get a moment.
             for server in servers:
+                server.stop()
+            _, pending = await asyncio.wait(tasks, timeout=_GRACE_S)
+            for server in servers if pending else ():
                 server.stop(force=True)
         for sock in socks:
             sock.close()
