@@ -11,6 +11,7 @@ gateway tests and by the gateway benchmarks. A child that fails to start raises
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import multiprocessing as mp
 import socket
@@ -18,12 +19,15 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 
 from l4.costmodel.profile import Profile
+from l4.engine.parsing import BodyParser
 from l4.engine.server import EngineConfig
 from l4.engine.serving import EngineServer
+from l4.engine.tokenizer import Tokenizer
 from l4.errors import UnavailableError
 from l4.instance.config import InstanceConfig
 
 _START_TIMEOUT_S = 60.0
+_GRACE_S = 5.0  # below stop()'s join, so the child ends on its own
 
 
 def _serve(configs: list[EngineConfig], host: str, conn: Connection) -> None:
@@ -37,20 +41,32 @@ def _serve(configs: list[EngineConfig], host: str, conn: Connection) -> None:
         except OSError as exc:
             conn.send(f"cannot bind on {host}: {exc.strerror}")
             return
-        servers = [EngineServer(c, sock=s) for c, s in zip(configs, socks, strict=True)]
+        # One worker process parses every instance's large bodies, as under `l4 engine`.
+        parser = BodyParser(Tokenizer())
+        servers = [
+            EngineServer(c, sock=s, parser=parser) for c, s in zip(configs, socks, strict=True)
+        ]
         loop = asyncio.get_running_loop()
         stop = loop.run_in_executor(None, conn.recv)
-        async with asyncio.TaskGroup() as tg:
-            for server in servers:
-                tg.create_task(server.serve())
-            while not all(s.started for s in servers):
-                await asyncio.sleep(0.01)
-            conn.send([s.getsockname()[1] for s in socks])
-            await stop
-            for server in servers:
-                server.stop(force=True)
-        for sock in socks:
-            sock.close()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(server.serve()) for server in servers]
+                while not all(s.started for s in servers):
+                    await asyncio.sleep(0.01)
+                conn.send([s.getsockname()[1] for s in socks])
+                with contextlib.suppress(EOFError):  # the parent died: stop all the same
+                    await stop
+                # Gracefully first: a forced uvicorn exit skips the lifespan shutdown, and the
+                # cancelled lifespan task then prints a traceback. Open streams get a moment.
+                for server in servers:
+                    server.stop()
+                _, pending = await asyncio.wait(tasks, timeout=_GRACE_S)
+                for server in servers if pending else ():
+                    server.stop(force=True)
+        finally:
+            parser.close()
+            for sock in socks:
+                sock.close()
 
     asyncio.run(run())
 
@@ -61,7 +77,9 @@ class EngineFleet:
         self._host = host
         ctx = mp.get_context("spawn")  # a clean interpreter: no inherited loops or sockets
         self._parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(configs, host, child), daemon=True)
+        # Not a daemon: it starts its own body-parser process, which daemons may not. It still
+        # ends with this process: stop() runs at exit, and a parent that dies closes the pipe.
+        self._proc = ctx.Process(target=_serve, args=(configs, host, child))
         self.urls: list[str] = []
 
     @classmethod
@@ -93,6 +111,7 @@ class EngineFleet:
 
     def start(self) -> list[str]:
         self._proc.start()
+        atexit.register(self.stop)
         if not self._parent.poll(_START_TIMEOUT_S):
             self.stop()
             raise UnavailableError("the emulated engines did not start in time")
@@ -104,6 +123,7 @@ class EngineFleet:
         return self.urls
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         if self._proc.is_alive():
             with contextlib.suppress(OSError):
                 self._parent.send("stop")
