@@ -40,7 +40,7 @@ ENGINE_SUBCOMMANDS = (
 GPU = "needs a CUDA GPU; the CPU path of the same command is tests/profiler/test_profile_cli.py"
 # Tiny experiment suite: one scenario, 5 s of arrivals, no capacity search, no cache.
 TINY_SUITE = (
-    "--seeds 1 --duration 5 --no-capacity --scenarios azure-conv-8b --policies round_robin "
+    "--seeds 1 --duration 5 --no-capacity --scenarios azure-conv-3b --policies round_robin "
     "--jobs 1 --no-cache --out {out}/results.md"
 )
 

@@ -209,8 +209,31 @@ def test_a_bid_reserves_the_blocks_and_carries_load_and_expiry() -> None:
     w = make_agents(TWO_STAGES, v1=FakeView(1, decode_s=0.5, prefill_s=0.25))
     w.bus.send(1, _ask(blocks=7, sent_s=2.0))
     w.bus.flush()
-    assert w.inbox == [Bid(ask_id=1, sender=1, load_s=0.75, earliest_accept_s=2.0, expires_s=3.0)]
+    assert w.inbox == [
+        Bid(
+            ask_id=1,
+            sender=1,
+            load_s=0.75,
+            earliest_accept_s=2.0,
+            expires_s=3.0,
+            prefill_s=0.25,
+            decode_s=0.5,
+        )
+    ]
     assert w.agents[1].reserved_blocks() == 7
+
+
+def test_a_spill_gets_no_bid_from_an_instance_with_requests_queued() -> None:
+    # A spilled arrival must not jump the queue of the later stage's own (longer) requests.
+    w = make_agents(TWO_STAGES, v1=FakeView(1, decode_s=0.5))
+    w.view(1).add(seq(9, 300, SeqState.WAITING), 300)
+    w.bus.send(1, _ask(kind=TradeKind.SPILL, sender_load_s=10.0))
+    w.bus.flush()
+    assert w.inbox == [] and w.agents[1].reserved_blocks() == 0
+    # The same ask as a cascade is bid for: only spills defer to the queue.
+    w.bus.send(1, _ask(kind=TradeKind.CASCADE, sender_load_s=10.0, ask_id=2))
+    w.bus.flush()
+    assert [b.ask_id for b in w.inbox if isinstance(b, Bid)] == [2]
 
 
 def test_reservations_expire_after_the_bid_timeout() -> None:
@@ -577,6 +600,25 @@ def test_balance_skips_requests_it_cannot_move() -> None:
     v.add(seq(3, 500), 500)
     w.tick(0, 0.0)
     assert w.moves == [(3, 0, 1, "balance")]
+
+
+def test_balance_skips_decodes_whose_migration_stalls_them_too_long() -> None:
+    # As in the test above the 500-token request closes the gap best, but with a stall of 1 ms
+    # per token (0.5 s) over the limit of 0.1 x the source's decode step (0.35 s), it stays; the
+    # 300-token one (0.3 s stall, delta 0.3) goes instead.
+    w = make_agents(
+        ONE_STAGE,
+        config=AgentConfig(
+            balance_threshold=0.25, balance_persist_ticks=1, balance_max_stall_steps=0.1
+        ),
+    )
+    w.world.stall_s_per_token = 0.001
+    w.view(0).add(seq(3, 500), 500)
+    w.view(0).add(seq(4, 300), 300)
+    for i, load in enumerate((3.5, 1.0, 1.5)):
+        w.report(i, 0.0, decode_s=load)
+    w.tick(0, 0.0)
+    assert w.moves == [(4, 0, 1, "balance")]
 
 
 def test_balance_ties_go_to_the_first_request() -> None:

@@ -24,9 +24,16 @@ from l4.instance.sequence import SeqState
 from l4.views import PolicyContext
 
 PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
+# The decisions under test one at a time: no spill (tests/agents/test_runtime.py has it), a re-plan
+# adopted on its first proposal and with no staging margin, the mean-latency objective (the SLO
+# objective's choices are tests/core/test_objective.py's).
 CONFIG = L4Config(
     replan_period_s=1.0,
     replan_min_gain=0.0,
+    replan_confirmations=1,
+    stage_margin=0.0,
+    objective=None,
+    spill=False,
     agent=AgentConfig(balance=False),
     refinement=RefinementConfig(period_s=0.5, freeze_min_requests=0, min_relative_move=0.0),
 )
@@ -185,8 +192,11 @@ def _bimodal(i: int) -> FakeView:
     return v
 
 
-def test_the_coordinator_adopts_the_plan_the_dp_proposes_from_the_reports() -> None:
-    views = {f"v{i}": _bimodal(i) for i in range(4)}
+def _replan_round(idle: tuple[int, ...]) -> tuple[L4Runtime, FakeCluster, PlanUpdate | None]:
+    """One stage of 4; the instances not in ``idle`` run the bimodal mix and report two windows
+    of growth; returns the runtime after its re-plan round and what the DP proposes from those
+    reports without the drain price."""
+    views = {f"v{i}": FakeView(i) if i in idle else _bimodal(i) for i in range(4)}
     table = StageTable.single(4)
     policy, cluster = _runtime(table, **views)
     policy.on_tick(cluster, 0.0)
@@ -204,8 +214,15 @@ def test_the_coordinator_adopts_the_plan_the_dp_proposes_from_the_reports() -> N
     assert all(r.sent_s == 1.0 for r in reports)
     summary = combine_reports(policy.grid, reports, arrival_batch_excess=0.0)
     assert summary is not None
-    expected = propose_plan(summary, policy.model, table, min_gain=CONFIG.replan_min_gain, sender=0)
+    proposal = propose_plan(summary, policy.model, table, min_gain=0.0, sender=0)
+    return policy, cluster, proposal
+
+
+def test_the_coordinator_adopts_the_plan_the_dp_proposes_from_the_reports() -> None:
+    # The instances the split moves (2 and 3) are idle: the re-plan drains nothing.
+    policy, cluster, expected = _replan_round(idle=(2, 3))
     assert expected is not None and len(expected.boundaries_tokens) >= 1  # the DP splits them
+    assert expected.stage_of_instance == (0, 0, 1, 1)
     assert policy.replans == 1
     assert policy.table.boundaries_tokens == expected.boundaries_tokens
     assert policy.table.stage_of_instance == expected.stage_of_instance
@@ -213,6 +230,15 @@ def test_the_coordinator_adopts_the_plan_the_dp_proposes_from_the_reports() -> N
     moved = [a for a in policy.agents if a.stage != 0]
     assert moved and all(a.draining for a in moved)
     assert all(s.state is SeqState.DECODE for v in cluster.views.values() for s in v.run)
+
+
+def test_a_re_plan_that_does_not_pay_its_drain_is_not_made() -> None:
+    # The same split (1% cheaper by the model) would move instances 2 and 3, busy now: their 28
+    # running requests would each migrate once, which costs more than the split gains.
+    policy, _, proposal = _replan_round(idle=(0, 1))
+    assert proposal is not None and proposal.stage_of_instance == (0, 0, 1, 1)
+    assert policy._drain_cost_s(policy.table, proposal.stage_of_instance) > 0
+    assert policy.replans == 0 and policy.table.num_stages == 1
 
 
 @pytest.mark.parametrize(
