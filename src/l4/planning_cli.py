@@ -25,8 +25,9 @@ from rich.table import Table
 
 from l4.cliargs import add_profile_options, check_output_file, to_stdout, write_output
 from l4.core.grid import DEFAULT_MIN_TOKENS, DEFAULT_SUBSTEPS_PER_OCTAVE, exponential_grid
+from l4.core.migration import MECHANISMS, MigrationModel
 from l4.core.planner import MAX_PLAN_INSTANCES, Plan, check_fleet_size, plan_stages
-from l4.core.qoe import MECHANISMS, MigrationModel, StageModel
+from l4.core.qoe import StageModel
 from l4.core.summary import WorkloadSummary, summarize_workload, summary_from_histogram
 from l4.costmodel.profile import load_profile
 from l4.errors import WorkloadError

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from factories import log_uniform_summary
 from l4.core.choice import plan_with_margin, prefer_one_stage
 from l4.core.grid import exponential_grid
-from l4.core.qoe import SloObjective, StageCosts, StageModel
+from l4.core.objective import SloObjective
+from l4.core.qoe import StageCosts, StageModel
 from l4.core.summary import summarize_lengths
 from l4.costmodel import StepCostModel, load_profile
 from l4.errors import ValidationError

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from factories import tiny_profile
 from l4.core.grid import exponential_grid
+from l4.core.migration import MigrationModel
 from l4.core.planner import (
     EXACT_MAX_INSTANCES,
     MAX_PLAN_INSTANCES,
@@ -21,7 +22,7 @@ from l4.core.planner import (
     plan_stages,
     solve_dp,
 )
-from l4.core.qoe import MigrationModel, StageCosts, StageModel
+from l4.core.qoe import StageCosts, StageModel
 from l4.core.search import block_size
 from l4.core.summary import WorkloadSummary, summarize_lengths
 from l4.costmodel import load_profile

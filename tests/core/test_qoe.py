@@ -7,8 +7,9 @@ import pytest
 
 from factories import log_uniform_summary, tiny_profile
 from l4.core.grid import exponential_grid
-from l4.core.migration import MigrationConfig, MigrationMechanism
-from l4.core.qoe import MigrationModel, QoeWeights, StageModel
+from l4.core.migration import MigrationConfig, MigrationMechanism, MigrationModel
+from l4.core.objective import QoeWeights
+from l4.core.qoe import StageModel
 from l4.core.summary import summarize_lengths
 from l4.costmodel import StepCostModel, load_profile
 from l4.errors import ValidationError

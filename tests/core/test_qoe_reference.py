@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from factories import tiny_profile
 from l4.core.grid import exponential_grid
-from l4.core.qoe import MigrationModel, QoeWeights, StageModel
+from l4.core.migration import MigrationModel
+from l4.core.objective import QoeWeights
+from l4.core.qoe import StageModel
 from l4.core.summary import RangeTable, summarize_lengths
 from l4.costmodel import Profile
 from l4.instance import InstanceConfig

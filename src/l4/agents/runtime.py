@@ -51,7 +51,9 @@ from l4.agents.refinement import BoundaryRule, RefinementConfig
 from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.choice import plan_with_margin
 from l4.core.grid import LengthGrid, exponential_grid
-from l4.core.qoe import MigrationModel, SloObjective, StageModel
+from l4.core.migration import MigrationModel
+from l4.core.objective import SloObjective
+from l4.core.qoe import StageModel
 from l4.core.summary import WorkloadSummary, arrival_batch_excess
 from l4.errors import InvariantError, ValidationError
 from l4.instance.sequence import Sequence

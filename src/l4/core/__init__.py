@@ -5,8 +5,10 @@ nothing reads files or the environment (``l4.planning_cli`` is the I/O edge of `
 """
 
 from l4.core.grid import LengthGrid, exponential_grid
+from l4.core.migration import MigrationModel
+from l4.core.objective import QoeWeights
 from l4.core.planner import Plan, PlannedStage, brute_force, plan_stages, solve_dp
-from l4.core.qoe import MigrationModel, QoeWeights, StageCosts, StageModel
+from l4.core.qoe import StageCosts, StageModel
 from l4.core.summary import (
     RangeTable,
     WorkloadSummary,

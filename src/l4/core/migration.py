@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 from l4.errors import ValidationError
 
@@ -57,3 +58,58 @@ class MigrationConfig:
         """``kv-transfer``, ``replay`` or ``replay+store`` (reports and the experiment suite)."""
         store = self.kv_store_bandwidth_bytes_per_s is not None
         return self.mechanism.value + ("+store" if store else "")
+
+
+# ---- the planner's view (l4.core.qoe prices migrations with it) ---------------------------
+MECHANISMS = ("kv-transfer", "replay")
+
+
+class _MigrationConfigLike(Protocol):
+    @property
+    def bandwidth_bytes_per_s(self) -> float: ...
+    @property
+    def downtime_base_s(self) -> float: ...
+    @property
+    def replay_overhead_s(self) -> float: ...
+    @property
+    def kv_store_bandwidth_bytes_per_s(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationModel:
+    """Migration costs as the planner sees them; defaults equal ``l4.core.migration``'s."""
+
+    mechanism: str = "kv-transfer"
+    bandwidth_bytes_per_s: float = 25e9
+    downtime_base_s: float = 0.005
+    replay_overhead_s: float = 0.002
+    # Replay only: the destination loads the context from a shared KV store at this bandwidth
+    # instead of re-prefilling it (None: plain replay).
+    kv_store_bandwidth_bytes_per_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValidationError(f"migration mechanism must be one of {MECHANISMS}")
+        if self.bandwidth_bytes_per_s <= 0:
+            raise ValidationError("migration bandwidth must be > 0")
+        if self.downtime_base_s < 0 or self.replay_overhead_s < 0:
+            raise ValidationError("migration overheads must be >= 0")
+        store = self.kv_store_bandwidth_bytes_per_s
+        if store is not None and not (store > 0 and self.mechanism == "replay"):
+            raise ValidationError("a KV store needs replay and a bandwidth > 0")
+
+    @property
+    def recomputes(self) -> bool:
+        """Plain replay: the destination re-prefills the migrated context."""
+        return self.mechanism == "replay" and self.kv_store_bandwidth_bytes_per_s is None
+
+    @classmethod
+    def like(cls, config: _MigrationConfigLike, mechanism: str) -> MigrationModel:
+        """The planner's view of a simulator ``MigrationConfig``."""
+        return cls(
+            mechanism=mechanism,
+            bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,
+            downtime_base_s=config.downtime_base_s,
+            replay_overhead_s=config.replay_overhead_s,
+            kv_store_bandwidth_bytes_per_s=config.kv_store_bandwidth_bytes_per_s,
+        )

@@ -35,142 +35,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from l4.core.migration import MigrationConfig
+from l4.core.migration import MigrationModel
+from l4.core.objective import QoeWeights, SloObjective
 from l4.core.summary import DEFAULT_LMAX_QUANTILE, RangeTable, WorkloadSummary
 from l4.costmodel.profile import MixedAttention, Profile
 from l4.costmodel.step import StepCostModel
 from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 
-_SIM_MIGRATION = MigrationConfig()
-
 FloatArray = npt.NDArray[np.float64]
-MECHANISMS = ("kv-transfer", "replay")
 _NEWTON_STEPS = 40
 _NEWTON_TOL = 1e-5  # relative change of the decode batch
 # Stage x count elements evaluated at once by evaluate_stages (its temporaries: ~30 MB).
 _EVAL_ELEMENTS = 1 << 16
-
-
-class _MigrationConfigLike(Protocol):
-    @property
-    def bandwidth_bytes_per_s(self) -> float: ...
-    @property
-    def downtime_base_s(self) -> float: ...
-    @property
-    def replay_overhead_s(self) -> float: ...
-    @property
-    def kv_store_bandwidth_bytes_per_s(self) -> float | None: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MigrationModel:
-    """Migration costs as the planner sees them; defaults equal ``l4.core.migration``'s."""
-
-    mechanism: str = "kv-transfer"
-    bandwidth_bytes_per_s: float = 25e9
-    downtime_base_s: float = 0.005
-    replay_overhead_s: float = 0.002
-    # Replay only: the destination loads the context from a shared KV store at this bandwidth
-    # instead of re-prefilling it (None: plain replay).
-    kv_store_bandwidth_bytes_per_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.mechanism not in MECHANISMS:
-            raise ValidationError(f"migration mechanism must be one of {MECHANISMS}")
-        if self.bandwidth_bytes_per_s <= 0:
-            raise ValidationError("migration bandwidth must be > 0")
-        if self.downtime_base_s < 0 or self.replay_overhead_s < 0:
-            raise ValidationError("migration overheads must be >= 0")
-        store = self.kv_store_bandwidth_bytes_per_s
-        if store is not None and not (store > 0 and self.mechanism == "replay"):
-            raise ValidationError("a KV store needs replay and a bandwidth > 0")
-
-    @property
-    def recomputes(self) -> bool:
-        """Plain replay: the destination re-prefills the migrated context."""
-        return self.mechanism == "replay" and self.kv_store_bandwidth_bytes_per_s is None
-
-    @classmethod
-    def like(cls, config: _MigrationConfigLike, mechanism: str) -> MigrationModel:
-        """The planner's view of a simulator ``MigrationConfig``."""
-        return cls(
-            mechanism=mechanism,
-            bandwidth_bytes_per_s=config.bandwidth_bytes_per_s,
-            downtime_base_s=config.downtime_base_s,
-            replay_overhead_s=config.replay_overhead_s,
-            kv_store_bandwidth_bytes_per_s=config.kv_store_bandwidth_bytes_per_s,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QoeWeights:
-    """Weights of the cost terms; all 1 minimises mean E2E latency (seconds added per second)."""
-
-    ttft: float = 1.0
-    tpot: float = 1.0
-    migration: float = 1.0
-
-    def __post_init__(self) -> None:
-        if min(self.ttft, self.tpot, self.migration) < 0:
-            raise ValidationError("QoE weights must be >= 0")
-
-    @classmethod
-    def slo_normalised(cls, *, ttft_slo_s: float, tpot_slo_s: float) -> QoeWeights:
-        """1/SLO weights; a migration stall counts against the TPOT SLO."""
-        if not (ttft_slo_s > 0 and tpot_slo_s > 0):
-            raise ValidationError("SLOs must be > 0 s")
-        return cls(ttft=1.0 / ttft_slo_s, tpot=1.0 / tpot_slo_s, migration=1.0 / tpot_slo_s)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SloObjective:
-    """What the planner optimises beyond mean latency: SLO goodput, every length bucket's tail.
-
-    A stage's cost per second becomes ``latency + miss_cost_s * misses + tail_cost_s * excess``:
-
-    * ``misses``: requests per second predicted to miss their SLOs (TTFT within ``slo_scale`` x
-      the unloaded TTFT of their prompt, TPOT within ``slo_scale`` x the unloaded TPOT at the
-      stage's contexts; EVALUATION.md's goodput). A prompt bucket's TTFT misses are the chance
-      that the stage's queueing wait exceeds its slack (the SLO less its own prefill): the wait
-      is zero with probability ``1 - p_wait`` and otherwise exponential with the stage's mean
-      wait over ``p_wait``, ``p_wait`` being the M/G/n chance to wait (``util^(sqrt(2(n+1)) -
-      1)``, Sakasegawa) joined with the chance to queue behind one's own arrival group. A
-      stage's TPOT misses ramp from none at 0.8 x the TPOT SLO to all at 1.2 x (a request's
-      TPOT averages hundreds of steps, so it sits close to the stage's mean), counted in
-      requests by the workload's mean output length.
-    * ``excess``: for every prompt bucket, the miss rate above ``1 - target`` (times its
-      arrivals): capacity judges every length class (EVALUATION.md), so a plan that lets one
-      class starve must not win by serving the others well. A class is a union of buckets, so
-      no bucket above the line means no class above it.
-    * an overloaded stage (no decode fixed point, or over its sequence or KV limits) misses
-      every request it holds and pays ``overload_horizon_s`` of latency per request per unit of
-      load, instead of an infinite cost: under overload the DP still ranks plans, by how much
-      they degrade, rather than giving up. The horizon is long (its queue grows without bound,
-      and preemptions follow), so a plan that overloads any stage never beats one that overloads
-      none: the DP sacrifices a stage only when every plan has to.
-
-    With the costs in seconds, ``miss_cost_s`` is what one missed request is worth in latency:
-    large enough that goodput decides whenever plans differ in predicted misses, while the
-    latency term still orders plans that all meet their SLOs.
-    """
-
-    slo_scale: float = 5.0
-    target: float = 0.9
-    miss_cost_s: float = 100.0
-    tail_cost_s: float = 1000.0
-    overload_horizon_s: float = 1e4
-
-    def __post_init__(self) -> None:
-        if not self.slo_scale > 0 or not 0.0 < self.target <= 1.0:
-            raise ValidationError("SLO scale must be > 0 and the target in (0, 1]")
-        if min(self.miss_cost_s, self.tail_cost_s, self.overload_horizon_s) < 0:
-            raise ValidationError("objective weights must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
