@@ -11,6 +11,7 @@ import pytest
 from engine.sockets import serving
 from l4.engine.faults import FaultConfig
 from l4.engine.server import EngineConfig
+from openai_streams import read_chat_stream
 
 openai = pytest.importorskip("openai")
 
@@ -63,13 +64,8 @@ def test_completions_and_chat_streaming_and_not(config: EngineConfig) -> None:
                 model="test-model", messages=messages, max_completion_tokens=9, stream=True,
                 extra_body={"ignore_eos": True},
             )  # fmt: skip
-            parts, roles, reasons = [], set(), []
-            async for chunk in chat_stream:
-                delta = chunk.choices[0].delta
-                roles.add(delta.role)
-                parts.append(delta.content or "")
-                reasons.append(chunk.choices[0].finish_reason)
-            assert "".join(parts) == msg.content
+            text, roles, reasons = await read_chat_stream(chat_stream)
+            assert text == msg.content
             assert "assistant" in roles and reasons[-1] == "length"
             await c.close()
 

@@ -10,6 +10,7 @@ import pytest
 from gateway.harness import MODEL, engine_config, gateway_over
 from l4.engine.faults import FaultConfig
 from l4.engine.tokenizer import Tokenizer
+from openai_streams import read_chat_stream
 
 openai = pytest.importorskip("openai")
 
@@ -66,13 +67,8 @@ def test_completions_and_chat_streaming_and_not() -> None:
                 model=MODEL, messages=messages, max_completion_tokens=9, stream=True,
                 extra_body={"ignore_eos": True},
             )  # fmt: skip
-            parts, roles, reasons = [], set(), []
-            async for chunk in stream:
-                delta = chunk.choices[0].delta
-                roles.add(delta.role)
-                parts.append(delta.content or "")
-                reasons.append(chunk.choices[0].finish_reason)
-            assert "".join(parts) == msg.content
+            text, roles, reasons = await read_chat_stream(stream)
+            assert text == msg.content
             assert "assistant" in roles and reasons[-1] == "length"
             await c.close()
 
