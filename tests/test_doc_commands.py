@@ -136,12 +136,12 @@ COMMANDS = (
     ),
     Command(
         doc="docs/l4.md",
-        text="python benchmarks/experiments.py --quick --seeds 3",
+        text="python benchmarks/experiments.py --jobs 2",
         extra=TINY_SUITE,
     ),
     Command(
         doc="docs/results.md",
-        text="python benchmarks/experiments.py --quick --seeds 3 --jobs 2 --run-timeout 120",
+        text="python benchmarks/experiments.py --jobs 2",
         extra=TINY_SUITE,
     ),
     Command(
