@@ -341,3 +341,40 @@ def test_count_and_memory_ablations_place_their_own_initial_boundaries() -> None
         assert policy.table.stage_of_instance == qoe.table.stage_of_instance
         assert policy.table != qoe.table  # the rule moved a boundary
     assert qoe.table.num_stages > 1
+
+
+# ---- spill: an arrival its own stage cannot start promptly --------------------------------------
+SPILL = replace(CONFIG, spill=True)
+
+
+def test_an_arrival_its_stage_cannot_start_spills_to_a_later_idle_instance() -> None:
+    # Instance 0 (stage 0) has 200K prompt tokens to prefill: far over half the TTFT SLO of a
+    # 50-token prompt. Instances 1 and 2 (stage 1) are idle and equal: the lower id wins the tie.
+    policy, cluster = _runtime(TWO, SPILL, v0=FakeView(0, pending=(200_000, 0.0)))
+    assert policy.route(req(1, 50, 10), cluster, 0.0) == 1
+    assert policy.spills == 1
+    # Without spill the same arrival waits in its own stage.
+    plain, cluster = _runtime(TWO, CONFIG, v0=FakeView(0, pending=(200_000, 0.0)))
+    assert plain.route(req(1, 50, 10), cluster, 0.0) == 0 and plain.spills == 0
+
+
+def test_an_arrival_its_stage_starts_promptly_does_not_spill() -> None:
+    policy, cluster = _runtime(TWO, SPILL, v1=FakeView(1), v2=FakeView(2))
+    assert policy.route(req(1, 50, 10), cluster, 0.0) == 0
+    assert policy.spills == 0
+
+
+def test_no_spill_when_the_later_stage_is_not_cheaper_by_the_margin() -> None:
+    # Stage 1's instances are as busy as the entry: spilling would gain nothing.
+    busy = {f"v{i}": FakeView(i, pending=(200_000, 0.0)) for i in range(3)}
+    policy, cluster = _runtime(TWO, SPILL, **busy)
+    assert policy.route(req(1, 50, 10), cluster, 0.0) == 0
+    assert policy.spills == 0
+
+
+def test_spill_bounds_are_checked() -> None:
+    with pytest.raises(ValidationError):
+        L4Config(spill_margin=1.0)
+    with pytest.raises(ValidationError):
+        L4Config(stage_margin=1.0)
+    L4Config(spill_margin=0.0, stage_margin=0.0)  # the closed ends are allowed
