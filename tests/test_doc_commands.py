@@ -158,6 +158,14 @@ COMMANDS = (
         "--out {out}/effects.md",
     ),
     Command(
+        doc="docs/benchmarks/heterogeneity_ceiling.md",
+        text="python benchmarks/heterogeneity_ceiling.py --traces azure-longdoc,servegen-r1,"
+        "mooncake,azure-conv,sharegpt,servegen-mmid --profile h100-llama-3.2-3b --alphas "
+        "calibrated,0,paper --instances 16 --batch-sizes 4,8,16,32,64 --draws 200",
+        extra="--traces azure-longdoc --alphas calibrated --instances 4 --batch-sizes 4 "
+        "--draws 5 --requests 500 --no-write",
+    ),
+    Command(
         doc="README.md",
         text="python benchmarks/engine_fidelity.py",
         extra="--num-requests 4 --time-scales 20 --out {out}",
