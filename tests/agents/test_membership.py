@@ -32,7 +32,16 @@ def ctx(n: int, **kw: object) -> PolicyContext:
 
 def live(n: int) -> LiveCluster:
     return LiveCluster(
-        [LiveInstance(i, num_kv_blocks=512, block_size_tokens=16) for i in range(n)],
+        [
+            LiveInstance(
+                i,
+                num_kv_blocks=512,
+                block_size_tokens=16,
+                max_num_batched_tokens=2048,
+                max_num_seqs=256,
+            )
+            for i in range(n)
+        ],
         clock=lambda: 0.0,
     )
 

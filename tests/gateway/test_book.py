@@ -13,9 +13,19 @@ def live(rid: int, prompt: int, *, pinned: bool = False) -> LiveRequest:
     return LiveRequest(Sequence(spec), list(range(prompt)), pinned=pinned)
 
 
-def cluster(n: int = 2, blocks: int = 100) -> LiveCluster:
+def cluster(n: int = 2, blocks: int = 100, budget: int = 2, seqs: int = 256) -> LiveCluster:
+    """By default a step's token budget (2) goes to two decodes, so no queued prompt starts."""
     return LiveCluster(
-        [LiveInstance(i, num_kv_blocks=blocks, block_size_tokens=16) for i in range(n)],
+        [
+            LiveInstance(
+                i,
+                num_kv_blocks=blocks,
+                block_size_tokens=16,
+                max_num_batched_tokens=budget,
+                max_num_seqs=seqs,
+            )
+            for i in range(n)
+        ],
         clock=lambda: 5.0,
     )
 
@@ -39,6 +49,31 @@ def test_views_count_queued_and_decoding_requests() -> None:
     assert v.waiting_demand_blocks() == 2
     assert v.pending_prefill() == (20, 200.0)  # its whole prompt, pairs 20 * 20 / 2
     assert v.length_of(a.seq) == 49
+
+
+def test_prompts_the_step_budget_reaches_count_as_running_as_vllm_counts_them() -> None:
+    # Budget 100 tokens, 4 sequences; 2 decode (1 token each): 98 tokens and 2 seats are left.
+    c = cluster(budget=100, seqs=4)
+    d1, d2 = live(1, 5), live(2, 5)
+    queued = [live(3, 50), live(4, 40), live(5, 30)]
+    for r in (d1, d2, *queued):
+        c.admit(r, 0)
+    c.started(d1, 1.0)
+    c.started(d2, 1.0)
+    v = c.instance(0)
+    # 50 starts (98 -> 48 left), 40 starts (48 -> 8 left), then no seat is left for the 30.
+    assert (v.num_running, v.num_waiting) == (4, 1)
+    assert [s.request_id for s in v.running()] == [1, 2, 3, 4]
+    assert [s.request_id for s in v.waiting()] == [5]
+    # With seats to spare the budget decides: 8 tokens left still start the 30-token prompt
+    # (its first chunk), and nothing is left for a fourth one.
+    c.instances[0].max_num_seqs = 256
+    c.admit(live(6, 10), 0)
+    assert (v.num_running, v.num_waiting) == (5, 1)
+    assert [s.request_id for s in v.waiting()] == [6]
+    # The oldest prompt's first token: it decodes now, and the budget left reaches one more.
+    c.started(queued[0], 2.0)
+    assert (v.num_running, v.num_waiting) == (6, 0)
 
 
 def test_foreign_load_is_what_the_scrape_shows_beyond_the_book() -> None:

@@ -81,10 +81,20 @@ class LiveRequest:
 class LiveInstance:
     """One backend as a policy sees it: `l4.views.InstanceView` over the book and scrapes."""
 
-    def __init__(self, instance_id: int, *, num_kv_blocks: int, block_size_tokens: int) -> None:
+    def __init__(
+        self,
+        instance_id: int,
+        *,
+        num_kv_blocks: int,
+        block_size_tokens: int,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+    ) -> None:
         self._id = instance_id
         self.num_kv_blocks = num_kv_blocks
         self.block_size_tokens = block_size_tokens
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
         self._waiting: dict[int, LiveRequest] = {}
         self._decoding: dict[int, LiveRequest] = {}
         self._released_tokens = 0
@@ -106,11 +116,31 @@ class LiveInstance:
 
     @property
     def num_waiting(self) -> int:
-        return len(self._waiting) + self._foreign_waiting
+        return len(self._waiting) - self._prefilling() + self._foreign_waiting
 
     @property
     def num_running(self) -> int:
-        return len(self._decoding) + self._foreign_running
+        return len(self._decoding) + self._prefilling() + self._foreign_running
+
+    def _prefilling(self) -> int:
+        """How many of the requests still without a first token the engine has already started.
+
+        vLLM (and the simulator) count a request whose prefill is under way as running, and only
+        the ones not yet scheduled as waiting; the gateway cannot see that split, only that no
+        token came yet. It follows the engine's rule instead: the queue is served in order, and
+        each step's token budget goes to the decodes first (one token each), then to prompts:
+        the oldest prompts that the remaining budget reaches have started. (A long prompt's later
+        chunks free budget that this ignores: it errs towards "waiting", by one request at most
+        per step's worth of prompt tokens.)"""
+        budget = self.max_num_batched_tokens - len(self._decoding)
+        seats = self.max_num_seqs - len(self._decoding)
+        started = 0
+        for r in self._waiting.values():
+            if budget <= 0 or started >= seats:
+                break
+            started += 1
+            budget -= r.length_tokens
+        return started
 
     @property
     def kv_usage(self) -> float:
@@ -138,10 +168,11 @@ class LiveInstance:
         return tokens, pairs
 
     def running(self) -> list[Sequence]:
-        return [r.seq for r in self._decoding.values()]
+        started = list(self._waiting.values())[: self._prefilling()]
+        return [r.seq for r in (*self._decoding.values(), *started)]
 
     def waiting(self) -> list[Sequence]:
-        return [r.seq for r in self._waiting.values()]
+        return [r.seq for r in list(self._waiting.values())[self._prefilling() :]]
 
     def length_of(self, seq: Sequence) -> int:
         return seq.spec.input_tokens + seq.generated_tokens

@@ -106,6 +106,8 @@ class Gateway:
                     i,
                     num_kv_blocks=instance_config.num_kv_blocks,
                     block_size_tokens=instance_config.block_size_tokens,
+                    max_num_batched_tokens=instance_config.max_num_batched_tokens,
+                    max_num_seqs=instance_config.max_num_seqs,
                 )
                 for i in range(len(self.backends))
             ],
