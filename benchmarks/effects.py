@@ -4,12 +4,15 @@ L4 can only win through the effects that length-specialised stages reduce: the h
 penalty of mixed batches (alpha), KV memory pressure, and long prefills stalling short requests'
 decodes; it pays with migrations and with the pooling it gives up (a request can only use its
 stage's instances). This benchmark runs L4, its one-stage ablation (`l4_bids`: the same bids, no
-stages) and the baselines on one scenario in five environments: as calibrated; alpha = 0 (no
-heterogeneity penalty); 8x the KV cache (no memory pressure); free migration (instant KV copy);
-all three at once. Staging's own effect is `l4` versus `l4_bids`; prefill interference and
+stages) and the baselines on one scenario in seven environments: as calibrated; alpha = 0 (no
+heterogeneity penalty); the paper's alpha (0.0736: a 1 x 64K + 15 x 100-token batch's attention
+2x slower); 8x the KV cache (no memory pressure); free migration (instant KV copy); the three
+"off" at once; and the world most favourable to staging (the paper's alpha, 8x KV, free
+migration). Staging's own effect is `l4` versus `l4_bids`; prefill interference and
 pooling have no switch in the simulator, so they show in that comparison and in the per-length
 breakdown (short, medium, long prompts). Windows of the trace are its samples (`--offset`, as in
-the experiment suite). Prints the tables and writes docs/benchmarks/effects.{md,json}:
+the experiment suite). Prints the tables and writes docs/benchmarks/effects.{md,json} (`--out`
+for other traces):
 
     python benchmarks/effects.py [--trace mooncake] [--profile h100-llama-3.2-3b] [--jobs 2]
 """
@@ -27,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from _experiments_lib import window_offset_s
+from _experiments_lib import PAPER_ALPHA, window_offset_s
 from l4.cliargs import OneLineParser, positive_float, positive_int
 from l4.core.migration import MigrationConfig
 from l4.costmodel import load_profile
@@ -38,9 +41,20 @@ from l4.sim.runner import SimConfig, run_policy, summarize_outcome
 from l4.workload import WorkloadSpec, build_workload
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = ("least_load", "length_buckets", "llumnix", "l4", "l4_bids")
-BASELINES = ("least_load", "length_buckets", "llumnix")
-ENVIRONMENTS = ("calibrated", "alpha=0", "KV x8", "free migration", "all three off")
+BASELINES = ("least_load", "least_prefill", "pd_disagg", "length_buckets", "llumnix")
+POLICIES = (*BASELINES, "l4", "l4_bids")
+PAPER = f"alpha={PAPER_ALPHA:g}"
+# The most favourable world for staging: the paper's heterogeneity, memory and migration free.
+FAVOURABLE = f"{PAPER}, KV x8, free migration"
+ENVIRONMENTS = (
+    "calibrated",
+    "alpha=0",
+    PAPER,
+    "KV x8",
+    "free migration",
+    "all three off",
+    FAVOURABLE,
+)
 # Prompt-length classes of the per-length breakdown, tokens: [lo, hi).
 CLASSES = (("short <2K", 0, 2048), ("medium 2K-16K", 2048, 16384), ("long >=16K", 16384, None))
 METRICS = ("e2e_mean_s", "e2e_p99_s", "ttft_mean_s", "tpot_mean_s", "slo_attainment")
@@ -63,11 +77,13 @@ def _config(job: Job) -> SimConfig:
     profile = load_profile(job.profile)
     if off in ("alpha=0", "all three off"):
         profile = profile.with_overrides(alpha=0.0)
+    if off in (PAPER, FAVOURABLE):
+        profile = profile.with_overrides(alpha=PAPER_ALPHA)
     instance = InstanceConfig.from_profile(profile)
-    if off in ("KV x8", "all three off"):
+    if off in ("KV x8", "all three off", FAVOURABLE):
         instance = replace(instance, num_kv_blocks=instance.num_kv_blocks * 8)
     migration = MigrationConfig()
-    if off in ("free migration", "all three off"):
+    if off in ("free migration", "all three off", FAVOURABLE):
         migration = replace(
             migration, bandwidth_bytes_per_s=1e18, downtime_base_s=0.0, replay_overhead_s=0.0
         )
