@@ -11,8 +11,8 @@ heterogeneity penalty); the paper's alpha (0.0736: a 1 x 64K + 15 x 100-token ba
 migration). Staging's own effect is `l4` versus `l4_bids`; prefill interference and
 pooling have no switch in the simulator, so they show in that comparison and in the per-length
 breakdown (short, medium, long prompts). Windows of the trace are its samples (`--offset`, as in
-the experiment suite). Prints the tables and writes docs/benchmarks/effects.{md,json} (`--out`
-for other traces):
+the experiment suite). Prints the tables and writes docs/benchmarks/effects.{md,json}
+(effects-TRACE.{md,json} for other traces):
 
     python benchmarks/effects.py [--trace mooncake] [--profile h100-llama-3.2-3b] [--jobs 2]
 """
@@ -184,12 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--windows", type=positive_int, default=3, help="trace windows per point (default: 3)"
     )
     p.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default: 2)")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "effects.md")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report path (default: docs/benchmarks/effects.md for mooncake, else "
+        "effects-TRACE.md there)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out is None:
+        name = "effects.md" if args.trace == "mooncake" else f"effects-{args.trace}.md"
+        args.out = ROOT / "docs" / "benchmarks" / name
     try:
         rates = [positive_float(x) for x in args.rate_scales.split(",") if x.strip()]
     except (argparse.ArgumentTypeError, ValueError) as exc:

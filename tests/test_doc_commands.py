@@ -158,6 +158,13 @@ COMMANDS = (
         "--out {out}/effects.md",
     ),
     Command(
+        doc="docs/benchmarks/effects-azure-longdoc.md",
+        text="python benchmarks/effects.py --trace azure-longdoc --profile h100-llama-3.2-3b "
+        "--instances 16 --rate-scales 8 --duration 120 --windows 2",
+        extra="--instances 4 --rate-scales 2 --duration 5 --windows 1 --jobs 1 "
+        "--out {out}/effects.md",
+    ),
+    Command(
         doc="docs/benchmarks/heterogeneity_ceiling.md",
         text="python benchmarks/heterogeneity_ceiling.py --traces azure-longdoc,servegen-r1,"
         "mooncake,azure-conv,sharegpt,servegen-mmid --profile h100-llama-3.2-3b --alphas "
