@@ -70,7 +70,8 @@ MODULES: dict[str, Module] = {
         ),
     ),
     "sim/capacity.py": Module(
-        sources=("src/l4/sim/capacity.py",), tests=("tests/sim/test_capacity.py",)
+        sources=("src/l4/sim/capacity.py",),
+        tests=("tests/sim/test_capacity.py", "tests/sim/test_capacity_classes.py"),
     ),
     "metrics.py": Module(sources=("src/l4/metrics.py",), tests=("tests/test_metrics.py",)),
 }

@@ -308,6 +308,23 @@ def test_itl_recorder_allows_appends_after_samples() -> None:
     assert itl.samples()[0].tolist() == [0.1, 0.1, 0.2, 0.3]
 
 
+def test_itl_weights_are_integers_with_or_without_runs() -> None:
+    only_gaps = ItlRecorder()
+    only_gaps.add_gap(0.5)
+    only_gaps.add_gap(0.25)
+    values, weights = only_gaps.samples()
+    assert values.tolist() == [0.5, 0.25] and weights.tolist() == [1, 1]
+    assert values.dtype == np.float64 and weights.dtype == np.int64
+    both = ItlRecorder()
+    both.add_run(0.25, 0.5, 2, 3)  # gaps 0.25 and 0.75, each seen by 3 requests
+    both.add_gap(2.0)
+    values, weights = both.samples()
+    assert values.tolist() == [0.25, 0.75, 2.0] and weights.tolist() == [3, 3, 1]
+    assert values.dtype == np.float64 and weights.dtype == np.int64
+    empty_values, empty_weights = ItlRecorder().samples()
+    assert len(empty_values) == 0 and empty_weights.dtype == np.int64
+
+
 def test_itl_recorder_rejects_negative_counts() -> None:
     itl = ItlRecorder()
     itl.add_run(0.1, 0.0, -1, 1)
@@ -340,12 +357,22 @@ def test_weighted_percentile_standard_quantiles() -> None:
 
 
 def test_weighted_percentile_rejects_bad_input() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"^percentile of an empty sample$"):
         weighted_percentiles([1.0], [0], [50.0])
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=r"^percentile weights must be >= 0$"):
         weighted_percentiles([1.0], [-1], [50.0])
     with pytest.raises(ValidationError):
         weighted_percentiles([1.0], [1], [101.0])
+
+
+def test_weighted_percentile_levels_do_not_depend_on_their_container() -> None:
+    # 10, 50 and 90 are exact in float32 too: the 10th, 50th and 90th percentiles of {0, 1000}
+    # are 100, 500 and 900 (linear method), whatever array type carries the levels.
+    values, weights = [0.0, 1000.0], [1, 1]
+    want = [100.0, 500.0, 900.0]
+    assert weighted_percentiles(values, weights, [10.0, 50.0, 90.0]) == want
+    assert weighted_percentiles(values, weights, (10, 50, 90)) == want
+    assert weighted_percentiles(values, weights, np.array([10, 50, 90], np.float32)) == want
 
 
 def test_distribution_of_empty_sample_is_null() -> None:
@@ -434,6 +461,9 @@ def test_class_summaries_split_requests_by_prompt_plus_output() -> None:
     assert [out[c]["slo_attainment"] for c in out] == [0.5, 0.0, None, 1.0]
     assert out["<2K"]["ttft_s"]["p50"] == 2.0  # TTFTs 1 and 3
     assert out["<2K"]["e2e_s"]["mean"] == 4.0  # E2Es 5 and 3
+    assert out["<2K"]["tpot_s"]["mean"] == 0.5  # TPOTs (5 - 1) / 4 = 1 and (3 - 3) / 46 = 0
+    keys = {"requests", "completed", "ttft_s", "tpot_s", "e2e_s", "slo_attainment"}
+    assert all(set(out[c]) == keys for c in out)
     assert out["2K-8K"]["e2e_s"]["mean"] is None  # nothing finished
     assert out["8K-32K"]["ttft_s"] == {"mean": None, "p50": None, "p90": None, "p99": None}
     # The whole run's summary carries the same table.

@@ -14,6 +14,7 @@ from factories import log_uniform_summary
 from l4.core.choice import plan_with_margin, prefer_one_stage
 from l4.core.grid import exponential_grid
 from l4.core.objective import SloObjective
+from l4.core.planner import plan_stages
 from l4.core.qoe import StageCosts, StageModel
 from l4.core.summary import summarize_lengths
 from l4.costmodel import StepCostModel, load_profile
@@ -76,6 +77,35 @@ def test_overload_is_ranked_not_refused() -> None:
     # More instances for the same overload: predicted to degrade less.
     more = plan_with_margin(summary, SLO, 8, margin=0.0)
     assert more.cost < plan.cost
+
+
+def test_a_stage_s_slo_cost_does_not_depend_on_the_stages_priced_with_it() -> None:
+    # Every prompt bucket's misses count in the stage that holds it, and only there.
+    summary = log_uniform_summary(GRID, seed=3, n=300, rate=4.0)
+    rt = summary.ranges(SLO.lmax_quantile)
+    k = GRID.num_buckets
+    mid = k // 2
+    assert rt.arrival_rps[0, mid] > 0 and rt.arrival_rps[mid, k] > 0
+    together = SLO.stage_costs(rt, [0, mid], [mid, k], 2)[0]
+    alone = [SLO.stage_costs(rt, [lo], [hi], 2)[0][0] for lo, hi in ((0, mid), (mid, k))]
+    assert together.tolist() == pytest.approx(alone, rel=1e-12)
+
+
+def test_a_staged_plan_short_of_the_margin_falls_back_to_one_stage() -> None:
+    summary = log_uniform_summary(GRID, seed=1, n=300, rate=4.0)
+    staged = plan_stages(summary, PLAIN, 4, timer=lambda: 0.0)
+    k = GRID.num_buckets
+    cost, ttft, tpot, _ = PLAIN.stage_prediction(summary.ranges(PLAIN.lmax_quantile), [0], [k], 4)
+    # Three stages, cheaper than one stage of all four instances but by less than 90%.
+    assert len(staged.stages) == 3 and cost[0] * 0.1 <= staged.cost < cost[0]
+    readings = iter([1.0, 1.5, 10.0, 10.25])  # plan_stages' two readings, then the comparison's
+    plan = plan_with_margin(summary, PLAIN, 4, margin=0.9, timer=lambda: next(readings))
+    assert [(s.lo_tokens, s.hi_tokens, s.num_instances) for s in plan.stages] == [(0, None, 4)]
+    assert (plan.cost, plan.stages[0].cost) == (cost[0], cost[0])
+    assert (plan.stages[0].ttft_s, plan.stages[0].tpot_s) == (ttft[0], tpot[0])
+    assert plan.feasible and plan.planning_time_s == 0.75  # 0.5 s planning + 0.25 s comparing
+    # Without a margin the staged plan stands.
+    assert plan_with_margin(summary, PLAIN, 4, margin=0.0).stages == staged.stages
 
 
 def _table(one: float, staged: tuple[float, float]) -> StageCosts:

@@ -16,7 +16,9 @@ from l4.core.migration import MigrationModel
 from l4.core.planner import (
     EXACT_MAX_INSTANCES,
     MAX_PLAN_INSTANCES,
+    Plan,
     brute_force,
+    check_fleet_size,
     merge_greedy,
     plan_from_costs,
     plan_stages,
@@ -270,3 +272,77 @@ def test_plan_document_of_a_feasible_plan() -> None:
     assert stages[0]["lo_tokens"] == 0 and stages[-1]["hi_tokens"] is None
     assert sum(st_["instances"] for st_ in stages) == 2
     assert all(st_["ttft_s"] == p.ttft_s for st_, p in zip(stages, plan.stages, strict=True))
+
+
+def test_the_fleet_size_limit_is_inclusive() -> None:
+    check_fleet_size(1)
+    check_fleet_size(MAX_PLAN_INSTANCES)
+    with pytest.raises(ValidationError, match=f"^--instances {MAX_PLAN_INSTANCES + 1} is above"):
+        check_fleet_size(MAX_PLAN_INSTANCES + 1)
+    with pytest.raises(ValidationError, match=r"^--instances must be >= 1, got 0$"):
+        check_fleet_size(0)
+
+
+def test_the_fallback_prices_sustainable_stages_at_their_cost() -> None:
+    # No plan is sustainable. One stage of both instances is overloaded (load 1.5); the split
+    # keeps the short stage sustainable (cost 1.0, load 0.9) and overloads the long one (1.2).
+    # The fallback ranks the overloaded stages by load (1.2 < 1.5), the others by cost: the
+    # split, although its loads sum to more (0.9 + 1.2 > 1.5).
+    cost = np.full((3, 3, 2), np.inf)
+    load = np.full((3, 3, 2), 50.0)
+    cost[0, 1, 0], load[0, 1, 0] = 1.0, 0.9
+    load[1, 2, 0] = 1.2
+    load[0, 2, 1] = 1.5
+    for merge in (True, False):
+        total, segments, feasible = plan_from_costs(TINY_GRID, _costs(cost, load), merge=merge)
+        assert (total, segments, feasible) == (np.inf, [(0, 1, 1), (1, 2, 1)], False)
+
+
+def test_plans_merge_by_default() -> None:
+    """The DP adds costs left to right: (0.3 + 0.2) + 0.1 rounds to 0.6, below
+    0.3 + (0.2 + 0.1) = 0.6000000000000001, so it keeps three stages where the last two joined
+    cost exactly the sum of theirs. The merge pass (on unless ``merge=False``) joins them."""
+    grid = exponential_grid(2048, substeps_per_octave=1, min_tokens=512)  # 0, 512, 1024
+    cost = np.full((4, 4, 3), np.inf)
+    cost[0, 1, 0], cost[1, 2, 0], cost[2, 3, 0] = 0.3, 0.2, 0.1
+    cost[1, 3, 1] = 0.2 + 0.1
+
+    class Fixed(StageModel):
+        def cost_table(self, summary: WorkloadSummary, max_instances: int) -> StageCosts:
+            return _costs(cost, np.full_like(cost, 0.5))
+
+    s = summarize_lengths(grid, input_tokens=[100], output_tokens=[10], duration_s=1.0)
+    model = Fixed(tiny_profile())
+
+    def bounds(plan: Plan) -> list[tuple[int, int | None, int]]:
+        return [(st_.lo_tokens, st_.hi_tokens, st_.num_instances) for st_ in plan.stages]
+
+    unmerged = plan_stages(s, model, 3, merge=False)
+    assert bounds(unmerged) == [(0, 512, 1), (512, 1024, 1), (1024, None, 1)]
+    assert bounds(plan_stages(s, model, 3)) == [(0, 512, 1), (512, None, 2)]
+    assert bounds(plan_stages(s, model, 3, merge=True)) == [(0, 512, 1), (512, None, 2)]
+
+
+def test_large_fleet_stages_carry_the_stage_model_predictions() -> None:
+    s, model = _tiny_stage_model([(100, 50), (900, 200), (1700, 100)] * 4, 40.0, "kv-transfer")
+    e = EXACT_MAX_INSTANCES + 3
+    plan = plan_stages(s, model, e, timer=lambda: 0.0)
+    assert plan.feasible and len(plan.stages) >= 2
+    table = model.cost_table(s, e)  # the small-fleet table: the same model, idle rule applied
+    edges = list(TINY_GRID.edges_tokens)
+    for st_ in plan.stages:
+        i = edges.index(st_.lo_tokens)
+        j = TINY_GRID.num_buckets if st_.hi_tokens is None else edges.index(st_.hi_tokens)
+        n = st_.num_instances
+        assert st_.ttft_s == pytest.approx(table.ttft_s[i, j, n - 1], rel=1e-12)
+        assert st_.tpot_s == pytest.approx(table.tpot_s[i, j, n - 1], rel=1e-12)
+        assert st_.cost == pytest.approx(table.cost[i, j, n - 1], rel=1e-12)
+
+
+def test_an_overloaded_large_fleet_still_gets_a_plan() -> None:
+    s, model = _tiny_stage_model([(1500, 400)] * 10, 10_000.0, "kv-transfer")
+    e = EXACT_MAX_INSTANCES + 1
+    plan = plan_stages(s, model, e, timer=lambda: 0.0)
+    assert not plan.feasible and plan.cost == np.inf
+    assert plan.num_instances == e and all(st_.num_instances >= 1 for st_ in plan.stages)
+    assert plan.stages[0].lo_tokens == 0 and plan.stages[-1].hi_tokens is None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from factories import log_uniform_summary, tiny_profile
+from l4.core import qoe
 from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig, MigrationMechanism, MigrationModel
 from l4.core.objective import QoeWeights
@@ -13,6 +17,7 @@ from l4.core.qoe import StageModel
 from l4.core.summary import summarize_lengths
 from l4.costmodel import StepCostModel, load_profile
 from l4.errors import ValidationError
+from l4.instance import InstanceConfig
 
 H100 = load_profile("h100-llama-3.2-3b")
 
@@ -235,3 +240,126 @@ def test_migration_model_is_validated(kwargs: dict[str, object], message: str) -
     with pytest.raises(ValidationError, match=message):
         MigrationModel(**kwargs)  # type: ignore[arg-type]
     MigrationModel(downtime_base_s=0.0, replay_overhead_s=0.0)
+
+
+def test_migration_latency_of_whole_token_counts() -> None:
+    # The public entry: contexts as integers, the TPOT and step time as scalars.
+    b = H100.model.kv_bytes_per_token
+    kv = StageModel(H100, migration=MigrationModel(mechanism="kv-transfer"))
+    want_kv = 0.005 + (16384 * b / 25e9 / 0.01) * b / 25e9
+    assert kv.migration_latency_s([16384, 16384], 0.01, 0.004).tolist() == pytest.approx(
+        [want_kv, want_kv]
+    )
+    store = MigrationModel(mechanism="replay", kv_store_bandwidth_bytes_per_s=10e9)
+    got = StageModel(H100, migration=store).migration_latency_s([16384], 0.01, 0.004)
+    assert got.tolist() == pytest.approx([0.002 + 16384 * b / 10e9 + 0.004])
+
+
+def test_prefill_work_uses_the_one_kernel_fit_where_the_profile_has_one() -> None:
+    mixed = H100.mixed_attention
+    assert mixed is not None and mixed.per_token_s != H100.prefill_attention.per_token_s
+    model = StageModel(H100)
+    layers = H100.model.num_layers
+    budget = float(model.instance.max_num_batched_tokens)
+    per_token = (H100.linear(budget) - H100.linear(1.0)) / (budget - 1.0)
+    tokens, tokens_sq, chunks = 3000.0, 5e6, 2.0
+    want = (
+        (per_token + layers * mixed.per_token_s) * tokens
+        + layers * mixed.per_token_context_s * (tokens_sq + tokens) / 2.0
+        + layers * mixed.base_s * chunks
+    )
+    got = model.prefill_work_s(np.array([tokens]), np.array([tokens_sq]), np.array([chunks]))
+    assert got[0] == pytest.approx(want, rel=1e-12)
+
+
+ROOMY = InstanceConfig(max_num_seqs=1024, max_num_batched_tokens=256, num_kv_blocks=8192)
+
+
+def test_a_decode_batch_past_the_sequence_limit_is_refused() -> None:
+    # Longest context = mean context: T(m) = A + S m is affine, and the batch solves
+    # B = k_r T(B + 1), B = k_r (A + S) / (1 - k_r S): 4.37 for k_r = 2000, 10.8 for 3000.
+    p = tiny_profile()
+    layers, d = p.model.num_layers, p.decode_attention
+    linear_slope = (p.linear.y[1] - p.linear.y[0]) / (p.linear.x[1] - p.linear.x[0])  # 1e-5
+    a = p.step_fixed_s + layers * d.base_s
+    s = (
+        linear_slope
+        + p.step_per_seq_s
+        + layers * d.per_seq_s
+        + layers * p.model.kv_bytes_per_token_per_layer / d.bytes_per_s * 100.0
+    )
+    k_r = np.array([2000.0, 3000.0])
+    want = k_r * (a + s) / (1.0 - k_r * s)
+    limit = 8
+    assert want[0] < limit < want[1]
+    model = StageModel(
+        p,
+        instance=InstanceConfig(max_num_seqs=limit, max_num_batched_tokens=256, num_kv_blocks=8192),
+    )
+    batch, _, ok = model._fixed_point(
+        k_r, np.full(2, 100.0), np.full((1, 2), 100.0), np.array([0.99]), np.zeros(2),
+        np.array([True, True]),
+    )  # fmt: skip
+    assert ok.tolist() == [True, False]
+    assert batch[0] == pytest.approx(want[0], rel=1e-9)
+
+
+class _RecordingModel(StageModel):
+    """Records Newton's iterates: the batches B at which it evaluates T(B + 1)."""
+
+    def __init__(self) -> None:
+        super().__init__(tiny_profile(), instance=ROOMY)
+        self.iterates: list[float] = []
+
+    def decode_step_s(
+        self,
+        batch: npt.NDArray[np.float64],
+        l_mean: npt.NDArray[np.float64],
+        l_max: npt.NDArray[np.float64],
+        prefill_frac: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        self.iterates.append(float(batch[0]) - 1.0)
+        return super().decode_step_s(batch, l_mean, l_max, prefill_frac)
+
+
+@pytest.mark.parametrize(("tol", "prefill_rate"), [(0.05, 0.0), (0.01, 300.0)])
+def test_newton_stops_at_the_first_step_within_its_tolerance(
+    monkeypatch: pytest.MonkeyPatch, tol: float, prefill_rate: float
+) -> None:
+    # Mean context 100, longest 1000: alpha (falling with the batch) and the prefill share make
+    # T non-linear, so Newton takes several steps. It stops after the first step that moves B
+    # by at most tol x (1 + B), and not before.
+    monkeypatch.setattr(qoe, "_NEWTON_TOL", tol)
+    model = _RecordingModel()
+    batch, _, ok = model._fixed_point(
+        np.array([500.0]), np.array([100.0]), np.array([[1000.0]]), np.array([0.99]),
+        np.array([prefill_rate]), np.array([True]),
+    )  # fmt: skip
+    b = [*model.iterates, float(batch[0])]
+    assert ok[0] and 4 <= len(b) < 40
+    moves = [abs(y - x) for x, y in itertools.pairwise(b)]
+    assert all(m > tol * (1.0 + y) for m, y in zip(moves[:-1], b[1:-1], strict=True))
+    assert moves[-1] <= tol * (1.0 + b[-1])
+
+
+@pytest.mark.parametrize(("residual", "feasible"), [(0.5e-3, True), (1.4e-3, False)])
+def test_an_unconverged_decode_batch_is_refused(
+    monkeypatch: pytest.MonkeyPatch, residual: float, feasible: bool
+) -> None:
+    # Without Newton steps the batch stays at B = 0, where B = k_r T(B + 1) misses by k_r T(1):
+    # the stage is kept only when that is within 1e-3 x (1 + B) requests. Four requests of
+    # 100 + 50 tokens decode 200 steps at contexts 100..149 and barely prefill: k_r is their
+    # decode steps per second on one instance.
+    p = tiny_profile()
+    t1 = StepCostModel(p).step_time_s(num_decodes=1, context_sum_tokens=125, context_max_tokens=125)
+    grid = exponential_grid(2048, substeps_per_octave=1, min_tokens=64)
+    summary = summarize_lengths(
+        grid, input_tokens=[100] * 4, output_tokens=[50] * 4, duration_s=200 * t1 / residual
+    )
+    model = StageModel(p, instance=ROOMY)
+    rt = summary.ranges(model.lmax_quantile)
+    k = grid.num_buckets
+    assert np.isfinite(model.stage_prediction(rt, [0], [k], 1)[0][0])  # Newton converges
+    monkeypatch.setattr(qoe, "_NEWTON_STEPS", 0)
+    cost = model.stage_prediction(rt, [0], [k], 1)[0][0]
+    assert bool(np.isfinite(cost)) is feasible

@@ -238,3 +238,22 @@ def test_cost_table_equals_the_scalar_reference(
                     assert got_cost[0] == math.inf, (i, j, n)
                     assert got_load[0] >= 1.0
     assert compared > 0 and missed <= compared
+
+
+def test_a_stage_without_arrivals_prices_a_prompt_at_its_lower_bound() -> None:
+    # Short prompts decoding long: the stage [1024, 2048) decodes but receives no prompt. Its
+    # TTFT is that of a prompt of 1024 tokens (attention quadratic in it) with no queue.
+    summary = summarize_lengths(
+        GRID, input_tokens=[50] * 20, output_tokens=[1500] * 20, duration_s=200.0
+    )
+    model = StageModel(
+        PROFILE,
+        instance=InstanceConfig(max_num_seqs=1024, max_num_batched_tokens=512, num_kv_blocks=8192),
+        migration=MigrationModel(mechanism="kv-transfer"),
+    )
+    rt = summary.ranges(model.lmax_quantile)
+    i, j = GRID.edges_tokens.index(1024), GRID.edges_tokens.index(2048)
+    assert rt.arrival_rps[i, j] == 0.0 and rt.decode_steps_ps[i, j] > 0.0
+    want = reference_stage(model, rt, i, j, 1)
+    _, ttft, _, _ = model.stage_prediction(rt, [i], [j], 1)
+    assert want.feasible and ttft[0] == pytest.approx(want.ttft, rel=3e-4)

@@ -14,9 +14,11 @@ from l4.core.summary import (
     interval_counts,
     summarize_lengths,
     summarize_requests,
+    summarize_workload,
     summary_from_histogram,
 )
 from l4.errors import ValidationError
+from l4.workload import Workload
 
 GRID = exponential_grid(4096, substeps_per_octave=2, min_tokens=16)
 
@@ -101,6 +103,30 @@ def test_combine_and_ema_are_rate_blends() -> None:
     smooth = ema(a, b, 0.25)
     np.testing.assert_allclose(smooth.arrivals, 0.75 * a.arrivals + 0.25 * b.arrivals / 2.0)
     assert smooth.duration_s == 1.0
+
+
+def test_summaries_on_different_grids_are_not_blended() -> None:
+    a = summarize_lengths(GRID, input_tokens=[100], output_tokens=[10], duration_s=1.0)
+    other = exponential_grid(4096, substeps_per_octave=1, min_tokens=16)
+    b = summarize_lengths(other, input_tokens=[100], output_tokens=[10], duration_s=1.0)
+    message = r"^summaries on different grids cannot be combined$"
+    with pytest.raises(ValidationError, match=message):
+        a.combined(b)
+    with pytest.raises(ValidationError, match=message):
+        ema(a, b, 0.5)
+
+
+def test_a_workload_is_summarised_at_its_own_mean_rate() -> None:
+    # Three requests over 2 s of arrivals, but the workload's mean rate says 0.5 rps: the window
+    # is 3 / 0.5 = 6 s, not the 2 s arrival span.
+    requests = (req(0, 100, 10, 0.0), req(1, 200, 20, 1.0), req(2, 300, 30, 2.0))
+    workload = Workload(
+        name="hand-made", source="bundled", timestamped=True, requests=requests,
+        mean_rate_rps=0.5, clipped_requests=0,
+    )  # fmt: skip
+    s = summarize_workload(GRID, workload)
+    assert s.duration_s == 6.0
+    assert float(s.ranges().arrival_rps[0, GRID.num_buckets]) == pytest.approx(0.5)
 
 
 def test_histogram_document_matches_requests() -> None:
