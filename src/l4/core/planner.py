@@ -10,8 +10,9 @@ in blocks of ``ceil(E / 64)`` instances and the split is exact (the bound on the
 ``l4.core.search``); fleets above ``MAX_PLAN_INSTANCES`` are refused with a ``ValidationError``.
 Stage bounds are strictly increasing, start at 0 and end at infinity; every stage has >= 1
 instance; the counts sum to E. When no plan is sustainable (every one has infinite cost) the plan
-minimising the summed stage load is returned with ``feasible=False`` and ``cost=inf``. Timing goes
-through an injected ``timer``.
+minimising the summed load of its unsustainable stages (its sustainable ones counting at their
+cost) is returned with ``feasible=False`` and ``cost=inf``. Timing goes through an injected
+``timer``.
 """
 
 from __future__ import annotations
