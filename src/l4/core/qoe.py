@@ -49,7 +49,7 @@ from l4.instance.config import InstanceConfig
 
 FloatArray = npt.NDArray[np.float64]
 _NEWTON_STEPS = 40
-_NEWTON_TOL = 1e-5  # relative change of the decode batch
+_NEWTON_TOL = 1e-7  # relative change of the decode batch
 # Stage x count elements evaluated at once by evaluate_stages (its temporaries: ~30 MB).
 _EVAL_ELEMENTS = 1 << 16
 
