@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from l4.engine.parsing import BodyParser
 from l4.engine.server import EngineConfig, build_app
+from l4.engine.tokenizer import Tokenizer
 
 Client = httpx.AsyncClient
 
@@ -390,3 +392,23 @@ def test_one_access_log_line_per_request(
     assert " id=chatcmpl-" in chat and "generated_tokens=4" in chat and '" 200 ' in chat
     assert '"POST /v1/completions HTTP/1.1" 400 ' in bad and "id=" not in bad
     assert '"GET /health HTTP/1.1" 200 ' in health
+
+
+def test_a_started_parser_is_ready_once_warm() -> None:
+    parser = BodyParser(Tokenizer())
+
+    async def body() -> None:
+        await parser.wait_warm()  # not started: nothing to wait for
+        assert parser.num_offloaded == 0
+        parser.start()
+        await parser.wait_warm(timeout_s=120.0)
+        pool = parser._pool
+        assert pool is not None
+        # The worker process exists and has finished its warm-up (the tokenizer loaded).
+        workers = list(getattr(pool, "_processes", {}).values())
+        assert len(workers) == 1 and workers[0].is_alive()
+
+    try:
+        asyncio.run(body())
+    finally:
+        parser.close()

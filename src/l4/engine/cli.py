@@ -222,6 +222,7 @@ async def serve(targets: list[ServeTarget], sockets: list[socket.socket]) -> Non
     # first large request does not wait for it.
     parser = BodyParser(Tokenizer())
     parser.start()
+    await parser.wait_warm()  # before serving: the first large body must not wait for it
     servers = [
         EngineServer(t.config, host=t.host, port=t.port, sock=sock, parser=parser)
         for t, sock in zip(targets, sockets, strict=True)

@@ -96,6 +96,12 @@ class BodyParser:
         """Spawn the worker now (it takes a second), so the first large body does not wait."""
         self._warm = self._worker().submit(_warm_up)
 
+    async def wait_warm(self, timeout_s: float = 60.0) -> None:
+        """Until the worker `start` spawned is ready: a server that announces itself after this
+        serves its first large body as fast as its later ones (not ~1 s late, the spawn)."""
+        if self._warm is not None:
+            await asyncio.wait_for(asyncio.wrap_future(self._warm), timeout_s)
+
     def _worker(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # "spawn": a fork would copy the event loop and its sockets into the worker.
