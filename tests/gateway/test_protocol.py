@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from l4.errors import ValidationError
-from l4.gateway.protocol import Endpoint, parse_request, tokenize_body
+from l4.gateway.protocol import Endpoint, is_token_ids, parse_request, tokenize_body
 
 C, CHAT = Endpoint.COMPLETIONS, Endpoint.CHAT
 MSG = [{"role": "user", "content": "hi"}]
@@ -102,3 +102,26 @@ def test_chat_budget_and_template_fields() -> None:
         "model": "m",
         "prompt": "hey",
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [
+        ([0, 1, 50_000], True),
+        ([], True),  # a list of no ids; parse_request refuses it as an empty prompt
+        ([1, True], False),  # JSON true is not a token id
+        ([1, 2.0], False),
+        ([1, "2"], False),
+        ([[1, 2]], False),  # a batch of one prompt of ids (parse_request unwraps it)
+        ([1, None], False),
+        ("12", False),
+        ((1, 2), False),  # JSON has no tuples: only a list is a prompt of ids
+    ],
+)
+def test_token_ids_are_exactly_a_list_of_ints(value: Any, ids: bool) -> None:
+    assert is_token_ids(value) is ids
+    if ids and value:
+        assert parse_request(C, {"prompt": value}).prompt_ids == tuple(value)
+    elif not ids and isinstance(value, list) and not isinstance(value[0], list):
+        with pytest.raises(ValidationError):
+            parse_request(C, {"prompt": value})

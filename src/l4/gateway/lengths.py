@@ -19,7 +19,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from l4.errors import BackendError, ValidationError
-from l4.gateway.protocol import ClientRequest, tokenize_body
+from l4.gateway.protocol import ClientRequest, is_token_ids, tokenize_body
 from l4.gateway.upstream import Backend
 
 # Above this many characters a local encoding goes to a thread (a few ms of CPU and more).
@@ -50,7 +50,7 @@ class PromptLengths:
             return None
         answer = await backend.post_json("/tokenize", tokenize_body(req, self._model))
         tokens = answer.get("tokens")
-        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        if not is_token_ids(tokens):
             raise BackendError(backend.url, "/tokenize answered without a 'tokens' list")
         return tokens
 
