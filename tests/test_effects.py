@@ -42,13 +42,17 @@ def test_each_environment_changes_only_its_own_setting(environment: str) -> None
     base = load_profile("h100-llama-3.1-8b")
     blocks = InstanceConfig.from_profile(base).num_kv_blocks
     everything = environment == "all three off"
+    favourable = environment == effects.FAVOURABLE  # the paper's alpha, 8x KV, free migration
     alpha_off = everything or environment == "alpha=0"
-    kv_off = everything or environment == "KV x8"
-    migration_off = everything or environment == "free migration"
+    paper = favourable or environment == effects.PAPER
+    kv_off = everything or favourable or environment == "KV x8"
+    migration_off = everything or favourable or environment == "free migration"
     alpha = cfg.profile.alpha
     assert max(*alpha.decode_only, *alpha.with_prefill) > 0.0 or alpha_off
     if alpha_off:
         assert set(alpha.decode_only) | set(alpha.with_prefill) == {0.0}
+    elif paper:
+        assert set(alpha.decode_only) | set(alpha.with_prefill) == {0.0736}
     else:
         assert alpha == base.alpha
     assert cfg.instance_config.num_kv_blocks == (8 * blocks if kv_off else blocks)
