@@ -1,0 +1,48 @@
+"""gateway_vs_sim.py spaces a burst (requests of one arrival time) in trace order, in both runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from l4.request import RequestSpec
+from l4.workload import Workload
+
+
+def _bench() -> object:
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return importlib.import_module("gateway_vs_sim")
+
+
+def _workload(arrivals: list[float]) -> Workload:
+    requests = tuple(
+        RequestSpec(request_id=i, arrival_s=t, input_tokens=10 + i, output_tokens=5)
+        for i, t in enumerate(arrivals)
+    )
+    return Workload(
+        name="t",
+        source="bundled",
+        timestamped=True,
+        requests=requests,
+        mean_rate_rps=1.0,
+        clipped_requests=0,
+    )
+
+
+def test_a_burst_is_spaced_in_trace_order_and_nothing_else_moves() -> None:
+    spread = _bench().spread_ties  # type: ignore[attr-defined]
+    out = spread(_workload([0.0, 0.0, 0.0, 1.5, 3.0, 3.0]), 0.01)
+    assert [(r.request_id, r.arrival_s) for r in out.requests] == [
+        (0, 0.0),
+        (1, 0.01),
+        (2, 0.02),
+        (3, 1.5),
+        (4, 3.0),
+        (5, 3.01),
+    ]
+    assert [r.input_tokens for r in out.requests] == [10, 11, 12, 13, 14, 15]
+    same = _workload([0.0, 0.0])
+    assert spread(same, 0.0) is same  # 0: as in the trace
