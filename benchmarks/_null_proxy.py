@@ -5,24 +5,21 @@ pooled aiohttp client per backend) that sends request i to backend i mod K, its 
 and relays the answer's bytes as they arrive: no parsing, no book, no policy, no metrics. What it
 adds to TTFT and ITL over going direct is what any proxy on this stack and this machine adds; the
 gateway's own logic is the difference between the two. Used by `gateway_overhead.py`, in a child
-process (`NullProxy(urls)` as a context manager yields its URL and pid).
+process (`NullProxy(urls)`, a `ServerProcess` like the gateway's: its URL and pid).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
-import multiprocessing as mp
-import socket
 from multiprocessing.connection import Connection
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 
+from l4.gateway.process import ServerProcess, serve_until_stopped
+
 Scope = dict[str, Any]
-_START_TIMEOUT_S = 60.0
+_HOST = "127.0.0.1"
 
 
 class _App:
@@ -73,72 +70,15 @@ class _App:
 
 
 def _serve(urls: list[str], conn: Connection) -> None:
-    import uvicorn
     import uvloop
 
-    from l4.gateway.cli import tune_gc
-
-    async def run() -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(
-            _App(urls),
-            loop="none",
-            http="httptools",
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=30,
-            backlog=2048,
+    uvloop.run(
+        serve_until_stopped(
+            _App(urls), host=_HOST, log_level="warning", conn=conn, what="the null proxy"
         )
-        server = uvicorn.Server(config)
-        loop = asyncio.get_running_loop()
-        stop = loop.run_in_executor(None, conn.recv)
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if serving.done():
-                conn.send(f"the null proxy did not start: {serving.exception()!r}")
-                return
-            await asyncio.sleep(0.01)
-        tune_gc()
-        conn.send(sock.getsockname()[1])
-        await stop
-        server.should_exit = True
-        await serving
-
-    uvloop.run(run())
+    )
 
 
-class NullProxy:
+class NullProxy(ServerProcess):
     def __init__(self, urls: list[str]) -> None:
-        ctx = mp.get_context("spawn")
-        self._parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(list(urls), child), daemon=True)
-        self.url = ""
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid or 0
-
-    def __enter__(self) -> NullProxy:
-        self._proc.start()
-        if not self._parent.poll(_START_TIMEOUT_S):
-            self.__exit__(None, None, None)
-            raise RuntimeError("the null proxy did not start in time")
-        answer = self._parent.recv()
-        if isinstance(answer, str):
-            self.__exit__(None, None, None)
-            raise RuntimeError(answer)
-        self.url = f"http://127.0.0.1:{answer}"
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._proc.is_alive():
-            with contextlib.suppress(OSError):
-                self._parent.send("stop")
-            self._proc.join(15)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
+        super().__init__(_serve, (list(urls),), host=_HOST, what="the null proxy")
