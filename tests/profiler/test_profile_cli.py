@@ -278,7 +278,9 @@ def test_calibrate_alpha_dry_run_on_a_bundled_profile_writes_nothing(tmp_path: P
         f"dry run: nothing written (--write saves it as h100-llama-3.1-8b-calibrated in {target})"
         in text
     )
-    assert "0.083 -> 0.100" in text and "0.831 -> 0.800" in text  # n = 2: current -> fitted
+    current = json.loads(before)["alpha"]  # n = 2: the bundled value -> the synthetic fit
+    assert f"{current['decode_only'][0]:.3f} -> 0.100" in text
+    assert f"{current['with_prefill'][0]:.3f} -> 0.800" in text
 
 
 def test_calibrate_alpha_write_keeps_the_package_and_saves_a_user_profile(tmp_path: Path) -> None:
@@ -298,7 +300,8 @@ def test_calibrate_alpha_write_keeps_the_package_and_saves_a_user_profile(tmp_pa
     assert doc["provenance"]["calibrated_from"] == "h100-llama-3.1-8b"
     profile = load_profile("h100-llama-3.1-8b-calibrated", user_dir=user_dir)
     assert profile.alpha(2, False) == pytest.approx(0.1) and profile.alpha(2, True) == 0.8
-    assert load_profile("h100-llama-3.1-8b").alpha(2, True) == pytest.approx(0.831, abs=1e-3)
+    bundled_alpha = json.loads(before)["alpha"]["with_prefill"][0]
+    assert load_profile("h100-llama-3.1-8b").alpha(2, True) == pytest.approx(bundled_alpha)
     # a user profile is rewritten where it is, under its own name
     again = _parse([*base, "--profile", "h100-llama-3.1-8b-calibrated", "--write"])
     assert run_calibrate_alpha(again, _quiet()) == 0
