@@ -166,6 +166,21 @@ def test_windows_close_every_refinement_period_and_reach_the_leaders() -> None:
     assert _reports_sent(policy) == 5 + 6 + 5
 
 
+def test_the_first_tick_opens_windows_without_closing_what_came_before_it() -> None:
+    # One arrival at 0.0, the first tick 0.1 s later, the first refinement at 0.6: the window is
+    # [0, 0.6) with one arrival, not a 0.1 s window of one arrival (10 per second) carried on.
+    policy, cluster = _runtime(TWO)
+    s = seq(1, 50)
+    policy.admitted(s, 0, 0.0)
+    policy.on_tick(cluster, 0.1)
+    observer = policy.agents[0].observer
+    assert observer.smoothed is None
+    policy.on_tick(cluster, 0.6)
+    assert observer.smoothed is not None
+    rate = observer.smoothed.arrivals.sum() / observer.smoothed.duration_s
+    assert rate == pytest.approx(1 / 0.6)
+
+
 def test_without_refinement_windows_close_only_for_replans() -> None:
     policy, cluster = _runtime(THREE, replace(CONFIG, refine=False))
     for now in (0.0, 0.5):

@@ -91,6 +91,27 @@ def test_foreign_load_is_what_the_scrape_shows_beyond_the_book() -> None:
     assert (inst.num_running, inst.num_waiting, inst.free_blocks()) == (1, 0, 98)
 
 
+def test_a_started_prompt_holds_its_blocks_and_is_neither_foreign_nor_demand() -> None:
+    # Budget 100: the 64-token prompt has started (its blocks are allocated at the engine), the
+    # 48-token one behind it too (36 tokens of budget left), the 32-token one waits.
+    c = cluster(budget=100)
+    started, second, queued = live(1, 64), live(2, 48), live(3, 32)
+    for r in (started, second, queued):
+        c.admit(r, 0)
+    inst = c.instances[0]
+    assert inst.num_running == 2
+    # Held: ceil(64/16) + ceil(48/16) = 4 + 3 blocks; demand: the queued prompt, ceil(33/16).
+    assert inst.free_blocks() == 93 and inst.waiting_demand_blocks() == 3
+    # The engine shows those 7 blocks (and the three requests): nothing of it is foreign.
+    inst.observe(EngineLoad(recognized=True, num_running=2, num_waiting=1, kv_usage=0.07), 1.0)
+    assert inst.free_blocks() == 93 and inst.waiting_demand_blocks() == 3
+    # Its first token: it decodes now, still on the same blocks (no double count until the
+    # next scrape), and the budget it leaves reaches the queued prompt, no longer a demand.
+    c.started(started, 2.0)
+    started.seq.generated_tokens = 1
+    assert inst.free_blocks() == 100 - 5 - 3 - 2 and inst.waiting_demand_blocks() == 0
+
+
 def test_finishing_releases_the_requests_tokens() -> None:
     c = cluster()
     r = live(1, 30)

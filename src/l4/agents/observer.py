@@ -47,6 +47,11 @@ class WindowObserver:
         self._open(now_s)
         self._tracked[seq.request_id] = _Tracked(seq, length_tokens, False)
 
+    def open(self, now_s: float) -> None:
+        """Start the first window at ``now_s`` unless a request already started it: what was
+        noted before stays in it (nothing is closed here)."""
+        self._open(now_s)
+
     def _open(self, now_s: float) -> None:
         if self._window_start_s is None:
             self._window_start_s = now_s

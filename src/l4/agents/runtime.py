@@ -289,8 +289,14 @@ class L4Runtime:
         if self._next_refine_s is None:
             self._next_refine_s = now_s + self.config.refinement.period_s
             self._next_replan_s = now_s + self.config.replan_period_s
-            for a in self.agents:  # open the first windows
-                a.observer.close(a.view(), now_s)
+            # Open the first windows; an instance that was sent requests before this tick keeps
+            # them in a window opened at the first. Closing that one here (as this once did)
+            # seeded every rate's EMA with the few arrivals of a fraction of a tick, a burst's
+            # rate: the simulator, whose first tick comes one tick after the first arrival,
+            # planned for twice the traffic for the first ~15 s; the gateway, whose ticks run
+            # from its start, did not.
+            for a in self.agents:
+                a.observer.open(now_s)
             return
         if now_s + 1e-9 >= self._next_refine_s:
             self._next_refine_s = now_s + self.config.refinement.period_s

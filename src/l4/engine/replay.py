@@ -142,9 +142,7 @@ async def _stream(
     return (reader, writer) if reusable else None
 
 
-async def _one(
-    pool: _Pool, spec: RequestSpec, cfg: ReplayConfig, start_wall: float
-) -> RequestRecord:
+def _payload(spec: RequestSpec, cfg: ReplayConfig) -> bytes:
     body: dict[str, object] = {
         "prompt": [PROMPT_TOKEN_ID] * spec.input_tokens,
         "max_tokens": spec.output_tokens,
@@ -154,7 +152,12 @@ async def _one(
     }
     if cfg.model is not None:
         body["model"] = cfg.model
-    payload = json.dumps(body).encode()
+    return json.dumps(body).encode()
+
+
+async def _one(
+    pool: _Pool, spec: RequestSpec, payload: bytes, cfg: ReplayConfig, start_wall: float
+) -> RequestRecord:
     delay = start_wall + spec.arrival_s / cfg.time_scale - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -191,9 +194,16 @@ async def replay(requests: Sequence[RequestSpec], cfg: ReplayConfig) -> tuple[Re
     pool = _Pool(cfg.base_url)
     try:
         await pool.warm(min(cfg.warm_connections, len(requests)))
+        # Every body is encoded before the clock starts: encoded in each request's task, a long
+        # trace's prompts (~5M token ids for 60 s of Mooncake x2) held the loop ~1 s at the
+        # start, and the first burst went out with the second.
+        payloads = [_payload(spec, cfg) for spec in requests]
         first_s = min((r.arrival_s for r in requests), default=0.0)
         start_wall = time.perf_counter() - first_s / cfg.time_scale
-        tasks = [asyncio.create_task(_one(pool, spec, cfg, start_wall)) for spec in requests]
+        tasks = [
+            asyncio.create_task(_one(pool, spec, payload, cfg, start_wall))
+            for spec, payload in zip(requests, payloads, strict=True)
+        ]
         return tuple(await asyncio.gather(*tasks))
     finally:
         pool.close()

@@ -154,7 +154,10 @@ class LiveInstance:
         return self.num_kv_blocks - self._used_blocks()
 
     def waiting_demand_blocks(self) -> int:
-        return sum(self._blocks(r.length_tokens + 1) for r in self._waiting.values())
+        # Only the prompts not yet started, as the simulator counts it: a started prefill holds
+        # its blocks already (`_own_blocks`), it is no longer a demand.
+        queued = list(self._waiting.values())[self._prefilling() :]
+        return sum(self._blocks(r.length_tokens + 1) for r in queued)
 
     def pending_prefill(self) -> tuple[int, float]:
         # A queued request (new, or replayed after a move) prefills its whole context; how much of
@@ -227,7 +230,18 @@ class LiveInstance:
         return -(-tokens // self.block_size_tokens)
 
     def _own_blocks(self) -> int:
-        return sum(self._blocks(r.length_tokens) for r in self._decoding.values())
+        """Blocks the engine holds for the book's requests: the decoding ones' contexts and the
+        prompts it has started (`_prefilling`), whole.
+
+        vLLM allocates a prompt's blocks chunk by chunk and the gateway cannot see how far a
+        prefill got, so a started prompt counts whole: an upper bound by at most its unfinished
+        chunks. Leaving started prompts out (as the book once did) let every scrape taken during
+        a prefill read its blocks as foreign load, frozen until the next scrape, while the same
+        prompt still counted as waiting demand and, once it streamed a token, as decoding too:
+        a busy instance looked up to a fifth fuller than it was."""
+        n = self._prefilling()
+        started = list(self._waiting.values())[:n] if n else []
+        return sum(self._blocks(r.length_tokens) for r in (*self._decoding.values(), *started))
 
     def _used_blocks(self) -> int:
         return self._own_blocks() + self._foreign_blocks
