@@ -9,8 +9,15 @@ from the same expected workload (the trace, given to the gateway as `--workload`
 
 Compared: mean TTFT, TPOT and E2E (live: as the client measures them, in emulated seconds) and
 migrations by reason (live: the gateway's `l4_migrations_total`). Target: means within 10%,
-migrations within 20%. Each policy runs `--repeats` times live (the simulator is deterministic);
-medians over repeats. Writes docs/benchmarks/gateway_vs_sim.{json,md}.
+migrations within 20%. Each policy runs `--repeats` times live; medians over repeats.
+
+The simulator is deterministic, but a queueing fleet is not a smooth function of its input: under
+overload a shift of milliseconds in one arrival decides which instance a long prompt lands on and
+who waits behind it. Live, every request reaches the gateway a little late (the client's loop,
+sockets, the gateway's own work), so the simulator also runs `--sim-draws` times with every
+arrival delayed by a uniform draw in [0, `--sim-jitter-ms`) (draw 0 unshifted) and the
+comparison is with the median over those draws, its range printed beside it. Writes
+docs/benchmarks/gateway_vs_sim.{json,md}.
 
     python benchmarks/gateway_vs_sim.py [--trace mooncake] [--duration 120] [--policies l4,...]
 """
@@ -81,6 +88,32 @@ def spread_ties(workload: Workload, spacing_s: float) -> Workload:
         last_s = r.arrival_s
         out.append(dataclasses.replace(r, arrival_s=r.arrival_s + k * spacing_s))
     return dataclasses.replace(workload, requests=tuple(out))
+
+
+def jitter_arrivals(workload: Workload, jitter_s: float, seed: int) -> Workload:
+    """Every arrival delayed by a uniform draw in [0, ``jitter_s``), in trace order (ties keep
+    their order by request id): the timing noise a live client adds, for the simulator."""
+    if jitter_s <= 0:
+        return workload
+    rng = np.random.default_rng(seed)
+    shifts = rng.uniform(0.0, jitter_s, size=len(workload.requests))
+    moved = [
+        dataclasses.replace(r, arrival_s=r.arrival_s + float(d))
+        for r, d in zip(workload.requests, shifts, strict=True)
+    ]
+    moved.sort(key=lambda r: (r.arrival_s, r.request_id))
+    return dataclasses.replace(workload, requests=tuple(moved))
+
+
+def summarise(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Medians over runs of every key, and each key's [min, max]."""
+    keys = sorted({k for run in runs for k in run})
+    median = {k: statistics.median(run.get(k, 0.0) for run in runs) for k in keys}
+    spread = {
+        k: [min(run.get(k, 0.0) for run in runs), max(run.get(k, 0.0) for run in runs)]
+        for k in keys
+    }
+    return median, spread
 
 
 def write_trace(workload: Workload, path: Path) -> None:
@@ -168,7 +201,19 @@ def main() -> int:
         help="requests the trace gives one arrival time are spaced this far apart, in trace "
         "order, in both runs (0: as in the trace)",
     )
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="live runs per policy")
+    p.add_argument(
+        "--sim-draws",
+        type=int,
+        default=5,
+        help="simulator runs per policy: draw 0 as the trace, the others with jittered arrivals",
+    )
+    p.add_argument(
+        "--sim-jitter-ms",
+        type=float,
+        default=5.0,
+        help="each jittered draw delays every arrival by up to this much",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     p.add_argument("--no-write", action="store_true", help="print only (smoke runs)")
@@ -189,15 +234,29 @@ def main() -> int:
         trace_path = Path(tmp) / "trace.jsonl"
         write_trace(workload, trace_path)
         for policy in args.policies.split(","):
-            sim = sim_run(args, workload, policy)
+            sims = []
+            for d in range(max(1, args.sim_draws)):
+                drawn = jitter_arrivals(workload, args.sim_jitter_ms / 1e3 if d else 0.0, d)
+                sims.append(sim_run(args, drawn, policy))
+                print(json.dumps({"policy": policy, "sim_draw": d, "sim": sims[-1]}))
+            sim, sim_spread = summarise(sims)
             runs = []
             for r in range(args.repeats):
                 live = live_run(args, workload, trace_path, policy)
-                print(json.dumps({"policy": policy, "repeat": r, "live": live, "sim": sim}))
+                print(json.dumps({"policy": policy, "repeat": r, "live": live}))
                 runs.append(live)
-            keys = sorted({k for run in runs for k in run})
-            median = {k: statistics.median(run.get(k, 0.0) for run in runs) for k in keys}
-            rows.append({"policy": policy, "sim": sim, "live": median, "live_runs": runs})
+            median, spread = summarise(runs)
+            rows.append(
+                {
+                    "policy": policy,
+                    "sim": sim,
+                    "sim_spread": sim_spread,
+                    "sim_runs": sims,
+                    "live": median,
+                    "live_spread": spread,
+                    "live_runs": runs,
+                }
+            )
     result = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -219,9 +278,17 @@ def _diff(live: float, sim: float) -> str:
     return f"{(live - sim) / sim * 100:+.1f}%"
 
 
+def _range(spread: dict[str, list[float]] | None, key: str, scale: float, fmt: str) -> str:
+    if not spread or key not in spread:
+        return ""
+    lo, hi = spread[key]
+    return f" [{lo * scale:{fmt}}-{hi * scale:{fmt}}]"
+
+
 def render(result: dict[str, object]) -> str:
     args = result["args"]
     assert isinstance(args, dict)
+    draws = int(args.get("sim_draws", "1"))
     lines = [
         "# The gateway versus the simulator: one trace, the same policy",
         "",
@@ -230,7 +297,9 @@ def render(result: dict[str, object]) -> str:
         f"{args['duration']} s), {args['instances']} x {args['profile']}, migration `replay`, "
         f"time scale {args['time_scale']}, seed {args['seed']}, requests of one arrival time "
         f"spaced {args.get('tie_spacing_ms', '0')} ms apart; live = median of "
-        f"{args['repeats']} runs through `l4 serve`.",
+        f"{args['repeats']} runs through `l4 serve`; sim = median of {draws} simulator runs "
+        f"(one as the trace, the others with every arrival delayed by up to "
+        f"{args.get('sim_jitter_ms', '0')} ms); [min-max] over runs.",
         "",
         "| policy | mean TTFT sim / live | mean TPOT sim / live | mean E2E sim / live "
         "| migrations sim / live | unfinished live |",
@@ -240,9 +309,17 @@ def render(result: dict[str, object]) -> str:
     assert isinstance(rows, list)
     for row in rows:
         s, v = row["sim"], row["live"]
-        cells = [f"{s[m] * 1e3:.1f} / {v[m] * 1e3:.1f} ms ({_diff(v[m], s[m])})" for m in METRICS]
+        ss, vs = row.get("sim_spread"), row.get("live_spread")
+        cells = [
+            f"{s[m] * 1e3:.1f}{_range(ss, m, 1e3, '.0f')} / {v[m] * 1e3:.1f}"
+            f"{_range(vs, m, 1e3, '.0f')} ms ({_diff(v[m], s[m])})"
+            for m in METRICS
+        ]
         ms, mv = s["migrations"], v["migrations"]
-        moved = f"{ms:.0f} / {mv:.0f} ({_diff(mv, ms)})"
+        moved = (
+            f"{ms:.0f}{_range(ss, 'migrations', 1, '.0f')} / {mv:.0f}"
+            f"{_range(vs, 'migrations', 1, '.0f')} ({_diff(mv, ms)})"
+        )
         lines.append(
             f"| {row['policy']} | {' | '.join(cells)} | {moved} | {v.get('errors', 0):.0f} |"
         )

@@ -199,7 +199,7 @@ COMMANDS = (
         doc="README.md",
         text="python benchmarks/gateway_vs_sim.py",
         extra="--trace azure-conv --duration 5 --instances 2 --policies least_load "
-        "--time-scale 10 --repeats 1 --no-write",
+        "--time-scale 10 --repeats 1 --sim-draws 2 --no-write",
     ),
     Command(
         doc="README.md",

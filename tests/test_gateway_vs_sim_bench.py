@@ -46,3 +46,24 @@ def test_a_burst_is_spaced_in_trace_order_and_nothing_else_moves() -> None:
     assert [r.input_tokens for r in out.requests] == [10, 11, 12, 13, 14, 15]
     same = _workload([0.0, 0.0])
     assert spread(same, 0.0) is same  # 0: as in the trace
+
+
+def test_jittered_arrivals_are_late_by_less_than_the_jitter_and_reproducible() -> None:
+    jitter = _bench().jitter_arrivals  # type: ignore[attr-defined]
+    base = _workload([0.0, 0.0, 0.001, 1.0, 2.0])
+    out = jitter(base, 0.005, 3)
+    before = {r.request_id: r.arrival_s for r in base.requests}
+    shifts = [r.arrival_s - before[r.request_id] for r in out.requests]
+    assert all(0.0 <= d < 0.005 for d in shifts) and any(d > 0 for d in shifts)
+    assert [r.arrival_s for r in out.requests] == sorted(r.arrival_s for r in out.requests)
+    assert sorted(r.request_id for r in out.requests) == [0, 1, 2, 3, 4]
+    assert jitter(base, 0.005, 3) == out  # the draw's seed decides it
+    assert jitter(base, 0.005, 4) != out
+    assert jitter(base, 0.0, 3) is base  # draw 0: as the trace
+
+
+def test_summary_is_the_median_and_range_of_every_key() -> None:
+    summarise = _bench().summarise  # type: ignore[attr-defined]
+    median, spread = summarise([{"ttft": 1.0, "cascade": 2.0}, {"ttft": 3.0}, {"ttft": 2.0}])
+    assert median == {"cascade": 0.0, "ttft": 2.0}  # a reason a run lacks counts 0 there
+    assert spread == {"cascade": [0.0, 2.0], "ttft": [1.0, 3.0]}
