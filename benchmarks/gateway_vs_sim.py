@@ -311,9 +311,9 @@ def render(result: dict[str, object]) -> str:
         s, v = row["sim"], row["live"]
         ss, vs = row.get("sim_spread"), row.get("live_spread")
         cells = [
-            f"{s[m] * 1e3:.1f}{_range(ss, m, 1e3, '.0f')} / {v[m] * 1e3:.1f}"
-            f"{_range(vs, m, 1e3, '.0f')} ms ({_diff(v[m], s[m])})"
-            for m in METRICS
+            f"{s[m] * 1e3:.1f}{_range(ss, m, 1e3, fmt)} / {v[m] * 1e3:.1f}"
+            f"{_range(vs, m, 1e3, fmt)} ms ({_diff(v[m], s[m])})"
+            for m, fmt in zip(METRICS, (".0f", ".1f", ".0f"), strict=True)
         ]
         ms, mv = s["migrations"], v["migrations"]
         moved = (
