@@ -160,7 +160,7 @@ COMMANDS = (
     Command(
         doc="docs/benchmarks/effects-azure-longdoc.md",
         text="python benchmarks/effects.py --trace azure-longdoc --profile h100-llama-3.2-3b "
-        "--instances 16 --rate-scales 8 --duration 120 --windows 2",
+        "--instances 16 --rate-scales 6.26 --duration 120 --windows 2",
         extra="--instances 4 --rate-scales 2 --duration 5 --windows 1 --jobs 1 "
         "--out {out}/effects.md",
     ),
