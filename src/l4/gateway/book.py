@@ -142,6 +142,12 @@ class LiveInstance:
             budget -= r.length_tokens
         return started
 
+    def _split_queue(self) -> tuple[list[LiveRequest], list[LiveRequest]]:
+        """The requests without a first token, as (started by the engine, not yet scheduled)."""
+        queue = list(self._waiting.values())
+        n = self._prefilling()
+        return queue[:n], queue[n:]
+
     @property
     def kv_usage(self) -> float:
         return min(1.0, self._used_blocks() / self.num_kv_blocks)
@@ -156,7 +162,7 @@ class LiveInstance:
     def waiting_demand_blocks(self) -> int:
         # Only the prompts not yet started, as the simulator counts it: a started prefill holds
         # its blocks already (`_own_blocks`), it is no longer a demand.
-        queued = list(self._waiting.values())[self._prefilling() :]
+        _, queued = self._split_queue()
         return sum(self._blocks(r.length_tokens + 1) for r in queued)
 
     def pending_prefill(self) -> tuple[int, float]:
@@ -171,11 +177,12 @@ class LiveInstance:
         return tokens, pairs
 
     def running(self) -> list[Sequence]:
-        started = list(self._waiting.values())[: self._prefilling()]
+        started, _ = self._split_queue()
         return [r.seq for r in (*self._decoding.values(), *started)]
 
     def waiting(self) -> list[Sequence]:
-        return [r.seq for r in list(self._waiting.values())[self._prefilling() :]]
+        _, queued = self._split_queue()
+        return [r.seq for r in queued]
 
     def length_of(self, seq: Sequence) -> int:
         return seq.spec.input_tokens + seq.generated_tokens
@@ -239,8 +246,7 @@ class LiveInstance:
         a prefill read its blocks as foreign load, frozen until the next scrape, while the same
         prompt still counted as waiting demand and, once it streamed a token, as decoding too:
         a busy instance looked up to a fifth fuller than it was."""
-        n = self._prefilling()
-        started = list(self._waiting.values())[:n] if n else []
+        started, _ = self._split_queue()
         return sum(self._blocks(r.length_tokens) for r in (*self._decoding.values(), *started))
 
     def _used_blocks(self) -> int:
