@@ -249,9 +249,9 @@ class Relay:
                 hop = _Hop()
                 try:
                     # Ordered while in transit: move on at once (a cut is safe between hops).
-                    moving = live.move is not None and not live.hold_cut
-                    if not moving:
-                        async for payload in stream.payloads():
+                    cut = live.move is not None and not live.hold_cut
+                    while not cut and (payloads := await stream.next_payloads()):
+                        for payload in payloads:
                             piece = self._on_event(live, req, stream, payload, stops, trip, hop)
                             if piece is not None:
                                 yield piece
@@ -259,7 +259,9 @@ class Relay:
                                     if not isinstance(piece.stop_reason, str):
                                         await stream.release()  # else: our own stop string
                                     return
-                            if live.move is not None and not live.hold_cut:
+                            # Cut between two tokens; the rest of this read is regenerated there.
+                            cut = live.move is not None and not live.hold_cut
+                            if cut:
                                 break
                 except BackendError as exc:
                     if live.move is None:

@@ -48,12 +48,43 @@ class ModelInfo:
     max_model_len: int | None
 
 
+class EventSplitter:
+    """Server-sent events out of the bytes of a stream, as they arrive: each complete event's
+    `data:` payload, until `[DONE]`. An engine writes one `data: {...}` line per event, which is
+    the fast path; comments (keep-alives) and other fields are skipped."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self.done = False  # saw `[DONE]`
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self.done:
+            return []
+        events = (self._rest + data if self._rest else data).split(b"\n\n")
+        self._rest = events.pop()  # an incomplete event, or b""
+        out: list[bytes] = []
+        for event in events:
+            if event.startswith(b"data: ") and b"\n" not in event:
+                lines = [event]
+            else:
+                lines = [line for line in event.split(b"\n") if line.startswith(b"data:")]
+            for line in lines:
+                payload = line[5:].strip()
+                if payload == _DONE:
+                    self.done = True
+                    self._rest = b""
+                    return out
+                out.append(payload)
+        return out
+
+
 class UpstreamStream:
     """An open streaming response: parsed server-sent events until `[DONE]`."""
 
     def __init__(self, backend: str, response: aiohttp.ClientResponse) -> None:
         self.backend = backend
         self._response = response
+        self._events = EventSplitter()
         self.done = False  # saw `[DONE]`
 
     def close(self) -> None:
@@ -75,27 +106,32 @@ class UpstreamStream:
             return
         self._response.release()
 
-    async def payloads(self) -> AsyncIterator[bytes]:
-        """The raw `data:` payloads of the stream, until `[DONE]` (not yielded)."""
-        buf = b""
+    async def next_payloads(self) -> list[bytes]:
+        """The raw `data:` payloads that the next read completes, in order; an empty list once
+        the stream is over (`[DONE]`, not returned, sets `done`; or the engine closed it).
+
+        A coroutine per read rather than an async generator per event: this is the relay's hot
+        path, and every generator layer a token passes through costs a resumption."""
+        if self.done:
+            return []
+        content = self._response.content
         try:
-            async for data in self._response.content.iter_any():
-                buf += data
-                while True:
-                    end = buf.find(b"\n\n")
-                    if end < 0:
-                        break
-                    event, buf = buf[:end], buf[end + 2 :]
-                    for line in event.split(b"\n"):
-                        if not line.startswith(b"data:"):
-                            continue  # comments (keep-alives) and other fields
-                        payload = line[5:].strip()
-                        if payload == _DONE:
-                            self.done = True
-                            return
-                        yield payload
+            while True:
+                data = await content.readany()
+                if not data:
+                    return []  # closed by the engine; `done` tells whether it had finished
+                payloads = self._events.feed(data)
+                if payloads or self._events.done:
+                    self.done = self._events.done
+                    return payloads
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _broken(self.backend, "stream broke", exc, streaming=True) from None
+
+    async def payloads(self) -> AsyncIterator[bytes]:
+        """The raw `data:` payloads of the stream, until `[DONE]` (not yielded)."""
+        while payloads := await self.next_payloads():
+            for payload in payloads:
+                yield payload
 
     async def read_body(self) -> bytes:
         try:
