@@ -186,9 +186,12 @@ def test_a_kv_store_removes_the_replayed_prefill_from_the_destination_stage() ->
     a = plain.cost_table(summary, 4)
     b = stored.cost_table(summary, 4)
     finite = np.isfinite(a.cost) & np.isfinite(b.cost)
-    # Re-prefilled contexts load the downstream stages: the store is never costlier.
-    assert np.all(b.cost[finite] <= a.cost[finite] * (1 + 1e-9))
-    assert np.any(b.cost[finite] < a.cost[finite])
+    # Re-prefilled contexts load the downstream stages: the store is never costlier, but for a
+    # hair near saturation, where fewer prefill steps leave more decode-only steps and the
+    # measured alpha is higher in those (0.15 against 0.04 at 128 decodes).
+    assert np.all(b.cost[finite] <= a.cost[finite] * (1 + 1e-2))
+    assert np.mean(b.cost[finite] <= a.cost[finite] * (1 + 1e-9)) > 0.99
+    assert np.any(b.cost[finite] < a.cost[finite] * 0.99)
 
 
 def test_slo_weights() -> None:
@@ -342,14 +345,14 @@ def test_newton_stops_at_the_first_step_within_its_tolerance(
     assert moves[-1] <= tol * (1.0 + b[-1])
 
 
-@pytest.mark.parametrize(("residual", "feasible"), [(0.5e-3, True), (1.4e-3, False)])
-def test_an_unconverged_decode_batch_is_refused(
-    monkeypatch: pytest.MonkeyPatch, residual: float, feasible: bool
+@pytest.mark.parametrize("residual", [0.5e-3, 1.4e-3])
+def test_an_unconverged_newton_hands_over_to_the_root_scan(
+    monkeypatch: pytest.MonkeyPatch, residual: float
 ) -> None:
     # Without Newton steps the batch stays at B = 0, where B = k_r T(B + 1) misses by k_r T(1):
-    # the stage is kept only when that is within 1e-3 x (1 + B) requests. Four requests of
-    # 100 + 50 tokens decode 200 steps at contexts 100..149 and barely prefill: k_r is their
-    # decode steps per second on one instance.
+    # the scan and bisection take over and find Newton's root. Four requests of 100 + 50 tokens
+    # decode 200 steps at contexts 100..149 and barely prefill: k_r is their decode steps per
+    # second on one instance.
     p = tiny_profile()
     t1 = StepCostModel(p).step_time_s(num_decodes=1, context_sum_tokens=125, context_max_tokens=125)
     grid = exponential_grid(2048, substeps_per_octave=1, min_tokens=64)
@@ -359,7 +362,34 @@ def test_an_unconverged_decode_batch_is_refused(
     model = StageModel(p, instance=ROOMY)
     rt = summary.ranges(model.lmax_quantile)
     k = grid.num_buckets
-    assert np.isfinite(model.stage_prediction(rt, [0], [k], 1)[0][0])  # Newton converges
+    newton = model.stage_prediction(rt, [0], [k], 1)
+    assert np.isfinite(newton[0][0])
     monkeypatch.setattr(qoe, "_NEWTON_STEPS", 0)
-    cost = model.stage_prediction(rt, [0], [k], 1)[0][0]
-    assert bool(np.isfinite(cost)) is feasible
+    scanned = model.stage_prediction(rt, [0], [k], 1)
+    for a, b in zip(newton, scanned, strict=True):
+        assert b[0] == pytest.approx(a[0], rel=1e-6)
+
+
+def test_the_least_root_past_a_hump_of_the_step_time() -> None:
+    # Hopper's measured alpha rises from 16 to 32 decodes and falls after: T(B) has a hump
+    # that Newton from B = 0 cannot cross (F' >= 0 on it) or cycles across. One stage of 16
+    # instances of Azure-chat-like traffic (mean context 1254, longest 4567) at 5518 decode
+    # steps per second per instance: F > 0 up to B = 40 and < 0 from 60, so the operating
+    # batch is in between; before the scan the stage was refused as overloaded.
+    model = StageModel(H100)
+    quantiles = np.array([0.5, 0.95, 0.99])
+    l_max_q = np.array([[1263.0], [1946.0], [4567.0]])
+    k_r = np.array([5517.7])
+    batch, frac, ok = model._fixed_point(
+        k_r, np.array([1254.3]), l_max_q, quantiles, np.array([20.8]), np.array([True])
+    )
+    assert ok[0] and 40.0 < batch[0] < 60.0
+
+    def excess(b: float) -> float:
+        lx = qoe._batch_max(l_max_q, quantiles, np.array([b]), np.array([0]))
+        t, _ = model.decode_step_s(np.array([b + 1.0]), np.array([1254.3]), lx, frac)
+        return float(k_r[0] * t[0] - b)
+
+    assert abs(excess(float(batch[0]))) <= 1e-3 * (1.0 + batch[0])
+    # The least root: F stays positive on a fine grid below it.
+    assert all(excess(b) > 0 for b in np.linspace(0.0, batch[0] - 0.5, 200))

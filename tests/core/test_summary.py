@@ -283,3 +283,79 @@ def test_summarize_lengths_refuses_bad_arrays(
 def test_a_request_without_output_arrives_but_never_decodes() -> None:
     s = summarize_lengths(GRID, input_tokens=[100], output_tokens=[0], duration_s=1.0)
     assert s.arrivals.sum() == 1.0 and s.decode_steps.sum() == 0.0
+
+
+def _spread_of(times: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    from l4.core.summary import arrival_spread
+
+    return arrival_spread(GRID, times, prompts, window_s=1.0, block_windows=10)
+
+
+def test_poisson_arrivals_have_no_spread_and_bunched_ones_do() -> None:
+    rng = np.random.default_rng(3)
+    n = 20_000  # ~50 per second over 400 s
+    times = np.sort(rng.uniform(0.0, 400.0, n))
+    prompts = rng.choice([100, 1000, 3000], n)
+    calm = _spread_of(times, prompts)
+    # The whole stream's index of dispersion less one: sampling noise around 0 for Poisson.
+    assert abs(calm.sum()) < 0.15
+    # The same arrivals gathered into bursts of 1 s every 5 s: each window holds 0 or ~5x mean.
+    bursty = np.floor(times / 5.0) * 5.0 + (times % 1.0)
+    spread = _spread_of(bursty, prompts)
+    assert spread.sum() > 100 * abs(calm.sum()) + 5.0
+    # The range sums of the range table are the block sums of the matrix.
+    from dataclasses import replace
+
+    summary = replace(
+        summarize_lengths(
+            GRID, input_tokens=prompts, output_tokens=np.full(n, 10), duration_s=400.0
+        ),
+        arrival_spread=spread,
+    )
+    rt = summary.ranges()
+    k = GRID.num_buckets
+    for i, j in ((0, k), (2, 5), (5, 9), (9, k)):
+        assert rt.spread_excess[i, j] == pytest.approx(spread[i:j, i:j].sum())
+
+
+def test_a_slow_drift_of_the_rate_is_not_spread() -> None:
+    # 20 s at 10 per second, then 20 s at 40 per second, evenly spaced: no bursts, only a
+    # step between two 10 s blocks, which re-planning follows.
+    times = np.concatenate([np.arange(0.0, 20.0, 0.1), np.arange(20.0, 40.0, 0.025)])
+    prompts = np.full(times.size, 500)
+    spread = _spread_of(times, prompts)
+    assert spread.sum() < 0.0  # below Poisson: evenly spaced arrivals vary less
+    assert summarize_requests(GRID, [req(i, 500, 10, float(t)) for i, t in enumerate(times)]) \
+        .arrival_spread is not None  # fmt: skip
+
+
+def test_bunched_arrivals_raise_the_cost_of_a_small_busy_stage_most() -> None:
+    from dataclasses import replace
+
+    from l4.core.objective import SloObjective
+    from l4.core.qoe import StageModel
+    from l4.costmodel import load_profile
+
+    profile = load_profile("h100-llama-3.2-3b")
+    grid = exponential_grid(profile.model.max_context_tokens)
+    rng = np.random.default_rng(1)
+    base = summarize_lengths(
+        grid,
+        input_tokens=rng.integers(3000, 5000, 600),
+        output_tokens=rng.integers(40, 100, 600),
+        duration_s=30.0,  # 20 prompts of ~4K per second: half of 2 instances' GPU time
+    )
+    k = grid.num_buckets
+    # All the stream's excess in its own buckets: an index of dispersion of 5 at 4 s windows.
+    spread = np.zeros((k, k))
+    occupied = np.flatnonzero(base.arrivals)
+    spread[np.ix_(occupied, occupied)] = 4.0 / occupied.size**2
+    bursty = replace(base, arrival_spread=spread)
+    model = StageModel(profile, objective=SloObjective())
+    calm = model.cost_table(base, 8).cost[0, k]
+    burst = model.cost_table(bursty, 8).cost[0, k]
+    assert burst[1] > 10 * calm[1]  # two instances: a burst overloads them
+    assert burst[7] < 1.5 * calm[7]  # eight absorb it
+    # Without the objective's spread, or without a measured spread, nothing changes.
+    plain = StageModel(profile, objective=SloObjective(rate_spread=False))
+    assert np.allclose(plain.cost_table(bursty, 8).cost[0, k], calm)

@@ -58,7 +58,11 @@ def length_report(
 
 
 def combine_reports(
-    grid: LengthGrid, reports: Sequence[LengthReport], *, arrival_batch_excess: float
+    grid: LengthGrid,
+    reports: Sequence[LengthReport],
+    *,
+    arrival_batch_excess: float,
+    arrival_spread: FloatArray | None = None,
 ) -> WorkloadSummary | None:
     """One workload summary (per second) from several agents' reports; None without reports.
 
@@ -81,6 +85,7 @@ def combine_reports(
         crossings=np.concatenate(([0.0], total("crossings")[1:])),
         max_length_tokens=max(r.max_length_tokens for r in reports),
         arrival_batch_excess=arrival_batch_excess,
+        arrival_spread=arrival_spread,
     )
 
 

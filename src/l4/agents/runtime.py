@@ -18,6 +18,7 @@ one every instance starts in one stage and re-planning splits them when traffic 
 
 from __future__ import annotations
 
+import collections
 import itertools
 from dataclasses import dataclass, field, replace
 
@@ -54,13 +55,16 @@ from l4.core.grid import LengthGrid, exponential_grid
 from l4.core.migration import MigrationModel
 from l4.core.objective import SloObjective
 from l4.core.qoe import StageModel
-from l4.core.summary import WorkloadSummary, arrival_batch_excess
+from l4.core.summary import WorkloadSummary, arrival_batch_excess, arrival_spread
 from l4.errors import InvariantError, ValidationError
 from l4.instance.sequence import Sequence
 from l4.request import RequestSpec
 from l4.views import ClusterView, PolicyContext
 
 FloatArray = npt.NDArray[np.float64]
+# The front door measures how arrivals bunch over this much recent history (at least half of it
+# seen before it replaces the planned workload's measure).
+SPREAD_HISTORY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +170,9 @@ class L4Runtime:
         # The front door sees every arrival: it measures how many arrive together (EMA by window).
         self._arrivals_s: list[float] = []
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
+        # ...and how they bunch over seconds, per prompt bucket, over the last SPREAD_HISTORY_S.
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._spread = None if ctx.workload is None else ctx.workload.arrival_spread
 
     def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
         if self._static_plan is not None and self.config.staged:
@@ -229,6 +236,7 @@ class L4Runtime:
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         self._cluster = cluster
         self._arrivals_s.append(now_s)
+        self._recent.append((now_s, request.input_tokens))
         stage = self.table.stage_of(request.input_tokens)
         members = self.table.members(stage)
         can_spill = self.config.spill and stage + 1 < self.table.num_stages
@@ -409,6 +417,11 @@ class L4Runtime:
             window = arrival_batch_excess(self._arrivals_s)
             self._batch_excess = weight * window + (1 - weight) * self._batch_excess
         self._arrivals_s = []
+        while self._recent and self._recent[0][0] < now_s - SPREAD_HISTORY_S:
+            self._recent.popleft()
+        if self._recent and now_s - self._recent[0][0] >= SPREAD_HISTORY_S / 2:
+            times, prompts = zip(*self._recent, strict=True)
+            self._spread = arrival_spread(self.grid, times, prompts)
         for a in self.agents:
             if a.instance_id in self.table.out:
                 continue
@@ -432,7 +445,12 @@ class L4Runtime:
         self.bus.flush()
 
     def _combined(self, reports: list[LengthReport]) -> WorkloadSummary | None:
-        return combine_reports(self.grid, reports, arrival_batch_excess=self._batch_excess)
+        return combine_reports(
+            self.grid,
+            reports,
+            arrival_batch_excess=self._batch_excess,
+            arrival_spread=self._spread,
+        )
 
     def _refine(self, now_s: float) -> None:
         """Each leader re-solves its stage's upper boundary, in stage order."""

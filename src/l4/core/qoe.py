@@ -41,7 +41,12 @@ import numpy.typing as npt
 
 from l4.core.migration import MigrationModel
 from l4.core.objective import QoeWeights, SloObjective
-from l4.core.summary import DEFAULT_LMAX_QUANTILE, RangeTable, WorkloadSummary
+from l4.core.summary import (
+    DEFAULT_LMAX_QUANTILE,
+    SPREAD_WINDOW_S,
+    RangeTable,
+    WorkloadSummary,
+)
 from l4.costmodel.profile import MixedAttention, Profile
 from l4.costmodel.step import StepCostModel
 from l4.errors import ValidationError
@@ -50,6 +55,8 @@ from l4.instance.config import InstanceConfig
 FloatArray = npt.NDArray[np.float64]
 _NEWTON_STEPS = 40
 _NEWTON_TOL = 1e-7  # relative change of the decode batch
+_HUMP_SCAN_STEPS = 48  # batches tried above a hump of T, quadratically spaced to the limit
+_HUMP_BISECTIONS = 40
 # Stage x count elements evaluated at once by evaluate_stages (its temporaries: ~30 MB).
 _EVAL_ELEMENTS = 1 << 16
 
@@ -280,19 +287,55 @@ class StageModel:
     def _evaluate(
         self, rt: RangeTable, ii: npt.NDArray[np.intp], jj: npt.NDArray[np.intp], n: FloatArray
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """Cost, TTFT, TPOT and load for pairs ``(ii, jj)`` (column vectors) times counts ``n``."""
+        """Cost, TTFT, TPOT and load for pairs ``(ii, jj)`` (column vectors) times counts ``n``.
+
+        With ``SloObjective.rate_spread`` and a workload whose arrivals bunch (the summary's
+        ``arrival_spread``), the cost is the three-point Gauss-Hermite mean over the stage's
+        arrival rate per second: its variance beyond a Poisson stream's. TTFT, TPOT and load
+        stay the mean rate's."""
+        at_mean = self._evaluate_at(rt, ii, jj, n, None)
+        if self.objective is None or not self.objective.rate_spread or not rt.spread_excess.size:
+            return at_mean
+        cost, ttft, tpot, load = at_mean
+        # The stage's arrivals per window vary by (D - 1) x mean more than a Poisson stream's
+        # (D: index of dispersion); the Poisson part is already in the queueing model.
+        top = len(rt.bounds_tokens) - 1
+        total = float(rt.arrival_rps[0, top])
+        lam = rt.arrival_rps[ii, jj][:, None]
+        excess = np.maximum(rt.spread_excess[ii, jj][:, None], 0.0) * total
+        bunched = (lam > 0) & (excess > 0)
+        if not bunched.any():
+            return at_mean
+        sd = np.sqrt(excess / SPREAD_WINDOW_S) / np.where(bunched, lam, 1.0)
+        spread = np.where(bunched, math.sqrt(3.0) * sd, 0.0)
+        high = self._evaluate_at(rt, ii, jj, n, 1.0 + spread)[0]
+        low = self._evaluate_at(rt, ii, jj, n, np.maximum(1.0 - spread, 0.0))[0]
+        spread_cost = (4.0 * cost + high + low) / 6.0
+        return np.where(bunched, spread_cost, cost), ttft, tpot, load
+
+    def _evaluate_at(
+        self,
+        rt: RangeTable,
+        ii: npt.NDArray[np.intp],
+        jj: npt.NDArray[np.intp],
+        n: FloatArray,
+        scale: FloatArray | None,
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """``_evaluate`` at the mean rate, or with every rate of the stage times ``scale``
+        (shape (pairs, counts)): its arrivals, prompts, decode steps and crossings."""
         col = np.s_[:, None]
         top = len(rt.bounds_tokens) - 1
-        lam = rt.arrival_rps[ii, jj][col]
-        tokens = rt.prompt_tokens_ps[ii, jj][col]
-        tokens_sq = rt.prompt_tokens_sq_ps[ii, jj][col]
-        r = rt.decode_steps_ps[ii, jj][col]
+        k = np.ones((1, 1)) if scale is None else scale
+        lam = rt.arrival_rps[ii, jj][col] * k
+        tokens = rt.prompt_tokens_ps[ii, jj][col] * k
+        tokens_sq = rt.prompt_tokens_sq_ps[ii, jj][col] * k
+        r = rt.decode_steps_ps[ii, jj][col] * k
         l_mean = rt.l_mean_tokens[ii, jj][col]
         l_max_q = rt.l_max_by_quantile[:, ii, jj][:, :, None]  # (Q, pairs, 1)
         g_lo = rt.bounds_tokens[ii][col]
         g_hi = rt.bounds_tokens[jj][col]
-        m_in = rt.crossing_rps[ii][col]
-        m_out = np.where(jj == top, 0.0, rt.crossing_rps[jj])[col]
+        m_in = rt.crossing_rps[ii][col] * k
+        m_out = np.where(jj == top, 0.0, rt.crossing_rps[jj])[col] * k
         budget = float(self.instance.max_num_batched_tokens)
         replay = self.migration.recomputes
 
@@ -365,7 +408,11 @@ class StageModel:
                 p_wait = 1.0 - (1.0 - p_wait) * (1.0 / (1.0 + ahead))  # or behind one's group
                 cost = self._slo_cost(
                     rt, ii, jj, cost, wait=wait, p_wait=p_wait, t=t, tpot=tpot, load=load,
-                    feasible=feasible, lam=lam, r=r, l_mean=l_mean,
+                    feasible=feasible, lam=lam, r=r, l_mean=l_mean, scale=k,
+                    # Overloaded at a burst's rate, a stage is so only while the burst lasts.
+                    horizon_s=(
+                        self.objective.overload_horizon_s if scale is None else SPREAD_WINDOW_S
+                    ),
                 )  # fmt: skip
         inf = np.inf
         finite_cost = self.objective is not None
@@ -392,8 +439,12 @@ class StageModel:
         lam: FloatArray,
         r: FloatArray,
         l_mean: FloatArray,
+        scale: FloatArray,
+        horizon_s: float,
     ) -> FloatArray:
-        """``SloObjective``'s cost of every (pair, n) from the stage model's predictions."""
+        """``SloObjective``'s cost of every (pair, n) from the stage model's predictions; the
+        prompt buckets' arrivals times ``scale`` (``_evaluate_at``), an overload lasting
+        ``horizon_s``."""
         obj = self.objective
         assert obj is not None
         top = len(rt.bounds_tokens) - 1
@@ -421,8 +472,8 @@ class StageModel:
             tail = np.exp(-np.maximum(slack, 0.0) / np.maximum(cond_wait, 1e-12))
             p_miss = np.where(slack <= 0, 1.0, np.where(cond_wait > 0, p_wait * tail, 0.0))
             p_miss = np.where(feasible, p_miss, 1.0)
-            misses += np.where(inside, lam_k * p_miss, 0.0)
-            excess += np.where(inside, lam_k * np.maximum(p_miss - allowed, 0.0), 0.0)
+            misses += np.where(inside, lam_k * scale * p_miss, 0.0)
+            excess += np.where(inside, lam_k * scale * np.maximum(p_miss - allowed, 0.0), 0.0)
         # TPOT: the stage's mean TPOT against the SLO at its mean context, in requests.
         slo_tpot = (
             obj.slo_scale
@@ -433,7 +484,7 @@ class StageModel:
         decoding = r / max(mean_output, 1.0)  # requests per second decoding here
         misses = misses + decoding * ramp
         excess = excess + decoding * np.maximum(ramp - allowed, 0.0)
-        overload = (lam + decoding) * obj.overload_horizon_s * np.maximum(load, 1.0)
+        overload = (lam + decoding) * horizon_s * np.maximum(load, 1.0)
         latency = np.where(feasible, latency, overload)
         out: FloatArray = latency + obj.miss_cost_s * misses + obj.tail_cost_s * excess
         return out
@@ -459,9 +510,12 @@ class StageModel:
         within a Newton step.
 
         Newton steps from B = 0 rise monotonically to the least root when T is convex; ``ok``
-        turns False when F' >= 0 (no root: utilisation >= 1) or B passes the sequence or KV limit.
-        Only elements still moving are iterated (alpha's and the prefill fraction's feedback make
-        a few converge linearly, not quadratically).
+        turns False when B passes the sequence or KV limit, or when no root is left above the
+        batch where F' >= 0 stopped Newton. A measured alpha table need not be monotone in the
+        batch (Hopper's rises from 16 to 32 decodes, then falls), so T can have a hump that F
+        climbs over to a root beyond it; there a scan and bisection (``_least_root``) find
+        it. Only elements still moving are iterated (alpha's and the prefill fraction's feedback
+        make a few converge linearly, not quadratically).
         """
         batch = np.zeros_like(k_r)
         frac = np.zeros_like(k_r)
@@ -469,6 +523,7 @@ class StageModel:
         seq_cap = float(self.instance.max_num_seqs)
         kv_cap = float(self.instance.kv_capacity_tokens)
         act = np.flatnonzero(ok)
+        stalled = np.zeros_like(ok)
         for _ in range(_NEWTON_STEPS):
             if act.size == 0:
                 break
@@ -477,6 +532,7 @@ class StageModel:
             t, slope = self.decode_step_s(b + 1.0, lm, lx, frac[act])
             fp = kr * slope - 1.0
             good = fp < 0
+            stalled[act] = ~good
             step = np.where(good, (kr * t - b) / np.where(good, fp, -1.0), 0.0)
             b = np.maximum(b - step, 0.0)
             # Iterates rise towards the root: past a hard limit the stage cannot hold it.
@@ -485,7 +541,57 @@ class StageModel:
             frac[act] = np.minimum(prefill_rate[act] * t, 1.0)
             ok[act] = good
             act = act[good & (np.abs(step) > _NEWTON_TOL * (1.0 + b))]
+        # Stalled on a hump (F' >= 0) or still cycling across one (Newton on a non-convex F).
+        stalled[act] = True
+        ok[act] = False
+        hump = np.flatnonzero(stalled & ~ok)
+        if hump.size:
+            b, f, found = self._least_root(
+                k_r[hump], l_mean[hump], l_max_q, quantiles, prefill_rate[hump], hump
+            )
+            batch[hump], frac[hump], ok[hump] = b, f, found
         return batch, frac, ok
+
+    def _least_root(
+        self,
+        k_r: FloatArray,
+        l_mean: FloatArray,
+        l_max_q: FloatArray,
+        quantiles: FloatArray,
+        prefill_rate: FloatArray,
+        cols: npt.NDArray[np.intp],
+    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+        """The least root of ``F(B) = k_r T(B + 1) - B`` (``F(0) > 0``) below the sequence and
+        KV limits: (B, prefill fraction, found). A scan from 0 finds the first sign change (Newton
+        may have stalled on a hump or overshot the root), bisection the root; the prefill
+        fraction is iterated with T at each B."""
+
+        def excess(b: FloatArray) -> tuple[FloatArray, FloatArray]:
+            lx = _batch_max(l_max_q, quantiles, b, cols)
+            frac = np.zeros_like(b)
+            for _ in range(3):
+                t, _ = self.decode_step_s(b + 1.0, l_mean, lx, frac)
+                frac = np.minimum(prefill_rate * t, 1.0)
+            return k_r * t - b, frac
+
+        kv_cap = float(self.instance.kv_capacity_tokens)
+        limit = np.minimum(float(self.instance.max_num_seqs), kv_cap / np.maximum(l_mean, 1.0))
+        lo, hi = np.zeros_like(k_r), np.full_like(k_r, np.nan)
+        for i in range(1, _HUMP_SCAN_STEPS + 1):
+            candidate = limit * (i / _HUMP_SCAN_STEPS) ** 2  # finer at small batches
+            above = excess(candidate)[0] > 0
+            open_ = np.isnan(hi)
+            hi = np.where(open_ & ~above, candidate, hi)
+            lo = np.where(open_ & above, candidate, lo)
+        found = ~np.isnan(hi)
+        hi = np.where(found, hi, lo)
+        for _ in range(_HUMP_BISECTIONS):
+            mid = 0.5 * (lo + hi)
+            above = excess(mid)[0] > 0
+            lo = np.where(found & above, mid, lo)
+            hi = np.where(found & ~above, mid, hi)
+        root = np.where(found, 0.5 * (lo + hi), 0.0)
+        return root, excess(root)[1], found
 
     def _migration_latency_s(
         self, context_tokens: FloatArray, tpot_s: FloatArray, step_s: FloatArray

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,9 @@ HISTOGRAM_FORMAT = "l4-length-histogram"
 DEFAULT_LMAX_QUANTILE = 0.99
 # Quantiles at which l_max is tabulated, for batches of 1, 2, 3, 4, 7, 9, 19, 39 requests.
 BATCH_MAX_QUANTILES = (0.5, 2 / 3, 0.75, 0.8, 0.875, 0.9, 0.95, 0.975)
+# Arrival spread: counted per second, about the mean of each 10 s (``arrival_spread``).
+SPREAD_WINDOW_S = 4.0
+SPREAD_BLOCK_WINDOWS = 10
 
 
 def _frozen(values: npt.ArrayLike, size: int, name: str) -> FloatArray:
@@ -72,6 +75,9 @@ class WorkloadSummary:
     # wait for each other's prefill whatever the load: E[X^2] / E[X] - 1 over the sizes X of the
     # groups of simultaneous arrivals, 0 when no two arrive at once (Poisson). TTFT uses it.
     arrival_batch_excess: float = 0.0
+    # Arrivals that bunch over seconds (a trace's bursts): ``arrival_spread`` below, per pair of
+    # prompt buckets; None: unknown, planned as Poisson. The stage model prices it.
+    arrival_spread: FloatArray | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -91,6 +97,12 @@ class WorkloadSummary:
         x = self.arrival_batch_excess
         if not (math.isfinite(x) and x >= 0):
             raise ValidationError(f"arrival batch excess must be finite and >= 0, got {x}")
+        if self.arrival_spread is not None:
+            spread = np.array(self.arrival_spread, dtype=np.float64)
+            if spread.shape != (k, k) or not np.all(np.isfinite(spread)):
+                raise ValidationError(f"arrival spread must be a finite {k} x {k} matrix")
+            spread.flags.writeable = False
+            object.__setattr__(self, "arrival_spread", spread)
 
     @property
     def num_requests(self) -> float:
@@ -138,6 +150,7 @@ def _blend(
         crossings=mix("crossings"),
         max_length_tokens=max(a.max_length_tokens, b.max_length_tokens if wb else 0.0),
         arrival_batch_excess=_weighted_excess(a, b, wa, wb),
+        arrival_spread=_weighted_spread(a, b, wa, wb),
     )
 
 
@@ -149,6 +162,22 @@ def _weighted_excess(a: WorkloadSummary, b: WorkloadSummary, wa: float, wb: floa
     return (na * a.arrival_batch_excess + nb * b.arrival_batch_excess) / (na + nb)
 
 
+def _weighted_spread(
+    a: WorkloadSummary, b: WorkloadSummary, wa: float, wb: float
+) -> FloatArray | None:
+    """Arrival-weighted mean of the two arrival spreads (an unknown one counts as Poisson)."""
+    if a.arrival_spread is None and (b.arrival_spread is None or not wb):
+        return None
+    na, nb = wa * float(a.arrivals.sum()), wb * float(b.arrivals.sum())
+    k = a.grid.num_buckets
+    sa = np.zeros((k, k)) if a.arrival_spread is None else a.arrival_spread
+    sb = np.zeros((k, k)) if b.arrival_spread is None else b.arrival_spread
+    if na + nb <= 0:
+        return sa
+    out: FloatArray = (na * sa + nb * sb) / (na + nb)
+    return out
+
+
 def arrival_batch_excess(arrival_s: npt.ArrayLike, *, together_s: float = 1e-3) -> float:
     """``E[X^2] / E[X] - 1`` of the groups of arrivals less than ``together_s`` apart."""
     t = np.sort(np.asarray(arrival_s, dtype=np.float64))
@@ -157,6 +186,54 @@ def arrival_batch_excess(arrival_s: npt.ArrayLike, *, together_s: float = 1e-3) 
     starts = np.flatnonzero(np.diff(t, prepend=-np.inf) >= together_s)
     sizes = np.diff(np.append(starts, t.size)).astype(np.float64)
     return float((sizes**2).sum() / sizes.sum() - 1.0)
+
+
+def arrival_spread(
+    grid: LengthGrid,
+    arrival_s: npt.ArrayLike,
+    prompt_tokens: npt.ArrayLike,
+    *,
+    window_s: float = SPREAD_WINDOW_S,
+    block_windows: int = SPREAD_BLOCK_WINDOWS,
+) -> FloatArray:
+    """How arrivals bunch over seconds, per pair of prompt buckets ``(k, l)``:
+
+        (Cov(N_k, N_l) - [k == l] E[N_k]) / E[N]
+
+    over whole windows of ``window_s``, ``N_k`` the window's arrivals in bucket ``k`` and ``N``
+    all of them. Zero, up to sampling noise, for Poisson arrivals; for a range of buckets ``R``
+    the sum over ``R x R`` times ``E[N] / E[N_R]`` is the range's index of dispersion less one
+    (``range_table`` sums it). Drift slower than ``block_windows`` windows is left out (each
+    block is measured about its own mean): re-planning follows drift, not bursts. Fewer than
+    two whole windows: zeros."""
+    t = np.asarray(arrival_s, dtype=np.float64)
+    p = np.asarray(prompt_tokens, dtype=np.float64)
+    k = grid.num_buckets
+    out: FloatArray = np.zeros((k, k))
+    if t.shape != p.shape or t.size < 2:
+        return out
+    windows = int((t.max() - t.min()) // window_s)
+    if windows < 2:
+        return out
+    w = ((t - t.min()) // window_s).astype(np.intp)
+    keep = w < windows  # the last, partial window would read as a lull
+    counts = np.zeros((windows, k))
+    np.add.at(counts, (w[keep], grid.bucket_of(p[keep])), 1.0)
+    block = np.arange(windows) // max(block_windows, 2)
+    if windows % max(block_windows, 2) == 1:
+        block[-1] -= 1  # a one-window block has no spread of its own: join the one before
+    sizes = np.bincount(block).astype(np.float64)
+    means = np.zeros((sizes.size, k))
+    np.add.at(means, block, counts)
+    means /= sizes[:, None]
+    dev = counts - means[block]
+    cov = dev.T @ dev / (windows - sizes.size)
+    per_window = counts.mean(axis=0)
+    total = float(per_window.sum())
+    if total <= 0:
+        return out
+    out = (cov - np.diag(per_window)) / total
+    return out
 
 
 def ema(previous: WorkloadSummary, current: WorkloadSummary, smoothing: float) -> WorkloadSummary:
@@ -332,13 +409,16 @@ def summarize_requests(
         duration_s = max(r.arrival_s for r in requests) - min(r.arrival_s for r in requests)
         if not duration_s > 0:
             raise ValidationError("requests arrive at one instant: give the window duration_s")
-    return summarize_lengths(
+    arrivals = [r.arrival_s for r in requests]
+    prompts = [r.input_tokens for r in requests]
+    summary = summarize_lengths(
         grid,
-        input_tokens=[r.input_tokens for r in requests],
+        input_tokens=prompts,
         output_tokens=[r.output_tokens for r in requests],
         duration_s=duration_s,
-        arrival_batch_excess=arrival_batch_excess([r.arrival_s for r in requests]),
+        arrival_batch_excess=arrival_batch_excess(arrivals),
     )
+    return replace(summary, arrival_spread=arrival_spread(grid, arrivals, prompts))
 
 
 def summarize_workload(grid: LengthGrid, workload: Workload) -> WorkloadSummary:
@@ -404,6 +484,9 @@ class RangeTable:
     l_max_tokens: FloatArray  # at the table's l_max quantile
     crossing_rps: FloatArray = field(repr=False)
     arrival_batch_excess: float = 0.0  # of the whole stream; a stage sees a thinned part
+    # The arrival spread summed over each range's pairs of buckets: a stage's arrivals in a
+    # second vary by (1 + spread_excess[i, j] * total / stage rate) times a Poisson stream's.
+    spread_excess: FloatArray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     # l_max at several quantiles (ascending, the last one is the table's), shape (Q, K+1, K+1):
     # the expected longest context of a batch of m requests sits near quantile m / (m + 1).
     lmax_quantiles: tuple[float, ...] = field(default=(), repr=False)
@@ -413,6 +496,17 @@ class RangeTable:
 def _pairwise(counts: FloatArray, duration_s: float) -> FloatArray:
     c = np.concatenate(([0.0], np.cumsum(counts))) / duration_s
     out: FloatArray = np.triu(c[None, :] - c[:, None], k=1)
+    return out
+
+
+def _pairwise_block(matrix: FloatArray | None, k: int) -> FloatArray:
+    """``out[i, j]`` = the sum of ``matrix`` over ``[i, j) x [i, j)`` (2-D prefix sums)."""
+    if matrix is None:
+        return np.zeros((k + 1, k + 1))
+    c = np.zeros((k + 1, k + 1))
+    c[1:, 1:] = matrix.cumsum(axis=0).cumsum(axis=1)
+    d = np.diag(c)
+    out: FloatArray = np.triu(d[None, :] - c - c.T + d[:, None], k=1)
     return out
 
 
@@ -448,6 +542,7 @@ def range_table(
         l_max_tokens=l_max,
         crossing_rps=crossing,
         arrival_batch_excess=summary.arrival_batch_excess,
+        spread_excess=_pairwise_block(summary.arrival_spread, k),
         lmax_quantiles=qs,
         l_max_by_quantile=by_q,
     )
