@@ -393,3 +393,32 @@ def test_spill_bounds_are_checked() -> None:
     with pytest.raises(ValidationError):
         L4Config(stage_margin=1.0)
     L4Config(spill_margin=0.0, stage_margin=0.0)  # the closed ends are allowed
+
+
+def _arrive(policy: L4Runtime, cluster: FakeCluster, times: list[float]) -> None:
+    for rid, t in enumerate(times, start=1):
+        policy.route(req(rid, 50, 10, t), cluster, t)
+
+
+def test_the_front_door_measures_how_arrivals_bunch_for_the_replans() -> None:
+    # 40 arrivals at once every 8 s for 48 s: 4 s windows alternate between 40 and none.
+    policy, cluster = _runtime(ONE)
+    policy.on_tick(cluster, 0.0)
+    _arrive(policy, cluster, [8.0 * b + 0.001 * k for b in range(6) for k in range(40)])
+    assert policy._combined([]) is None
+    policy.on_tick(cluster, 48.0)  # a refinement report: the spread is re-measured
+    bursts = policy.agents[0].reports
+    summary = policy._combined(list(bursts.values()))
+    assert summary is not None and summary.arrival_spread is not None
+    assert summary.arrival_spread.sum() > 10.0  # index of dispersion ~40 against 1
+
+
+def test_the_planned_workloads_spread_stands_until_enough_arrivals_are_seen() -> None:
+    # An even stream over 20 s: less than half of the 60 s history, so the spread the plan was
+    # made with (here none: a summary of lengths alone) is what the re-plans use.
+    policy, cluster = _runtime(ONE)
+    policy.on_tick(cluster, 0.0)
+    _arrive(policy, cluster, [0.1 * k for k in range(200)])
+    policy.on_tick(cluster, 20.0)
+    summary = policy._combined(list(policy.agents[0].reports.values()))
+    assert summary is not None and summary.arrival_spread is None
