@@ -422,3 +422,11 @@ def test_the_planned_workloads_spread_stands_until_enough_arrivals_are_seen() ->
     policy.on_tick(cluster, 20.0)
     summary = policy._combined(list(policy.agents[0].reports.values()))
     assert summary is not None and summary.arrival_spread is None
+
+
+def test_a_runtime_that_never_reports_keeps_no_arrivals() -> None:
+    # One stage (l4_bids) or pinned ranges run for as long as a gateway does: what only the
+    # reports read must not pile up.
+    policy, cluster = _runtime(ONE, replace(CONFIG, refine=False, replan=False))
+    _arrive(policy, cluster, [0.01 * k for k in range(500)])
+    assert not policy._arrivals_s and not policy._recent

@@ -235,8 +235,9 @@ class L4Runtime:
     # ---- Policy -------------------------------------------------------------------------------
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         self._cluster = cluster
-        self._arrivals_s.append(now_s)
-        self._recent.append((now_s, request.input_tokens))
+        if self.config.refine or self.config.replan:  # else nothing reads (or clears) them
+            self._arrivals_s.append(now_s)
+            self._recent.append((now_s, request.input_tokens))
         stage = self.table.stage_of(request.input_tokens)
         members = self.table.members(stage)
         can_spill = self.config.spill and stage + 1 < self.table.num_stages
