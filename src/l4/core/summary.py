@@ -219,8 +219,9 @@ def arrival_spread(
     keep = w < windows  # the last, partial window would read as a lull
     counts = np.zeros((windows, k))
     np.add.at(counts, (w[keep], grid.bucket_of(p[keep])), 1.0)
-    block = np.arange(windows) // max(block_windows, 2)
-    if windows % max(block_windows, 2) == 1:
+    per_block = max(block_windows, 2)
+    block = np.arange(windows) // per_block
+    if windows % per_block == 1:
         block[-1] -= 1  # a one-window block has no spread of its own: join the one before
     sizes = np.bincount(block).astype(np.float64)
     means = np.zeros((sizes.size, k))
