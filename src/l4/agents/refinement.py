@@ -72,8 +72,15 @@ def split_scores(
         return cand, np.zeros(0)
     if rule is BoundaryRule.QOE:
         rt = summary.ranges(model.lmax_quantile)
-        c_lo, load_lo = model.stage_costs(rt, np.full_like(cand, lo), cand, n_lo)
-        c_hi, load_hi = model.stage_costs(rt, cand, np.full_like(cand, hi), n_hi)
+        # Both sides of every candidate in one evaluation (the model's cost is per call here).
+        m = cand.size
+        cost, load = model.stage_costs(
+            rt,
+            np.concatenate([np.full_like(cand, lo), cand]),
+            np.concatenate([cand, np.full_like(cand, hi)]),
+            np.repeat([float(n_lo), float(n_hi)], m),
+        )
+        c_lo, c_hi, load_lo, load_hi = cost[:m], cost[m:], load[:m], load[m:]
         total = c_lo + c_hi
         fallback = _INFEASIBLE * np.maximum(load_lo, load_hi)
         return cand, np.where(np.isfinite(total), total, fallback)

@@ -12,8 +12,8 @@ planner's estimate; the simulator is the ground truth. The model, per instance o
   plus ``B`` others, heterogeneity term with the step-weighted mean length and the expected
   longest context of ``B + 1`` requests: the step-weighted quantile ``(B + 1) / (B + 2)``, capped
   at ``lmax_quantile``; a fixed high quantile overstated the straggler of small batches).
-  Solved by Newton steps on the piecewise-linear ``T``; with ``T`` affine this is exactly
-  ``TPOT = a / (1 - phi - b r / n)``;
+  Solved by ``l4.core.decode_batch`` (Newton on the piecewise-linear ``T``, a scan past a hump);
+  with ``T`` affine this is exactly ``TPOT = a / (1 - phi - b r / n)``;
 * infinite cost when ``phi + b r / n >= 1`` (no fixed point), when ``B + 1`` exceeds
   ``max_num_seqs``, or when the running contexts ``(B + 1) * l_mean`` exceed the KV capacity;
 * TTFT = queueing of prefill work (Pollaczek-Khinchine for one instance, pooled like M/G/n by
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from l4.core.decode_batch import BatchLimits, batch_max, decode_batch
 from l4.core.migration import MigrationModel
 from l4.core.objective import QoeWeights, SloObjective
 from l4.core.summary import (
@@ -53,10 +54,6 @@ from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 
 FloatArray = npt.NDArray[np.float64]
-_NEWTON_STEPS = 40
-_NEWTON_TOL = 1e-7  # relative change of the decode batch
-_HUMP_SCAN_STEPS = 48  # batches tried above a hump of T, quadratically spaced to the limit
-_HUMP_BISECTIONS = 40
 # Stage x count elements evaluated at once by evaluate_stages (its temporaries: ~30 MB).
 _EVAL_ELEMENTS = 1 << 16
 
@@ -96,6 +93,7 @@ class StageModel:
         "_step",
         "_step_fixed_s",
         "instance",
+        "limits",
         "lmax_quantile",
         "migration",
         "objective",
@@ -115,6 +113,7 @@ class StageModel:
     ) -> None:
         self.profile = profile
         self.instance = instance or InstanceConfig.from_profile(profile)
+        self.limits = BatchLimits.of(self.instance)
         self.migration = migration or MigrationModel()
         self.weights = weights or QoeWeights()
         self.lmax_quantile = lmax_quantile
@@ -235,9 +234,10 @@ class StageModel:
         return StageCosts(cost=out[0], ttft_s=out[1], tpot_s=out[2], load=load_full)
 
     def stage_costs(
-        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, n: int
+        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, n: npt.ArrayLike
     ) -> tuple[FloatArray, FloatArray]:
-        """(cost, load) of stages ``[g_lo[k], g_hi[k])`` with exactly ``n`` instances each.
+        """(cost, load) of stages ``[g_lo[k], g_hi[k])`` with exactly ``n`` (or ``n[k]``)
+        instances each.
 
         For refinement, which re-solves one boundary at a time: only the candidate stages are
         evaluated, not the whole table. Infinite cost marks an unsustainable stage.
@@ -246,12 +246,14 @@ class StageModel:
         return cost, load
 
     def stage_prediction(
-        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, n: int
+        self, ranges: RangeTable, lo: npt.ArrayLike, hi: npt.ArrayLike, n: npt.ArrayLike
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """(cost, TTFT, TPOT, load) of stages ``[g_lo[k], g_hi[k])`` with ``n`` instances each."""
+        """(cost, TTFT, TPOT, load) of stages ``[g_lo[k], g_hi[k])`` with ``n`` (or ``n[k]``)
+        instances each."""
         ii = np.asarray(lo, dtype=np.intp)
         jj = np.asarray(hi, dtype=np.intp)
-        cost, ttft, tpot, load = self._evaluate(ranges, ii, jj, np.array([[float(n)]]))
+        counts = np.broadcast_to(np.asarray(n, dtype=np.float64), ii.shape)[:, None]
+        cost, ttft, tpot, load = self._evaluate(ranges, ii, jj, counts)
         return cost[:, 0], ttft[:, 0], tpot[:, 0], load[:, 0]
 
     def migration_latency_s(
@@ -287,31 +289,58 @@ class StageModel:
     def _evaluate(
         self, rt: RangeTable, ii: npt.NDArray[np.intp], jj: npt.NDArray[np.intp], n: FloatArray
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """Cost, TTFT, TPOT and load for pairs ``(ii, jj)`` (column vectors) times counts ``n``.
+        """Cost, TTFT, TPOT and load for pairs ``(ii, jj)`` (column vectors) times counts ``n``
+        (a row, or a column of one count per pair).
 
         With ``SloObjective.rate_spread`` and a workload whose arrivals bunch (the summary's
         ``arrival_spread``), the cost is the three-point Gauss-Hermite mean over the stage's
         arrival rate per second: its variance beyond a Poisson stream's. TTFT, TPOT and load
-        stay the mean rate's."""
-        at_mean = self._evaluate_at(rt, ii, jj, n, None)
+        stay the mean rate's. The three rates are evaluated in one pass, as rows of one array
+        (the solver's cost is per call on the few candidates refinement asks for)."""
+        spread = self._rate_spread(rt, ii, jj)
+        if spread is None:
+            return self._evaluate_at(rt, ii, jj, n, None, self._overload_horizon_s)
+        sel, sd = spread
+        both = np.concatenate([sel, sel])
+        scale = np.concatenate([np.ones((ii.size, 1)), 1.0 + sd, np.maximum(1.0 - sd, 0.0)])
+        # Overloaded at a burst's rate, a stage is so only while the burst lasts.
+        horizon = np.concatenate(
+            [
+                np.full((ii.size, 1), self._overload_horizon_s),
+                np.full((2 * sel.size, 1), SPREAD_WINDOW_S),
+            ]
+        )
+        rows = np.concatenate([np.arange(ii.size), both])
+        counts = n if n.shape[0] == 1 else n[rows]
+        cost, ttft, tpot, load = self._evaluate_at(rt, ii[rows], jj[rows], counts, scale, horizon)
+        p, s = ii.size, sel.size
+        high, low = cost[p : p + s], cost[p + s :]
+        cost = cost[:p].copy()
+        cost[sel] = (4.0 * cost[sel] + high + low) / 6.0
+        return cost, ttft[:p], tpot[:p], load[:p]
+
+    @property
+    def _overload_horizon_s(self) -> float:
+        return 0.0 if self.objective is None else self.objective.overload_horizon_s
+
+    def _rate_spread(
+        self, rt: RangeTable, ii: npt.NDArray[np.intp], jj: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.intp], FloatArray] | None:
+        """The pairs whose arrivals bunch and sqrt(3) standard deviations of their rate, as a
+        fraction of its mean (a column); None when no pair's cost is spread."""
         if self.objective is None or not self.objective.rate_spread or not rt.spread_excess.size:
-            return at_mean
-        cost, ttft, tpot, load = at_mean
+            return None
         # The stage's arrivals per window vary by (D - 1) x mean more than a Poisson stream's
         # (D: index of dispersion); the Poisson part is already in the queueing model.
         top = len(rt.bounds_tokens) - 1
         total = float(rt.arrival_rps[0, top])
-        lam = rt.arrival_rps[ii, jj][:, None]
-        excess = np.maximum(rt.spread_excess[ii, jj][:, None], 0.0) * total
-        bunched = (lam > 0) & (excess > 0)
-        if not bunched.any():
-            return at_mean
-        sd = np.sqrt(excess / SPREAD_WINDOW_S) / np.where(bunched, lam, 1.0)
-        spread = np.where(bunched, math.sqrt(3.0) * sd, 0.0)
-        high = self._evaluate_at(rt, ii, jj, n, 1.0 + spread)[0]
-        low = self._evaluate_at(rt, ii, jj, n, np.maximum(1.0 - spread, 0.0))[0]
-        spread_cost = (4.0 * cost + high + low) / 6.0
-        return np.where(bunched, spread_cost, cost), ttft, tpot, load
+        lam = rt.arrival_rps[ii, jj]
+        excess = np.maximum(rt.spread_excess[ii, jj], 0.0) * total
+        sel = np.flatnonzero((lam > 0) & (excess > 0))
+        if not sel.size:
+            return None
+        sd = np.sqrt(excess[sel] / SPREAD_WINDOW_S) / lam[sel]
+        return sel, (math.sqrt(3.0) * sd)[:, None]
 
     def _evaluate_at(
         self,
@@ -320,9 +349,11 @@ class StageModel:
         jj: npt.NDArray[np.intp],
         n: FloatArray,
         scale: FloatArray | None,
+        horizon_s: FloatArray | float,
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """``_evaluate`` at the mean rate, or with every rate of the stage times ``scale``
-        (shape (pairs, counts)): its arrivals, prompts, decode steps and crossings."""
+        (a column, one per pair): its arrivals, prompts, decode steps and crossings; an overload
+        costs ``horizon_s`` of it (a column too, or one for all)."""
         col = np.s_[:, None]
         top = len(rt.bounds_tokens) - 1
         k = np.ones((1, 1)) if scale is None else scale
@@ -360,8 +391,10 @@ class StageModel:
                 l_max_q.shape[0], -1
             )
             qs = np.asarray(rt.lmax_quantiles, dtype=np.float64)
-            batch, frac, ok = self._fixed_point(k_f, lm_f, lq_f, qs, pr_f, (free > 0).ravel())
-            l_max = _batch_max(lq_f, qs, batch, np.arange(batch.size)).reshape(shape)
+            batch, frac, ok = decode_batch(
+                self, k_f, lm_f, lq_f, qs, pr_f, (free > 0).ravel(), self.limits
+            )
+            l_max = batch_max(lq_f, qs, batch, np.arange(batch.size)).reshape(shape)
             batch, frac, ok = batch.reshape(shape), frac.reshape(shape), ok.reshape(shape)
             t, slope = self.decode_step_s(batch + 1.0, l_mean, l_max, frac)
             ok &= np.abs(k_r * t - batch) <= 1e-3 * (1.0 + batch)
@@ -409,10 +442,7 @@ class StageModel:
                 cost = self._slo_cost(
                     rt, ii, jj, cost, wait=wait, p_wait=p_wait, t=t, tpot=tpot, load=load,
                     feasible=feasible, lam=lam, r=r, l_mean=l_mean, scale=k,
-                    # Overloaded at a burst's rate, a stage is so only while the burst lasts.
-                    horizon_s=(
-                        self.objective.overload_horizon_s if scale is None else SPREAD_WINDOW_S
-                    ),
+                    horizon_s=horizon_s,
                 )  # fmt: skip
         inf = np.inf
         finite_cost = self.objective is not None
@@ -440,7 +470,7 @@ class StageModel:
         r: FloatArray,
         l_mean: FloatArray,
         scale: FloatArray,
-        horizon_s: float,
+        horizon_s: FloatArray | float,
     ) -> FloatArray:
         """``SloObjective``'s cost of every (pair, n) from the stage model's predictions; the
         prompt buckets' arrivals times ``scale`` (``_evaluate_at``), an overload lasting
@@ -493,105 +523,6 @@ class StageModel:
         """TTFT of a prompt alone on an idle instance: the SLO reference (EVALUATION.md)."""
         budget = self.instance.max_num_batched_tokens
         return self._step.unloaded_latency_s(max(prompt_tokens, 1), 1, budget)[0]
-
-    def _fixed_point(
-        self,
-        k_r: FloatArray,
-        l_mean: FloatArray,
-        l_max_q: FloatArray,
-        quantiles: FloatArray,
-        prefill_rate: FloatArray,
-        ok: npt.NDArray[np.bool_],
-    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
-        """Decode batch B with ``B = k_r * T(B + 1)`` (flat arrays): (B, prefill fraction, ok).
-
-        The batch's longest context is the expected maximum of B + 1 draws (``_batch_max`` of
-        the tabulated quantiles ``l_max_q``, shape (Q, elements)); like alpha, it is held fixed
-        within a Newton step.
-
-        Newton steps from B = 0 rise monotonically to the least root when T is convex; ``ok``
-        turns False when B passes the sequence or KV limit, or when no root is left above the
-        batch where F' >= 0 stopped Newton. A measured alpha table need not be monotone in the
-        batch (Hopper's rises from 16 to 32 decodes, then falls), so T can have a hump that F
-        climbs over to a root beyond it; there a scan and bisection (``_least_root``) find
-        it. Only elements still moving are iterated (alpha's and the prefill fraction's feedback
-        make a few converge linearly, not quadratically).
-        """
-        batch = np.zeros_like(k_r)
-        frac = np.zeros_like(k_r)
-        ok = ok.copy()
-        seq_cap = float(self.instance.max_num_seqs)
-        kv_cap = float(self.instance.kv_capacity_tokens)
-        act = np.flatnonzero(ok)
-        stalled = np.zeros_like(ok)
-        for _ in range(_NEWTON_STEPS):
-            if act.size == 0:
-                break
-            b, kr, lm = batch[act], k_r[act], l_mean[act]
-            lx = _batch_max(l_max_q, quantiles, b, act)
-            t, slope = self.decode_step_s(b + 1.0, lm, lx, frac[act])
-            fp = kr * slope - 1.0
-            good = fp < 0
-            stalled[act] = ~good
-            step = np.where(good, (kr * t - b) / np.where(good, fp, -1.0), 0.0)
-            b = np.maximum(b - step, 0.0)
-            # Iterates rise towards the root: past a hard limit the stage cannot hold it.
-            good &= (b < seq_cap) & (b * lm < kv_cap)
-            batch[act] = b
-            frac[act] = np.minimum(prefill_rate[act] * t, 1.0)
-            ok[act] = good
-            act = act[good & (np.abs(step) > _NEWTON_TOL * (1.0 + b))]
-        # Stalled on a hump (F' >= 0) or still cycling across one (Newton on a non-convex F).
-        stalled[act] = True
-        ok[act] = False
-        hump = np.flatnonzero(stalled & ~ok)
-        if hump.size:
-            b, f, found = self._least_root(
-                k_r[hump], l_mean[hump], l_max_q, quantiles, prefill_rate[hump], hump
-            )
-            batch[hump], frac[hump], ok[hump] = b, f, found
-        return batch, frac, ok
-
-    def _least_root(
-        self,
-        k_r: FloatArray,
-        l_mean: FloatArray,
-        l_max_q: FloatArray,
-        quantiles: FloatArray,
-        prefill_rate: FloatArray,
-        cols: npt.NDArray[np.intp],
-    ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
-        """The least root of ``F(B) = k_r T(B + 1) - B`` (``F(0) > 0``) below the sequence and
-        KV limits: (B, prefill fraction, found). A scan from 0 finds the first sign change (Newton
-        may have stalled on a hump or overshot the root), bisection the root; the prefill
-        fraction is iterated with T at each B."""
-
-        def excess(b: FloatArray) -> tuple[FloatArray, FloatArray]:
-            lx = _batch_max(l_max_q, quantiles, b, cols)
-            frac = np.zeros_like(b)
-            for _ in range(3):
-                t, _ = self.decode_step_s(b + 1.0, l_mean, lx, frac)
-                frac = np.minimum(prefill_rate * t, 1.0)
-            return k_r * t - b, frac
-
-        kv_cap = float(self.instance.kv_capacity_tokens)
-        limit = np.minimum(float(self.instance.max_num_seqs), kv_cap / np.maximum(l_mean, 1.0))
-        lo, hi = np.zeros_like(k_r), np.full_like(k_r, np.nan)
-        for i in range(1, _HUMP_SCAN_STEPS + 1):
-            candidate = limit * (i / _HUMP_SCAN_STEPS) ** 2  # finer at small batches
-            above = excess(candidate)[0] > 0
-            open_ = np.isnan(hi)
-            hi = np.where(open_ & ~above, candidate, hi)
-            lo = np.where(open_ & above, candidate, lo)
-        found = ~np.isnan(hi)
-        hi = np.where(found, hi, lo)
-        for _ in range(_HUMP_BISECTIONS):
-            mid = 0.5 * (lo + hi)
-            above = excess(mid)[0] > 0
-            lo = np.where(found & above, mid, lo)
-            hi = np.where(found & ~above, mid, hi)
-        root = np.where(found, 0.5 * (lo + hi), 0.0)
-        return root, excess(root)[1], found
 
     def _migration_latency_s(
         self, context_tokens: FloatArray, tpot_s: FloatArray, step_s: FloatArray
@@ -668,28 +599,3 @@ def _axis_weights(
     j = np.minimum(pos.astype(np.intp), len(knots) - 2)
     f = pos - j
     return j, (1.0 - f) * scale, f * scale
-
-
-def _batch_max(
-    l_max_q: FloatArray, quantiles: FloatArray, batch: FloatArray, cols: npt.NDArray[np.intp]
-) -> FloatArray:
-    """Expected longest context of a batch of ``batch + 1`` requests (the tagged one included).
-
-    The maximum of m draws sits near the quantile m / (m + 1) of the step-weighted length
-    distribution; interpolated between the tabulated quantiles and held to their range (the last
-    one is the model's ``lmax_quantile`` cap). ``l_max_q`` is (Q, elements); ``batch`` holds the
-    batches of the elements ``cols``.
-    """
-    m = batch + 1.0
-    if len(quantiles) == 1:
-        only: FloatArray = l_max_q[0, cols]
-        return only
-    # np.clip and 2-d fancy indexing are slow on arrays this size; this runs every Newton step.
-    q = np.minimum(np.maximum(m / (m + 1.0), quantiles[0]), quantiles[-1])
-    hi = np.minimum(np.maximum(np.searchsorted(quantiles, q, side="left"), 1), len(quantiles) - 1)
-    q0, q1 = quantiles[hi - 1], quantiles[hi]
-    w = np.minimum(np.maximum((q - q0) / (q1 - q0), 0.0), 1.0)
-    flat = l_max_q.ravel()
-    stride = l_max_q.shape[1]
-    out: FloatArray = (1.0 - w) * flat[(hi - 1) * stride + cols] + w * flat[hi * stride + cols]
-    return out
