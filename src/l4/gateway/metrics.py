@@ -115,6 +115,13 @@ class GatewayMetrics:
             buckets=_PAUSE_BUCKETS,
             registry=r,
         )
+        self.policy_tick = Histogram(
+            "l4_policy_tick_seconds",
+            "Wall time of one policy tick (loads, cascades, boundary refinement, re-plans). It "
+            "runs on the event loop: every stream waits while it does.",
+            buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "l4_backend_in_flight_requests", "Requests the gateway has at each backend.",
             ["backend"], registry=r,

@@ -267,16 +267,23 @@ class Gateway:
 
     async def _tick_loop(self) -> None:
         tick = self.policy.tick_interval_s
+        period = (tick if tick is not None else 1.0) / self.config.time_scale
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep((tick if tick is not None else 1.0) / self.config.time_scale)
+            now = loop.time()
+            due = next_tick_s(due, now, period)
+            await asyncio.sleep(due - now)
             for i, inst in enumerate(self.cluster.instances):
                 if not inst.healthy and i not in self._out_since:
                     self._out_since[i] = self.clock()
             if tick is not None:
+                started = time.perf_counter()
                 try:
                     self.policy.on_tick(self.cluster, self.clock())
                 except L4Error:
                     log.exception("the policy's tick failed; serving goes on")
+                self.metrics.policy_tick.observe(time.perf_counter() - started)
             self._update_gauges()
 
     # ---- state --------------------------------------------------------------------------------
@@ -344,3 +351,11 @@ class Gateway:
             "recent_migrations": list(self.relay.migration_log),
             "policy_stats": stats,
         }
+
+
+def next_tick_s(last_s: float, now_s: float, period_s: float) -> float:
+    """When the tick after the one due at ``last_s`` runs: on the grid ``last_s + k period``, as
+    the simulator ticks, so a tick's own run time (a refinement or a re-plan can take a good part
+    of a period) does not stretch the period; the first slot after ``now_s``, so a tick that
+    overran skips ahead rather than running back to back."""
+    return max(last_s + period_s, now_s + period_s - (now_s - last_s) % period_s)
