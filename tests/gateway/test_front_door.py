@@ -162,6 +162,7 @@ def test_health_state_models_and_metrics() -> None:
                 "l4_time_to_first_token_seconds_bucket",
                 "l4_inter_token_latency_seconds_bucket",
                 "l4_e2e_request_latency_seconds_bucket",
+                "l4_policy_tick_seconds_bucket",
                 'l4_backend_healthy{backend="' + run.engine_urls[0] + '"} 1.0',
                 'l4_stage_instances{stage="0"} 2.0',
                 'l4_stage_boundary_tokens{stage="0"} +Inf',
