@@ -138,8 +138,7 @@ def least_root(
     def excess(b: FloatArray) -> tuple[FloatArray, FloatArray]:
         rows = b.size // max(m, 1)
         flat = b.ravel()
-        tiled = [np.tile(x, rows) for x in (k_r, l_mean, prefill_rate)]
-        kr, lm, rate = tiled
+        kr, lm, rate = (np.tile(x, rows) for x in (k_r, l_mean, prefill_rate))
         lx = batch_max(l_max_q, quantiles, flat, np.tile(cols, rows))
         frac = np.zeros_like(flat)
         for _ in range(3):

@@ -378,37 +378,12 @@ class StageModel:
         chunk_rate = prefills + all_tokens / budget
         work = self.prefill_work_s(all_tokens, all_sq, chunk_rate)
         phi = work / n
-        free = 1.0 - phi
         prefill_rate = chunk_rate / n  # chunk-carrying steps per second per instance
 
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            k_r = np.where(free > 0, r / (n * free), np.inf)
-            shape = np.broadcast_shapes(k_r.shape, l_mean.shape)
-            k_f, lm_f, pr_f = (
-                np.broadcast_to(x, shape).ravel() for x in (k_r, l_mean, prefill_rate)
+            t, tpot, util, load, feasible = self._decode(
+                rt, r, n, phi, l_mean, l_max_q, prefill_rate
             )
-            lq_f = np.broadcast_to(l_max_q, (l_max_q.shape[0], *shape)).reshape(
-                l_max_q.shape[0], -1
-            )
-            qs = np.asarray(rt.lmax_quantiles, dtype=np.float64)
-            batch, frac, ok = decode_batch(
-                self, k_f, lm_f, lq_f, qs, pr_f, (free > 0).ravel(), self.limits
-            )
-            l_max = batch_max(lq_f, qs, batch, np.arange(batch.size)).reshape(shape)
-            batch, frac, ok = batch.reshape(shape), frac.reshape(shape), ok.reshape(shape)
-            t, slope = self.decode_step_s(batch + 1.0, l_mean, l_max, frac)
-            ok &= np.abs(k_r * t - batch) <= 1e-3 * (1.0 + batch)
-            tpot = t / free
-            seqs = batch + 1.0
-            util = phi + r * slope / n
-            load = np.maximum.reduce(
-                [
-                    np.where(ok, util, np.maximum(util, 1.0)),
-                    seqs / self.instance.max_num_seqs,
-                    seqs * l_mean / self.instance.kv_capacity_tokens,
-                ]
-            )
-            feasible = ok & (load < 1.0)
 
             # TTFT: queueing for prefill work, then the prompt's own chunks. The wait is
             # Pollaczek-Khinchine for n = 1 and pools like M/G/n (Sakasegawa) for larger stages,
@@ -452,6 +427,43 @@ class StageModel:
             np.where(feasible, tpot, inf),
             np.where(np.isfinite(load), load, 1e9),
         )
+
+    def _decode(
+        self,
+        rt: RangeTable,
+        r: FloatArray,
+        n: FloatArray,
+        phi: FloatArray,
+        l_mean: FloatArray,
+        l_max_q: FloatArray,
+        prefill_rate: FloatArray,
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+        """The stages' decode side from their decode steps ``r`` per second on ``n`` instances
+        with prefill share ``phi``: (step time, TPOT, utilisation, load, feasible). The batch is
+        ``l4.core.decode_batch``'s; the load is the worst of compute, sequence slots and KV."""
+        free = 1.0 - phi
+        k_r = np.where(free > 0, r / (n * free), np.inf)
+        shape = np.broadcast_shapes(k_r.shape, l_mean.shape)
+        k_f, lm_f, pr_f = (np.broadcast_to(x, shape).ravel() for x in (k_r, l_mean, prefill_rate))
+        lq_f = np.broadcast_to(l_max_q, (l_max_q.shape[0], *shape)).reshape(l_max_q.shape[0], -1)
+        qs = np.asarray(rt.lmax_quantiles, dtype=np.float64)
+        batch, frac, ok = decode_batch(
+            self, k_f, lm_f, lq_f, qs, pr_f, (free > 0).ravel(), self.limits
+        )
+        l_max = batch_max(lq_f, qs, batch, np.arange(batch.size)).reshape(shape)
+        batch, frac, ok = batch.reshape(shape), frac.reshape(shape), ok.reshape(shape)
+        t, slope = self.decode_step_s(batch + 1.0, l_mean, l_max, frac)
+        ok &= np.abs(k_r * t - batch) <= 1e-3 * (1.0 + batch)
+        seqs = batch + 1.0
+        util = phi + r * slope / n
+        load = np.maximum.reduce(
+            [
+                np.where(ok, util, np.maximum(util, 1.0)),
+                seqs / self.instance.max_num_seqs,
+                seqs * l_mean / self.instance.kv_capacity_tokens,
+            ]
+        )
+        return t, t / free, util, load, ok & (load < 1.0)
 
     def _slo_cost(
         self,
