@@ -64,30 +64,31 @@ def means(records: tuple[RequestRecord, ...] | list[RequestRecord]) -> dict[str,
 
 
 def gateway_metrics(url: str) -> dict[str, float]:
-    """From the gateway's /metrics: moves by reason (``migrations_<reason>`` and their sum) and
-    its policy ticks (count, mean, and how many held the event loop over 50 and 250 ms)."""
+    """From the gateway's /metrics: moves by reason (``migrations_<reason>`` and their sum), its
+    policy ticks on the event loop (``ticks``: count, mean, how many held the loop over 50 and
+    250 ms) and its refinement rounds solved in the planning thread (``rounds``: the same)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     moved: dict[str, float] = {}
-    buckets: dict[float, float] = {}
-    ticks = tick_sum = 0.0
+    series: dict[str, float] = {}
     for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
         name, _, value = line.rpartition(" ")
         if name.startswith("l4_migrations_total{") and 'outcome="ok"' in name:
             reason = name.split('reason="', 1)[1].split('"', 1)[0]
             moved[reason] = float(value)
-        elif name.startswith("l4_policy_tick_seconds_bucket{"):
-            buckets[float(name.split('le="', 1)[1].split('"', 1)[0])] = float(value)
-        elif name == "l4_policy_tick_seconds_count":
-            ticks = float(value)
-        elif name == "l4_policy_tick_seconds_sum":
-            tick_sum = float(value)
+        else:
+            series[name] = float(value)
     out = {f"migrations_{k}": v for k, v in moved.items() if v > 0}
     out["migrations"] = sum(out.values())
-    out["ticks"] = ticks
-    out["tick_mean_ms"] = tick_sum / ticks * 1e3 if ticks else 0.0
-    for ms in (50, 250):  # bucket bounds of l4_policy_tick_seconds
-        out[f"ticks_over_{ms}ms"] = ticks - buckets.get(ms / 1e3, ticks)
+    for key, metric in (("ticks", "l4_policy_tick_seconds"), ("rounds", "l4_planning_seconds")):
+        count = series.get(f"{metric}_count", 0.0)
+        out[key] = count
+        out[f"{key}_mean_ms"] = series.get(f"{metric}_sum", 0.0) / count * 1e3 if count else 0.0
+        for ms in (50, 250):  # bucket bounds of both histograms
+            below = series.get(f'{metric}_bucket{{le="{ms / 1e3}"}}', count)
+            out[f"{key}_over_{ms}ms"] = count - below
     return out
 
 
@@ -346,19 +347,23 @@ def render(result: dict[str, object]) -> str:
         )
     lines += [
         "",
-        "The gateway runs each policy tick on its event loop (`l4_policy_tick_seconds`; medians "
-        "over the live runs):",
+        "The gateway runs each policy tick on its event loop (`l4_policy_tick_seconds`) and "
+        "solves refinement rounds and re-plans in its planning thread (`l4_planning_seconds`); "
+        "medians over the live runs:",
         "",
-        "| policy | ticks | mean tick | ticks over 50 ms | over 250 ms |",
-        "|---|---:|---:|---:|---:|",
+        "| policy | ticks | mean tick | ticks over 50 ms | over 250 ms "
+        "| rounds | mean round | rounds over 50 ms | over 250 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         v = row["live"]
         if "ticks" in v:
-            lines.append(
-                f"| {row['policy']} | {v['ticks']:.0f} | {v['tick_mean_ms']:.1f} ms "
-                f"| {v['ticks_over_50ms']:.0f} | {v['ticks_over_250ms']:.0f} |"
-            )
+            cells = [
+                f"{v.get(k, 0.0):.0f} | {v.get(k + '_mean_ms', 0.0):.1f} ms "
+                f"| {v.get(k + '_over_50ms', 0.0):.0f} | {v.get(k + '_over_250ms', 0.0):.0f}"
+                for k in ("ticks", "rounds")
+            ]
+            lines.append(f"| {row['policy']} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

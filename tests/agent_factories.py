@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from factories import req
+from factories import req, tiny_profile
 from l4.agents.agent import AgentConfig, InstanceAgent
 from l4.agents.bus import MessageBus
 from l4.agents.load import Load
 from l4.agents.messages import LoadReport, Message
 from l4.agents.observer import WindowObserver
+from l4.agents.refinement import RefinementConfig
+from l4.agents.runtime import L4Config, L4Runtime
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
+from l4.costmodel import StepCostModel
+from l4.instance import InstanceConfig
 from l4.instance.sequence import SeqState, Sequence
+from l4.offload import Offload
+from l4.views import PolicyContext
 
 BLOCK_TOKENS = 16
 
@@ -201,3 +207,46 @@ def make_agents(table: StageTable, config: AgentConfig | None = None, **views: F
         for i in range(n)
     }
     return Agents(bus=bus, world=world, agents=agents, ask_ids=AskIds(), inbox=inbox)
+
+
+# ---- a whole runtime over fake instances --------------------------------------------------------
+RUNTIME_PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
+# The decisions under test one at a time: no spill (tests/agents/test_runtime.py has it), a re-plan
+# adopted on its first proposal and with no staging margin, the mean-latency objective (the SLO
+# objective's choices are tests/core/test_objective.py's).
+RUNTIME_CONFIG = L4Config(
+    replan_period_s=1.0,
+    replan_min_gain=0.0,
+    replan_confirmations=1,
+    stage_margin=0.0,
+    objective=None,
+    spill=False,
+    agent=AgentConfig(balance=False),
+    refinement=RefinementConfig(period_s=0.5, freeze_min_requests=0, min_relative_move=0.0),
+)
+
+
+def runtime_over(
+    table: StageTable,
+    config: L4Config = RUNTIME_CONFIG,
+    *,
+    offload: Offload | None = None,
+    **views: FakeView,
+) -> tuple[L4Runtime, FakeCluster]:
+    """An L4 runtime holding ``table`` over fake instances (``v0=FakeView(0)``, ...; idle ones
+    for the rest)."""
+    n = len(table.stage_of_instance)
+    ctx = PolicyContext(
+        num_instances=n,
+        profile=RUNTIME_PROFILE,
+        cost=StepCostModel(RUNTIME_PROFILE),
+        instance_config=InstanceConfig.from_profile(RUNTIME_PROFILE),
+        seed=0,
+        offload=offload,
+    )
+    policy = L4Runtime(ctx, config)
+    policy.table = table
+    for a in policy.agents:
+        a.table = table
+    cluster = FakeCluster({i: views.get(f"v{i}", FakeView(i)) for i in range(n)})
+    return policy, cluster

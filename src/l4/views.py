@@ -19,6 +19,7 @@ from l4.costmodel.step import StepCostModel
 from l4.errors import ValidationError
 from l4.instance.config import InstanceConfig
 from l4.instance.sequence import Sequence as Seq
+from l4.offload import Offload
 
 
 class InstanceView(Protocol):
@@ -103,6 +104,8 @@ class PolicyContext:
     migration: MigrationConfig = field(default_factory=MigrationConfig)
     # Ranges the operator pinned (None: length-aware policies plan their own).
     static_plan: StaticPlan | None = None
+    # Where slow pure work (a re-plan) runs; None: in the caller's thread (l4.offload).
+    offload: Offload | None = None
 
     def __post_init__(self) -> None:
         plan = self.static_plan

@@ -8,12 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from agent_factories import FakeCluster, FakeView, seq
-from factories import log_uniform_summary, req, tiny_profile
+from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, runtime_over, seq
+from factories import log_uniform_summary, req
 from l4.agents.agent import AgentConfig
 from l4.agents.leaders import boundary_target, combine_reports, propose_plan
 from l4.agents.messages import FRONT, Bid, BoundaryMove, LengthReport, Message, PlanUpdate
-from l4.agents.refinement import BoundaryRule, RefinementConfig
+from l4.agents.planning import drain_cost_s
+from l4.agents.refinement import BoundaryRule
 from l4.agents.runtime import L4Config, L4Runtime
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
@@ -22,41 +23,6 @@ from l4.errors import ValidationError
 from l4.instance import InstanceConfig
 from l4.instance.sequence import SeqState
 from l4.views import PolicyContext
-
-PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
-# The decisions under test one at a time: no spill (tests/agents/test_runtime.py has it), a re-plan
-# adopted on its first proposal and with no staging margin, the mean-latency objective (the SLO
-# objective's choices are tests/core/test_objective.py's).
-CONFIG = L4Config(
-    replan_period_s=1.0,
-    replan_min_gain=0.0,
-    replan_confirmations=1,
-    stage_margin=0.0,
-    objective=None,
-    spill=False,
-    agent=AgentConfig(balance=False),
-    refinement=RefinementConfig(period_s=0.5, freeze_min_requests=0, min_relative_move=0.0),
-)
-
-
-def _runtime(
-    table: StageTable, config: L4Config = CONFIG, **views: FakeView
-) -> tuple[L4Runtime, FakeCluster]:
-    n = len(table.stage_of_instance)
-    ctx = PolicyContext(
-        num_instances=n,
-        profile=PROFILE,
-        cost=StepCostModel(PROFILE),
-        instance_config=InstanceConfig.from_profile(PROFILE),
-        seed=0,
-    )
-    policy = L4Runtime(ctx, config)
-    policy.table = table
-    for a in policy.agents:
-        a.table = table
-    cluster = FakeCluster({i: views.get(f"v{i}", FakeView(i)) for i in range(n)})
-    return policy, cluster
-
 
 ONE = StageTable(boundaries_tokens=(), stage_of_instance=(0, 0, 0))
 TWO = StageTable(boundaries_tokens=(100,), stage_of_instance=(0, 1, 1))
@@ -72,13 +38,13 @@ def _busy(i: int, length: int = 1000) -> FakeView:
 # ---- the front door -----------------------------------------------------------------------------
 def test_arrivals_go_to_the_bidder_that_accepts_earliest() -> None:
     # Instance 0 is idle but full (never accepts); 1 and 2 accept now, 2 is lighter.
-    policy, cluster = _runtime(ONE, v0=FakeView(0, free=0), v1=_busy(1))
+    policy, cluster = runtime_over(ONE, v0=FakeView(0, free=0), v1=_busy(1))
     assert policy.route(req(1, 50, 10), cluster, 0.0) == 2
     assert all(a.reserved_blocks() == 0 for a in policy.agents)  # awarded or declined
 
 
 def test_arrivals_among_equal_bids_go_to_the_lower_id() -> None:
-    policy, cluster = _runtime(ONE, v0=FakeView(0, free=0))
+    policy, cluster = runtime_over(ONE, v0=FakeView(0, free=0))
     assert policy.route(req(1, 50, 10), cluster, 0.0) == 1
 
 
@@ -87,12 +53,12 @@ def test_when_nobody_accepts_now_the_lightest_takes_the_arrival() -> None:
     full = {f"v{i}": FakeView(i, free=0) for i in range(3)}
     full["v0"] = _busy(0)
     full["v0"].free = 0
-    policy, cluster = _runtime(ONE, **full)
+    policy, cluster = runtime_over(ONE, **full)
     assert policy.route(req(1, 50, 10), cluster, 0.0) == 1
 
 
 def test_the_entry_stage_is_the_stage_of_the_prompt() -> None:
-    policy, cluster = _runtime(TWO, v1=_busy(1))
+    policy, cluster = runtime_over(TWO, v1=_busy(1))
     assert policy.route(req(1, 99, 10), cluster, 0.0) == 0  # a one-instance stage: no ask
     assert policy.bus.sent["Ask"] == 0
     assert policy.route(req(2, 100, 10), cluster, 0.0) == 2
@@ -100,15 +66,15 @@ def test_the_entry_stage_is_the_stage_of_the_prompt() -> None:
 
 
 def test_round_robin_inside_the_entry_stage_without_bids() -> None:
-    config = replace(CONFIG, agent=AgentConfig(use_bids=False))
-    policy, cluster = _runtime(TWO, config)
+    config = replace(RUNTIME_CONFIG, agent=AgentConfig(use_bids=False))
+    policy, cluster = runtime_over(TWO, config)
     routed = [policy.route(req(i, 150, 10), cluster, 0.0) for i in range(3)]
     assert routed == [1, 2, 1]
     assert policy.bus.sent["Ask"] == 0
 
 
 def test_lost_bids_fall_back_to_round_robin() -> None:
-    policy, cluster = _runtime(TWO, v2=FakeView(2))
+    policy, cluster = runtime_over(TWO, v2=FakeView(2))
     policy.bus._drop = lambda dst, msg: isinstance(msg, Bid)
     assert [policy.route(req(i, 150, 10), cluster, 0.0) for i in range(2)] == [1, 2]
 
@@ -120,7 +86,7 @@ def _to_front(policy: L4Runtime, msg: Message) -> None:
 
 
 def test_a_boundary_move_of_the_plan_in_force_is_applied_and_counted() -> None:
-    policy, _ = _runtime(TWO)
+    policy, _ = runtime_over(TWO)
     _to_front(policy, BoundaryMove(index=1, tokens=150, version=0, sender=0))
     assert policy.table.boundaries_tokens == (150,) and policy.boundary_moves == 1
     _to_front(policy, BoundaryMove(index=1, tokens=160, version=0, sender=0))
@@ -132,7 +98,7 @@ def test_a_boundary_move_of_the_plan_in_force_is_applied_and_counted() -> None:
 
 
 def test_a_plan_update_replaces_the_table_and_counts_a_replan() -> None:
-    policy, _ = _runtime(ONE)
+    policy, _ = runtime_over(ONE)
     update = PlanUpdate(version=1, boundaries_tokens=(64,), stage_of_instance=(0, 1, 1), sender=0)
     _to_front(policy, update)
     assert policy.table == StageTable(
@@ -153,7 +119,7 @@ def test_windows_close_every_refinement_period_and_reach_the_leaders() -> None:
     # Three one-instance stages: every agent reports to its own stage's leader and to the leader
     # of the stage above (the two boundaries it touches): 1 + 2 + 2 = 5 reports; at a re-plan the
     # coordinator (leader of stage 0) also gets stage 2's: 6.
-    policy, cluster = _runtime(THREE)
+    policy, cluster = runtime_over(THREE)
     policy.on_tick(cluster, 0.0)  # opens the windows
     assert _reports_sent(policy) == 0
     policy.on_tick(cluster, 0.25)
@@ -169,7 +135,7 @@ def test_windows_close_every_refinement_period_and_reach_the_leaders() -> None:
 def test_the_first_tick_opens_windows_without_closing_what_came_before_it() -> None:
     # One arrival at 0.0, the first tick 0.1 s later, the first refinement at 0.6: the window is
     # [0, 0.6) with one arrival, not a 0.1 s window of one arrival (10 per second) carried on.
-    policy, cluster = _runtime(TWO)
+    policy, cluster = runtime_over(TWO)
     s = seq(1, 50)
     policy.admitted(s, 0, 0.0)
     policy.on_tick(cluster, 0.1)
@@ -182,7 +148,7 @@ def test_the_first_tick_opens_windows_without_closing_what_came_before_it() -> N
 
 
 def test_without_refinement_windows_close_only_for_replans() -> None:
-    policy, cluster = _runtime(THREE, replace(CONFIG, refine=False))
+    policy, cluster = runtime_over(THREE, replace(RUNTIME_CONFIG, refine=False))
     for now in (0.0, 0.5):
         policy.on_tick(cluster, now)
     assert _reports_sent(policy) == 0
@@ -191,7 +157,7 @@ def test_without_refinement_windows_close_only_for_replans() -> None:
 
 
 def test_static_runtime_never_reports() -> None:
-    policy, cluster = _runtime(THREE, replace(CONFIG, refine=False, replan=False))
+    policy, cluster = runtime_over(THREE, replace(RUNTIME_CONFIG, refine=False, replan=False))
     for now in (0.0, 0.5, 1.0, 1.5, 2.0):
         policy.on_tick(cluster, now)
     assert _reports_sent(policy) == 0 and policy.replans == 0
@@ -213,7 +179,7 @@ def _replan_round(idle: tuple[int, ...]) -> tuple[L4Runtime, FakeCluster, PlanUp
     reports without the drain price."""
     views = {f"v{i}": FakeView(i) if i in idle else _bimodal(i) for i in range(4)}
     table = StageTable.single(4)
-    policy, cluster = _runtime(table, **views)
+    policy, cluster = runtime_over(table, **views)
     policy.on_tick(cluster, 0.0)
     for v in cluster.views.values():  # every request here grew by 20 tokens in the window
         for s in v.run:
@@ -250,9 +216,15 @@ def test_the_coordinator_adopts_the_plan_the_dp_proposes_from_the_reports() -> N
 def test_a_re_plan_that_does_not_pay_its_drain_is_not_made() -> None:
     # The same split (1% cheaper by the model) would move instances 2 and 3, busy now: their 28
     # running requests would each migrate once, which costs more than the split gains.
-    policy, _, proposal = _replan_round(idle=(0, 1))
+    policy, cluster, proposal = _replan_round(idle=(0, 1))
     assert proposal is not None and proposal.stage_of_instance == (0, 0, 1, 1)
-    assert policy._drain_cost_s(policy.table, proposal.stage_of_instance) > 0
+    views = [cluster.instance(i) for i in range(4)]
+    running = [[v.length_of(q) for q in v.running()] for v in views]
+    period_s = policy.config.replan_period_s
+    cost_s = drain_cost_s(
+        policy.model, policy.table, running, proposal.stage_of_instance, period_s=period_s
+    )
+    assert cost_s > 0
     assert policy.replans == 0 and policy.table.num_stages == 1
 
 
@@ -274,7 +246,7 @@ def test_l4_config_is_validated(bad: dict[str, object], message: str) -> None:
 
 
 def test_a_moved_request_is_noted_by_its_destinations_observer() -> None:
-    policy, cluster = _runtime(TWO)
+    policy, cluster = runtime_over(TWO)
     s = seq(1, 150)
     policy.note_incoming(s, 2, 150, 0.5)
     policy.agents[2].observer.close(cluster.views[2], 0.5)  # opened at the note
@@ -295,7 +267,7 @@ def test_a_leader_moves_its_boundary_to_the_rules_target_for_the_reports_it_got(
             v.add(seq(100 * i + k, length), length).instances.append(i)
         views[f"v{i}"] = v
     table = StageTable(boundaries_tokens=(64,), stage_of_instance=(0, 1, 1))
-    policy, cluster = _runtime(table, replace(CONFIG, replan=False), **views)
+    policy, cluster = runtime_over(table, replace(RUNTIME_CONFIG, replan=False), **views)
     for now in (0.0, 0.5, 1.0):  # open, first window (requests seen), second (decode steps)
         for v in cluster.views.values():
             for s in v.run:
@@ -307,7 +279,7 @@ def test_a_leader_moves_its_boundary_to_the_rules_target_for_the_reports_it_got(
     summary = combine_reports(policy.grid, reports, arrival_batch_excess=0.0)
     assert summary is not None
     target = boundary_target(
-        summary, policy.model, table, 1, rule=CONFIG.rule, config=CONFIG.refinement,
+        summary, policy.model, table, 1, rule=RUNTIME_CONFIG.rule, config=RUNTIME_CONFIG.refinement,
         requests_seen=sum(r.requests_seen for r in reports),
     )  # fmt: skip
     assert target is not None and policy.grid.edges_tokens[target] == 76
@@ -318,7 +290,7 @@ def test_a_leader_moves_its_boundary_to_the_rules_target_for_the_reports_it_got(
 def test_agents_act_on_the_tick_time() -> None:
     v0 = FakeView(0)
     v0.add(seq(1, 150), 150)  # past stage 0's bound: cascades at the tick
-    policy, cluster = _runtime(TWO, v0=v0)
+    policy, cluster = runtime_over(TWO, v0=v0)
     policy.on_tick(cluster, 0.25)
     assert cluster.moves == [(1, 0, 1, "cascade")]
     assert policy.stats()["agent_events"] == {  # type: ignore[comparison-overlap]
@@ -341,13 +313,13 @@ def test_count_and_memory_ablations_place_their_own_initial_boundaries() -> None
         seed=0,
         workload=summary,
     )
-    qoe = L4Runtime(ctx, CONFIG)
+    qoe = L4Runtime(ctx, RUNTIME_CONFIG)
     for rule in (BoundaryRule.COUNT, BoundaryRule.MEMORY):
-        policy = L4Runtime(ctx, replace(CONFIG, rule=rule))
+        policy = L4Runtime(ctx, replace(RUNTIME_CONFIG, rule=rule))
         expected = qoe.table
         for k in range(1, expected.num_stages):
             target = boundary_target(
-                summary, qoe.model, expected, k, rule=rule, config=CONFIG.refinement,
+                summary, qoe.model, expected, k, rule=rule, config=RUNTIME_CONFIG.refinement,
                 requests_seen=0, unlimited=True,
             )  # fmt: skip
             if target is not None:
@@ -359,22 +331,22 @@ def test_count_and_memory_ablations_place_their_own_initial_boundaries() -> None
 
 
 # ---- spill: an arrival its own stage cannot start promptly --------------------------------------
-SPILL = replace(CONFIG, spill=True)
+SPILL = replace(RUNTIME_CONFIG, spill=True)
 
 
 def test_an_arrival_its_stage_cannot_start_spills_to_a_later_idle_instance() -> None:
     # Instance 0 (stage 0) has 200K prompt tokens to prefill: far over half the TTFT SLO of a
     # 50-token prompt. Instances 1 and 2 (stage 1) are idle and equal: the lower id wins the tie.
-    policy, cluster = _runtime(TWO, SPILL, v0=FakeView(0, pending=(200_000, 0.0)))
+    policy, cluster = runtime_over(TWO, SPILL, v0=FakeView(0, pending=(200_000, 0.0)))
     assert policy.route(req(1, 50, 10), cluster, 0.0) == 1
     assert policy.spills == 1
     # Without spill the same arrival waits in its own stage.
-    plain, cluster = _runtime(TWO, CONFIG, v0=FakeView(0, pending=(200_000, 0.0)))
+    plain, cluster = runtime_over(TWO, RUNTIME_CONFIG, v0=FakeView(0, pending=(200_000, 0.0)))
     assert plain.route(req(1, 50, 10), cluster, 0.0) == 0 and plain.spills == 0
 
 
 def test_an_arrival_its_stage_starts_promptly_does_not_spill() -> None:
-    policy, cluster = _runtime(TWO, SPILL, v1=FakeView(1), v2=FakeView(2))
+    policy, cluster = runtime_over(TWO, SPILL, v1=FakeView(1), v2=FakeView(2))
     assert policy.route(req(1, 50, 10), cluster, 0.0) == 0
     assert policy.spills == 0
 
@@ -382,7 +354,7 @@ def test_an_arrival_its_stage_starts_promptly_does_not_spill() -> None:
 def test_no_spill_when_the_later_stage_is_not_cheaper_by_the_margin() -> None:
     # Stage 1's instances are as busy as the entry: spilling would gain nothing.
     busy = {f"v{i}": FakeView(i, pending=(200_000, 0.0)) for i in range(3)}
-    policy, cluster = _runtime(TWO, SPILL, **busy)
+    policy, cluster = runtime_over(TWO, SPILL, **busy)
     assert policy.route(req(1, 50, 10), cluster, 0.0) == 0
     assert policy.spills == 0
 
@@ -402,7 +374,7 @@ def _arrive(policy: L4Runtime, cluster: FakeCluster, times: list[float]) -> None
 
 def test_the_front_door_measures_how_arrivals_bunch_for_the_replans() -> None:
     # 40 arrivals at once every 8 s for 48 s: 4 s windows alternate between 40 and none.
-    policy, cluster = _runtime(ONE)
+    policy, cluster = runtime_over(ONE)
     policy.on_tick(cluster, 0.0)
     _arrive(policy, cluster, [8.0 * b + 0.001 * k for b in range(6) for k in range(40)])
     assert policy._combined([]) is None
@@ -416,7 +388,7 @@ def test_the_front_door_measures_how_arrivals_bunch_for_the_replans() -> None:
 def test_the_planned_workloads_spread_stands_until_enough_arrivals_are_seen() -> None:
     # An even stream over 20 s: less than half of the 60 s history, so the spread the plan was
     # made with (here none: a summary of lengths alone) is what the re-plans use.
-    policy, cluster = _runtime(ONE)
+    policy, cluster = runtime_over(ONE)
     policy.on_tick(cluster, 0.0)
     _arrive(policy, cluster, [0.1 * k for k in range(200)])
     policy.on_tick(cluster, 20.0)
@@ -427,6 +399,6 @@ def test_the_planned_workloads_spread_stands_until_enough_arrivals_are_seen() ->
 def test_a_runtime_that_never_reports_keeps_no_arrivals() -> None:
     # One stage (l4_bids) or pinned ranges run for as long as a gateway does: what only the
     # reports read must not pile up.
-    policy, cluster = _runtime(ONE, replace(CONFIG, refine=False, replan=False))
+    policy, cluster = runtime_over(ONE, replace(RUNTIME_CONFIG, refine=False, replan=False))
     _arrive(policy, cluster, [0.01 * k for k in range(500)])
     assert not policy._arrivals_s and not policy._recent

@@ -178,6 +178,35 @@ def test_health_state_models_and_metrics() -> None:
     asyncio.run(main())
 
 
+def test_re_plans_are_solved_in_the_planning_thread_while_streams_flow() -> None:
+    # No expected workload: one stage until the first re-plan (30 s of the engines' time, 1.5 s
+    # here at 20x), whose round runs in the planning thread and is timed in /metrics.
+    async def main() -> None:
+        async with gateway_over([engine_config(0), engine_config(1)]) as run:
+            body = {"prompt": "x " * 300, "max_tokens": 200, "ignore_eos": True, "stream": True}
+
+            async def client() -> None:
+                while True:
+                    assert len(await sse(run.url, body)) > 0
+
+            async def rounds() -> float:
+                async with aiohttp.ClientSession() as s, s.get(run.url + "/metrics") as r:
+                    text = await r.text()
+                count = "l4_planning_seconds_count "
+                return float(next(x for x in text.splitlines() if x.startswith(count)).split()[1])
+
+            async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+                clients = [tg.create_task(client()) for _ in range(6)]
+                while await rounds() < 1:
+                    await asyncio.sleep(0.1)
+                for c in clients:
+                    c.cancel()
+            stats = run.gateway.state()["policy_stats"]
+            assert stats["messages"]["LengthReport"] > 0
+
+    asyncio.run(main())
+
+
 def test_no_healthy_engine_is_503_and_health_fails() -> None:
     async def main() -> None:
         async with gateway_over([engine_config(0)]) as run:

@@ -19,7 +19,9 @@ one every instance starts in one stage and re-planning splits them when traffic 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,13 +29,7 @@ import numpy.typing as npt
 
 from l4.agents.agent import AgentConfig, InstanceAgent
 from l4.agents.bus import DropRule, MessageBus
-from l4.agents.leaders import (
-    boundary_target,
-    combine_reports,
-    length_report,
-    propose_plan,
-    stage_indices,
-)
+from l4.agents.leaders import boundary_target, combine_reports, length_report
 from l4.agents.load import LoadModel
 from l4.agents.messages import (
     FRONT,
@@ -48,6 +44,13 @@ from l4.agents.messages import (
     TradeKind,
 )
 from l4.agents.observer import WindowObserver
+from l4.agents.planning import (
+    BoundaryInput,
+    PlanningRound,
+    ReplanInput,
+    RoundResult,
+    solve_round,
+)
 from l4.agents.refinement import BoundaryRule, RefinementConfig
 from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.choice import plan_with_margin
@@ -58,6 +61,7 @@ from l4.core.qoe import StageModel
 from l4.core.summary import WorkloadSummary, arrival_batch_excess, arrival_spread
 from l4.errors import InvariantError, ValidationError
 from l4.instance.sequence import Sequence
+from l4.offload import Inline, Offload
 from l4.request import RequestSpec
 from l4.views import ClusterView, PolicyContext
 
@@ -160,6 +164,11 @@ class L4Runtime:
         self.replans = 0
         self.membership_changes = 0
         self._proposal: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        # Refinement and re-planning run as one job a round (l4.agents.planning), where the
+        # deployment's Offload runs it; its result is sent at the first tick it is ready.
+        self._offload: Offload = Inline() if ctx.offload is None else ctx.offload
+        self._round: Future[RoundResult] | None = None
+        self._round_version = 0
         self._proposal_rounds = 0
         self._cost = ctx.cost
         self._budget = ctx.instance_config.max_num_batched_tokens
@@ -307,21 +316,25 @@ class L4Runtime:
             for a in self.agents:
                 a.observer.open(now_s)
             return
-        if now_s + 1e-9 >= self._next_refine_s:
-            self._next_refine_s = now_s + self.config.refinement.period_s
-            replan = (
-                self.config.replan
-                and self._next_replan_s is not None
-                and now_s + 1e-9 >= self._next_replan_s
-            )
-            if replan:
-                self._next_replan_s = now_s + self.config.replan_period_s
-            if self.config.refine or replan:
-                self._report(now_s, to_coordinator=replan)
-            if self.config.refine:
-                self._refine(now_s)
-            if replan:
-                self._replan(now_s)
+        self._apply_round()
+        if self._round is not None or now_s + 1e-9 < self._next_refine_s:
+            return  # not due, or the last round is still being solved: this one waits for it
+        self._next_refine_s = now_s + self.config.refinement.period_s
+        replan = (
+            self.config.replan
+            and self._next_replan_s is not None
+            and now_s + 1e-9 >= self._next_replan_s
+        )
+        if replan:
+            self._next_replan_s = now_s + self.config.replan_period_s
+        if not (self.config.refine or replan):
+            return
+        self._report(now_s, to_coordinator=replan)
+        job = self._gather(now_s, replan=replan)
+        if job is not None:
+            self._round_version = self.table.version
+            self._round = self._offload.submit(functools.partial(solve_round, job))
+            self._apply_round()  # inline (the simulator): now, as if solving took no time
 
     def groups(self) -> list[list[int]]:
         return self.table.groups()
@@ -453,8 +466,26 @@ class L4Runtime:
             arrival_spread=self._spread,
         )
 
-    def _refine(self, now_s: float) -> None:
-        """Each leader re-solves its stage's upper boundary, in stage order."""
+    def _gather(self, now_s: float, *, replan: bool) -> PlanningRound | None:
+        """This round's work for ``solve_round``, or None when there is none."""
+        boundaries = self._boundary_inputs(now_s) if self.config.refine else ()
+        replan_input = self._replan_input(now_s) if replan else None
+        if not boundaries and replan_input is None:
+            return None
+        return PlanningRound(
+            model=self.model,
+            rule=self.config.rule,
+            refinement=self.config.refinement,
+            boundaries=boundaries,
+            replan=replan_input,
+            replan_min_gain=self.config.replan_min_gain,
+            replan_period_s=self.config.replan_period_s,
+            stage_margin=self.config.stage_margin,
+        )
+
+    def _boundary_inputs(self, now_s: float) -> tuple[BoundaryInput, ...]:
+        """Each leader's upper boundary, from the two stages' reports of this round."""
+        out = []
         for k in range(1, self.table.num_stages):
             leader = self.agents[self._leader(k - 1)]
             table = leader.table
@@ -467,28 +498,18 @@ class L4Runtime:
             summary = self._combined(reports)
             if summary is None or not summary.decode_steps.sum() > 0:
                 continue
-            target = boundary_target(
-                summary,
-                self.model,
-                table,
-                k,
-                rule=self.config.rule,
-                config=self.config.refinement,
-                requests_seen=sum(r.requests_seen for r in reports),
+            out.append(
+                BoundaryInput(
+                    index=k,
+                    leader=leader.instance_id,
+                    table=table,
+                    summary=summary,
+                    requests_seen=sum(r.requests_seen for r in reports),
+                )
             )
-            if target is None or target == stage_indices(self.grid, table, k)[0]:
-                continue
-            move = BoundaryMove(
-                index=k,
-                tokens=self.grid.edges_tokens[target],
-                version=table.version,
-                sender=leader.instance_id,
-            )
-            for dst in (*range(self._n), FRONT):
-                self.bus.send(dst, move)
-            self.bus.flush()
+        return tuple(out)
 
-    def _replan(self, now_s: float) -> None:
+    def _replan_input(self, now_s: float) -> ReplanInput | None:
         coordinator = self.agents[self._leader(0)]
         reports = [
             r
@@ -497,16 +518,29 @@ class L4Runtime:
         ]
         summary = self._combined(reports)
         if summary is None or not summary.decode_steps.sum() > 0:
-            return
-        update = propose_plan(
-            summary,
-            self.model,
-            coordinator.table,
-            min_gain=self.config.replan_min_gain,
-            sender=coordinator.instance_id,
-            stage_margin=self.config.stage_margin,
-            drain_cost=lambda stage_of: self._drain_cost_s(coordinator.table, stage_of),
+            return None
+        views = [self.cluster.instance(i) for i in range(self._n)]
+        return ReplanInput(
+            coordinator=coordinator.instance_id,
+            table=coordinator.table,
+            summary=summary,
+            running_tokens=tuple(tuple(v.length_of(q) for q in v.running()) for v in views),
         )
+
+    def _apply_round(self) -> None:
+        """Send the last round's moves and proposal once they are solved."""
+        done, self._round = self._round, None
+        if done is None or not done.done():
+            self._round = done
+            return
+        result = done.result()  # the solver's error, if any, is the tick's
+        for move in result.moves:
+            for dst in (*range(self._n), FRONT):
+                self.bus.send(dst, move)
+            self.bus.flush()
+        if not result.replanned or self.table.version != self._round_version:
+            return  # solved against a plan that has since changed (membership): stale
+        update = result.proposal
         if not self._confirmed(update):
             return
         assert update is not None
@@ -514,7 +548,7 @@ class L4Runtime:
             self.bus.send(dst, update)
         self.bus.flush()
 
-    # ---- re-plan stability: hysteresis and drain costs ----------------------------------------
+    # ---- re-plan stability: hysteresis ----------------------------------------
     def _confirmed(self, update: PlanUpdate | None) -> bool:
         """A proposal is adopted once the same one has come ``replan_confirmations`` rounds in
         a row: a plan that is better only for one window (a burst) never drains anything."""
@@ -528,22 +562,6 @@ class L4Runtime:
             return False
         self._proposal, self._proposal_rounds = None, 0
         return True
-
-    def _drain_cost_s(self, table: StageTable, stage_of: tuple[int, ...]) -> float:
-        """Latency the hand-offs of a new assignment cost, per second of a re-plan period: every
-        running request of an instance that changes stage migrates once (queued ones move
-        without KV and cost nothing), priced by the planner's migration model."""
-        lengths: list[int] = []
-        for i, (old, new) in enumerate(zip(table.stage_of_instance, stage_of, strict=True)):
-            if old == new:
-                continue
-            view = self.cluster.instance(i)
-            lengths.extend(view.length_of(seq) for seq in view.running())
-        if not lengths:
-            return 0.0
-        step_s = 0.01  # a typical decode step: the migration model's stall is not sensitive to it
-        lost = self.model.migration_latency_s(lengths, tpot_s=step_s, step_s=step_s)
-        return float(lost.sum()) / self.config.replan_period_s
 
     # ---- spill: admission that keeps pooling ----------------------------------------------------
     def _slo_s(self, prompt_tokens: int) -> tuple[float, float]:

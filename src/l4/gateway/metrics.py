@@ -117,8 +117,15 @@ class GatewayMetrics:
         )
         self.policy_tick = Histogram(
             "l4_policy_tick_seconds",
-            "Wall time of one policy tick (loads, cascades, boundary refinement, re-plans). It "
-            "runs on the event loop: every stream waits while it does.",
+            "Wall time of one policy tick on the event loop (loads, cascades, bids): every "
+            "stream waits while it runs. Refinement and re-plans are solved off the loop.",
+            buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.planning = Histogram(
+            "l4_planning_seconds",
+            "Wall time from a refinement round's start to its result (boundary moves and, every "
+            "re-plan period, a new plan), solved in a worker thread; applied at the next tick.",
             buckets=_PAUSE_BUCKETS,
             registry=r,
         )
