@@ -92,6 +92,17 @@ def gateway_metrics(url: str) -> dict[str, float]:
     return out
 
 
+def engine_preemptions(url: str) -> float:
+    """An engine's ``vllm:num_preemptions_total`` (all its label sets)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("vllm:num_preemptions_total")
+    )
+
+
 def spread_ties(workload: Workload, spacing_s: float) -> Workload:
     """Requests that share an arrival time (Mooncake's timestamps come in 3 s bursts of up to
     a dozen) spaced ``spacing_s`` apart in trace order. The simulator admits such a burst in
@@ -173,6 +184,7 @@ def live_run(
                 replay(workload.requests, ReplayConfig(base_url=gw.url, time_scale=args.time_scale))
             )
             seen = gateway_metrics(gw.url)
+        seen["preemptions"] = sum(engine_preemptions(u) for u in urls)
     out = means(records)
     out.update(seen)
     out["errors"] = float(sum(1 for r in records if r.finish_s is None))
@@ -191,6 +203,7 @@ def sim_run(args: argparse.Namespace, workload: Workload, policy: str) -> dict[s
     )
     run = run_policy(cfg, workload, policy)
     out = means(run.outcome.records)
+    out["preemptions"] = float(run.outcome.preemptions)
     moved = {k: float(v) for k, v in run.outcome.migrations_by_reason.items() if v > 0}
     out["migrations"] = sum(moved.values())
     out.update({f"migrations_{k}": v for k, v in moved.items()})
@@ -364,6 +377,22 @@ def render(result: dict[str, object]) -> str:
                 for k in ("ticks", "rounds")
             ]
             lines.append(f"| {row['policy']} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "Each run's mean TTFT and the preemptions its instances made (recompute: the prompt and "
+        "what it generated are prefilled again), simulated draws then live runs:",
+        "",
+        "| policy | sim: TTFT (preemptions) | live: TTFT (preemptions) |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        cells = [
+            ", ".join(
+                f"{r['ttft']:.2f} s ({r.get('preemptions', float('nan')):.0f})" for r in row[key]
+            )
+            for key in ("sim_runs", "live_runs")
+        ]
+        lines.append(f"| {row['policy']} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
