@@ -194,6 +194,7 @@ ABLATIONS: tuple[str, ...] = (
     "l4_rr",
     "l4_meanlat",
     "l4_nospill",
+    "l4_nooverflow",
 )
 # alpha = None is the profile's measured table. The heterogeneity curve adds constants: 0 and the
 # one that makes a 1 x 64K + 15 x 100-token decode batch's attention twice as slow as a uniform
@@ -221,8 +222,8 @@ class Roles:
     refinement: tuple[str, ...] = ("l4", "l4_static", "l4_count", "l4_memory")
     # staging itself: L4 against one stage of all instances with the same bids
     staging: tuple[str, ...] = ("l4", "l4_bids")
-    # the planner's objective and spill, each switched off
-    objective: tuple[str, ...] = ("l4", "l4_meanlat", "l4_nospill")
+    # the planner's objective, spill and overflow, each switched off
+    objective: tuple[str, ...] = ("l4", "l4_meanlat", "l4_nospill", "l4_nooverflow")
     # also run with token replay, and with replay from a shared KV store
     # (llumnix is left out: with abundant KV it migrates only when memory runs out, so its
     # replay runs would repeat its kv-transfer ones at twice the cost)
@@ -231,7 +232,7 @@ class Roles:
     # the heterogeneity curve (capacity only, premise scenarios)
     curve: tuple[str, ...] = ("l4", "least_prefill", "pd_disagg")
     # no capacity search outside the ablation scenario
-    sweep_only: tuple[str, ...] = ("l4_static", "l4_rr", "l4_nospill")
+    sweep_only: tuple[str, ...] = ("l4_static", "l4_rr", "l4_nospill", "l4_nooverflow")
     # the policies of a reduced scenario (besides the subject)
     reduced: tuple[str, ...] = (*BASELINES, "l4_bids")
     # policies that move running requests (for the mechanism tables)
@@ -433,7 +434,7 @@ class Plan:
     def searched(self, cell: Cell) -> bool:
         """Whether the cell's capacity is bisected: not for ``roles.sweep_only`` (l4_static answers
         "is a re-plan ever worse than the initial plan" in the sweep; l4_rr the balance and
-        l4_nospill the spill comparison at the sweep's rates)."""
+        l4_nospill and l4_nooverflow the spill and overflow comparisons at the sweep's rates)."""
         return cell.policy not in self.roles.sweep_only
 
     def spec(self, cell: Cell, rate_scale: float, seed: int) -> RunSpec:

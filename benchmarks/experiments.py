@@ -742,7 +742,11 @@ def section_ablations(results: Results, sc: Scenario) -> list[str]:
         ("Staging ({} vs one stage with the same bids)", roles.staging),
         ("Re-planning and refinement ({} vs the initial plan kept)", (roles.subject, "l4_static")),
         ("Refinement rules ({}: QoE vs request-count and memory balancing)", refinement),
-        ("Planner objective and spill ({}: mean-latency objective, no spill)", roles.objective),
+        (
+            "Planner objective, spill and overflow ({}: mean-latency objective, no spill, no "
+            "overflow)",
+            roles.objective,
+        ),
     )
     out: list[str] = []
     for title, names in groups:

@@ -36,6 +36,25 @@ def _busy(i: int, length: int = 1000) -> FakeView:
 
 
 # ---- the front door -----------------------------------------------------------------------------
+def test_an_arrival_whose_stage_has_no_kv_room_overflows_to_a_neighbouring_stage() -> None:
+    # A 250-token prompt enters stage 2, one instance with its cache full: it goes to stage 1,
+    # whose instance has room, rather than queue where it would preempt itself chunk by chunk.
+    policy, cluster = runtime_over(THREE, v2=FakeView(2, free=0))
+    assert policy.route(req(1, 250, 10), cluster, 0.0) == 1
+    assert policy.overflows == 1 and policy.stats()["overflows"] == 1
+    assert all(a.reserved_blocks() == 0 for a in policy.agents)  # awarded or declined
+    # Only neighbours take it (stage 0 is two stages away), and only with room now; else, or
+    # without overflow, it queues in its entry stage.
+    policy, cluster = runtime_over(THREE, v1=FakeView(1, free=0), v2=FakeView(2, free=0))
+    assert policy.route(req(1, 250, 10), cluster, 0.0) == 2 and policy.overflows == 0
+    no_overflow = replace(RUNTIME_CONFIG, overflow=False)
+    policy, cluster = runtime_over(THREE, no_overflow, v2=FakeView(2, free=0))
+    assert policy.route(req(1, 250, 10), cluster, 0.0) == 2
+    # A stage with room keeps its arrivals.
+    policy, cluster = runtime_over(THREE)
+    assert policy.route(req(1, 250, 10), cluster, 0.0) == 2 and policy.overflows == 0
+
+
 def test_arrivals_go_to_the_bidder_that_accepts_earliest() -> None:
     # Instance 0 is idle but full (never accepts); 1 and 2 accept now, 2 is lighter.
     policy, cluster = runtime_over(ONE, v0=FakeView(0, free=0), v1=_busy(1))
@@ -58,11 +77,15 @@ def test_when_nobody_accepts_now_the_lightest_takes_the_arrival() -> None:
 
 
 def test_the_entry_stage_is_the_stage_of_the_prompt() -> None:
-    policy, cluster = runtime_over(TWO, v1=_busy(1))
+    policy, cluster = runtime_over(TWO, replace(RUNTIME_CONFIG, overflow=False), v1=_busy(1))
     assert policy.route(req(1, 99, 10), cluster, 0.0) == 0  # a one-instance stage: no ask
     assert policy.bus.sent["Ask"] == 0
     assert policy.route(req(2, 100, 10), cluster, 0.0) == 2
     assert policy.bus.sent["Ask"] == 2
+    # With overflow the one instance is asked whether it has room (it has).
+    policy, cluster = runtime_over(TWO, v1=_busy(1))
+    assert policy.route(req(1, 99, 10), cluster, 0.0) == 0
+    assert policy.bus.sent["Ask"] == 1 and policy.overflows == 0
 
 
 def test_round_robin_inside_the_entry_stage_without_bids() -> None:

@@ -296,7 +296,27 @@ def test_pending_prefill_counts_the_unfinished_chunks() -> None:
     inst.complete(plan.end_s)
     # 344 tokens left after 256 computed: pairs 344 x (256 + 344 / 2).
     assert inst.pending_prefill() == (344, 344 * (256 + 172))
-    assert inst.waiting_demand_blocks() == 0 and inst.num_running == 1
+    assert inst.num_running == 1 and inst.num_waiting == 0
+
+
+def test_the_demand_of_a_prefill_under_way_is_what_its_later_chunks_will_allocate() -> None:
+    # Blocks of 16 tokens: the prompt of 600 needs 38 and holds 16 after its first chunk (256).
+    inst = make_instance()
+    n = inst.config.num_kv_blocks
+    inst.admit(Sequence(req(0, 600, 5)))
+    assert inst.waiting_demand_blocks() == 38
+    plan = inst.plan(0.0, 1)
+    assert plan is not None
+    inst.complete(plan.end_s)
+    assert inst.used_blocks() == 16 and inst.waiting_demand_blocks() == 38 - 16
+    # What a router sees as room is the same before and during the prefill (as the gateway,
+    # which holds a started prompt's blocks as used, sees it).
+    assert inst.free_blocks() - inst.waiting_demand_blocks() == n - 38
+    for _ in range(2):  # the other two chunks: 256 + 88 tokens
+        plan = inst.plan(plan.end_s, 1)
+        assert plan is not None
+        inst.complete(plan.end_s)
+    assert inst.waiting_demand_blocks() == 0 and inst.used_blocks() >= 38
 
 
 def test_drifted_queue_sums_are_an_invariant_error() -> None:

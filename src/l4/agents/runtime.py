@@ -91,6 +91,12 @@ class L4Config:
     spill: bool = True
     spill_threshold: float = 0.5
     spill_margin: float = 0.2
+    # Overflow: an arrival whose entry stage has no instance with KV room for its prompt now
+    # goes to the least loaded instance of a neighbouring stage that has. Queued there, a long
+    # prompt would be admitted by its first chunk and preempt itself (and the running requests)
+    # chunk after chunk while the stage's cache stays full: vLLM's recompute thrash, which a
+    # one-instance last stage falls into under a burst of long prompts.
+    overflow: bool = True
     # Stage only when the staged plan is predicted this much cheaper than one stage.
     stage_margin: float = 0.2
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -176,6 +182,7 @@ class L4Runtime:
         self._slos: dict[int, tuple[float, float]] = {}
         self._stalls: dict[int, float] = {}
         self.spills = 0
+        self.overflows = 0
         # The front door sees every arrival: it measures how many arrive together (EMA by window).
         self._arrivals_s: list[float] = []
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
@@ -250,7 +257,8 @@ class L4Runtime:
         stage = self.table.stage_of(request.input_tokens)
         members = self.table.members(stage)
         can_spill = self.config.spill and stage + 1 < self.table.num_stages
-        if len(members) == 1 and not can_spill:
+        can_overflow = self.config.overflow and self.table.num_stages > 1
+        if len(members) == 1 and not (can_spill or can_overflow):
             return members[0]
         if not self.config.agent.use_bids:
             return self.next_round_robin(stage)
@@ -258,6 +266,11 @@ class L4Runtime:
         if not bids:  # every bid lost: place by load as the retained reports last said
             return self.next_round_robin(stage)
         best = min(bids, key=lambda b: (b.earliest_accept_s, b.load_s, b.sender))
+        if can_overflow and best.earliest_accept_s > now_s:
+            elsewhere = self._overflow(request, stage, now_s)
+            if elsewhere is not None:
+                self._answer(ask_id, bids, None)
+                return elsewhere
         spill = self._spill(request, best, stage, now_s) if can_spill else None
         self._answer(ask_id, bids, None if spill is not None else best)
         return best.sender if spill is None else spill
@@ -351,6 +364,7 @@ class L4Runtime:
             "boundary_moves": self.boundary_moves,
             "replans": self.replans,
             "spills": self.spills,
+            "overflows": self.overflows,
             "membership_changes": self.membership_changes,
             "agent_events": dict(sorted(totals.items())),
             "messages": dict(sorted(self.bus.sent.items())),
@@ -571,6 +585,21 @@ class L4Runtime:
             ttft, tpot = self._cost.unloaded_latency_s(max(prompt_tokens, 1), 2, self._budget)
             hit = self._slos[prompt_tokens] = (self._slo_scale * ttft, self._slo_scale * tpot)
         return hit
+
+    def _overflow(self, request: RequestSpec, stage: int, now_s: float) -> int | None:
+        """The least loaded instance of a neighbouring stage with KV room for ``request`` now,
+        or None (then it queues in its entry stage)."""
+        near = [s for s in (stage - 1, stage + 1) if 0 <= s < self.table.num_stages]
+        ask_id, bids = self._ask_bids(
+            TradeKind.ADMIT, request, [i for s in near for i in self.table.members(s)], now_s
+        )
+        ready = [b for b in bids if b.earliest_accept_s <= now_s]
+        best = min(ready, key=lambda b: (b.load_s, b.sender), default=None)
+        self._answer(ask_id, bids, best)
+        if best is None:
+            return None
+        self.overflows += 1
+        return best.sender
 
     def _spill(self, request: RequestSpec, entry: Bid, stage: int, now_s: float) -> int | None:
         """The later-stage instance to admit ``request`` at, or None to keep it in its stage.

@@ -186,8 +186,20 @@ class Instance:
         return list(self._waiting)
 
     def waiting_demand_blocks(self) -> int:
-        """Blocks the waiting queue will need for its prompts (Llumnix counts queued demand)."""
-        return self._wait_blocks
+        """Blocks the prompts sent here still claim: the waiting queue's, and those the prefills
+        under way have yet to allocate (Llumnix counts queued demand).
+
+        A prefill allocates its blocks chunk by chunk, so the blocks of its later chunks look
+        free while it runs; a router that took them for free would send a second long prompt
+        into them, and the two would preempt each other chunk after chunk. The gateway, which
+        cannot see a prefill's progress, holds a started prompt's blocks as used instead: the
+        free blocks less this demand come to the same total both ways."""
+        owed = sum(
+            self._blocks_for(seq.prefill_target_tokens) - seq.blocks
+            for seq in self._prefilling
+            if seq.state is SeqState.PREFILL
+        )
+        return self._wait_blocks + owed
 
     def pending_prefill(self) -> tuple[int, float]:
         """(tokens, attention pairs) still to prefill: queued prompts and unfinished chunks.

@@ -7,6 +7,8 @@
 * ``l4_rr``      ``l4`` with round robin instead of bids inside stages (and no balancing asks).
 * ``l4_bids``    one stage of all instances: bid-ask placement and balancing without staging.
 * ``l4_nospill`` ``l4`` without spill: arrivals stay in their entry stage however long it queues.
+* ``l4_nooverflow`` ``l4`` without overflow: an arrival queues in its entry stage even when no
+                 instance there has KV room for its prompt.
 * ``l4_meanlat`` ``l4`` with the first version's planner: mean-latency objective, staging
                  whenever the DP finds it cheaper, re-plans adopted at once (the objective's
                  ablation).
@@ -34,6 +36,7 @@ VARIANTS: dict[str, L4Config] = {
     "l4_rr": L4Config(agent=AgentConfig(use_bids=False, balance=False)),
     "l4_bids": L4Config(staged=False, refine=False, replan=False),
     "l4_nospill": L4Config(spill=False),
+    "l4_nooverflow": L4Config(overflow=False),
     "l4_meanlat": L4Config(objective=None, stage_margin=0.0, replan_confirmations=1, spill=False),
 }
 

@@ -120,7 +120,8 @@ class Llumnix:
         requests = inst.num_running + inst.num_waiting
         if requests == 0:
             return math.inf
-        return (self._free_blocks(inst) - inst.waiting_demand_blocks()) / requests
+        # The demand counts the queued prompts and what running prefills will still allocate.
+        return (inst.free_blocks() - inst.waiting_demand_blocks()) / requests
 
     def migration_freeness(self, inst: InstanceView) -> float:
         """Free blocks per request with only the head-of-line prompt as virtual usage (defrag)."""
