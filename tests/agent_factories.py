@@ -209,6 +209,19 @@ def make_agents(table: StageTable, config: AgentConfig | None = None, **views: F
     return Agents(bus=bus, world=world, agents=agents, ask_ids=AskIds(), inbox=inbox)
 
 
+def far_above() -> dict[str, FakeView]:
+    """Instances 0..2 running ten decodes each: 300-570 tokens on instance 0, ~1500 on the
+    others, all far above a first boundary at 64 tokens (``runtime_over`` keyword arguments)."""
+    views = {}
+    for i in range(3):
+        v = FakeView(i)
+        for k in range(10):
+            length = 300 + 30 * k if i == 0 else 1500 + k
+            v.add(seq(100 * i + k, length), length).instances.append(i)
+        views[f"v{i}"] = v
+    return views
+
+
 # ---- a whole runtime over fake instances --------------------------------------------------------
 RUNTIME_PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
 # The decisions under test one at a time: no spill (tests/agents/test_runtime.py has it), a re-plan

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, runtime_over, seq
+from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, far_above, runtime_over, seq
 from l4.agents.messages import LengthReport
 from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable
@@ -49,15 +49,9 @@ def _reports(policy: L4Runtime) -> int:
 def _leader_world(offload: Inline | Held) -> tuple[L4Runtime, FakeCluster]:
     """Every request far above the boundary at 64 tokens: the leader of stage 0 moves it up one
     grid step (to 76) once a window with decode steps is reported (tick 1.0)."""
-    views = {}
-    for i in range(3):
-        v = FakeView(i)
-        for k in range(10):
-            length = 300 + 30 * k if i == 0 else 1500 + k
-            v.add(seq(100 * i + k, length), length).instances.append(i)
-        views[f"v{i}"] = v
     table = StageTable(boundaries_tokens=(64,), stage_of_instance=(0, 1, 1))
-    return runtime_over(table, replace(RUNTIME_CONFIG, replan=False), offload=offload, **views)
+    config = replace(RUNTIME_CONFIG, replan=False)
+    return runtime_over(table, config, offload=offload, **far_above())
 
 
 def _tick(policy: L4Runtime, cluster: FakeCluster, now: float) -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, runtime_over, seq
+from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, far_above, runtime_over, seq
 from factories import log_uniform_summary, req
 from l4.agents.agent import AgentConfig
 from l4.agents.leaders import boundary_target, combine_reports, propose_plan
@@ -282,15 +282,8 @@ def test_a_moved_request_is_noted_by_its_destinations_observer() -> None:
 def test_a_leader_moves_its_boundary_to_the_rules_target_for_the_reports_it_got() -> None:
     # Every request sits far above the boundary at 64 tokens: stage 0 idles, refinement walks the
     # boundary up by one grid step (max_grid_steps = 1) once windows with decode steps arrive.
-    views = {}
-    for i in range(3):
-        v = FakeView(i)
-        for k in range(10):
-            length = 300 + 30 * k if i == 0 else 1500 + k
-            v.add(seq(100 * i + k, length), length).instances.append(i)
-        views[f"v{i}"] = v
     table = StageTable(boundaries_tokens=(64,), stage_of_instance=(0, 1, 1))
-    policy, cluster = runtime_over(table, replace(RUNTIME_CONFIG, replan=False), **views)
+    policy, cluster = runtime_over(table, replace(RUNTIME_CONFIG, replan=False), **far_above())
     for now in (0.0, 0.5, 1.0):  # open, first window (requests seen), second (decode steps)
         for v in cluster.views.values():
             for s in v.run:
