@@ -120,6 +120,11 @@ COMMANDS = (
     ),
     Command(
         doc="README.md",
+        text="python benchmarks/planning_offload.py",
+        extra="--instances 4 --rounds 1 --out {out}",
+    ),
+    Command(
+        doc="README.md",
         text="python benchmarks/validate_single_instance.py",
         extra="--out {out}/validation.json",
     ),
