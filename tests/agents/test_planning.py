@@ -1,6 +1,7 @@
-"""Refinement and re-planning solved away from the runtime's thread (``l4.agents.planning``): a
-round's result is sent at the first tick after it is ready, the next round waits for it, a
-proposal overtaken by a change of membership is dropped, and a solver's error is the tick's."""
+"""Refinement, re-planning and a change of membership's plan solved away from the runtime's thread
+(``l4.agents.planning``): a round's result is sent at the first tick after it is ready, the next
+round waits for it, a result overtaken by a change of membership is dropped, a solver's error is
+the tick's, and a change of membership keeps the ranges in force until its plan is solved."""
 
 from __future__ import annotations
 
@@ -11,12 +12,25 @@ from typing import Any
 
 import pytest
 
-from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, far_above, runtime_over, seq
+from agent_factories import (
+    RUNTIME_CONFIG,
+    FakeCluster,
+    FakeView,
+    far_above,
+    runtime_over,
+    seq,
+)
+from factories import log_uniform_summary
 from l4.agents.messages import LengthReport
 from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable
+from l4.core.grid import exponential_grid
+from l4.costmodel import StepCostModel, load_profile
 from l4.errors import InvariantError
+from l4.gateway.book import LiveCluster, LiveInstance
+from l4.instance import InstanceConfig
 from l4.offload import Inline
+from l4.views import PolicyContext
 
 
 class Held:
@@ -24,10 +38,13 @@ class Held:
 
     def __init__(self) -> None:
         self.queue: list[tuple[Callable[[], Any], Future[Any]]] = []
+        self.instant = False  # True: solve from now on as Inline does
 
     def submit(self, fn: Callable[[], Any], /) -> Future[Any]:
         done: Future[Any] = Future()
         self.queue.append((fn, done))
+        if self.instant:
+            self.release()
         return done
 
     def release(self) -> None:
@@ -134,8 +151,75 @@ def test_a_re_plan_overtaken_by_a_change_of_membership_is_dropped() -> None:
     cluster.views[3].available = False  # the gateway took instance 3 out meanwhile
     _tick(policy, cluster, 1.1)
     assert policy.membership_changes == 1 and policy.table.out == {3}
-    after = policy.table
-    held.release()
+    held.release()  # the re-plan, then the plan for the three instances that serve
     _tick(policy, cluster, 1.2)
     # The proposal was solved for four serving instances: it would put 3 back to work.
-    assert policy.replans == 0 and policy.table == after
+    assert policy.replans == 0 and policy.table.out == {3}
+
+
+# ---- changes of membership -----------------------------------------------------------------------
+def _planned(offload: Inline | Held) -> tuple[L4Runtime, LiveCluster]:
+    """Four H100 instances planned in three stages (sizes 1, 1, 2) from log-uniform lengths,
+    over the gateway's live view."""
+    profile = load_profile("h100-llama-3.2-3b")
+    workload = log_uniform_summary(exponential_grid(profile.model.max_context_tokens), 3, rate=1.0)
+    ctx = PolicyContext(
+        num_instances=4,
+        profile=profile,
+        cost=StepCostModel(profile),
+        instance_config=InstanceConfig.from_profile(profile),
+        seed=0,
+        workload=workload,
+        offload=offload,
+    )
+    instances = [
+        LiveInstance(
+            i, num_kv_blocks=512, block_size_tokens=16, max_num_batched_tokens=2048,
+            max_num_seqs=256,
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    cluster = LiveCluster(instances, clock=lambda: 0.0)
+    rt = L4Runtime(ctx, RUNTIME_CONFIG)
+    rt.on_tick(cluster, 0.0)
+    return rt, cluster
+
+
+def test_a_change_of_membership_keeps_the_ranges_until_its_plan_is_solved() -> None:
+    inline, c1 = _planned(Inline())
+    held = Held()
+    deferred, c2 = _planned(held)
+    before = deferred.table
+    assert before == inline.table and before.num_stages == 3
+    for cluster in (c1, c2):
+        cluster.instances[1].healthy = False
+    inline.on_tick(c1, 0.2)
+    deferred.on_tick(c2, 0.2)
+    # At once: instance 1 is out and the ranges in force are kept over the other three.
+    kept = deferred.table
+    assert kept.out == {1} and kept.boundaries_tokens == before.boundaries_tokens
+    assert sorted(i for g in deferred.groups() for i in g) == [0, 2, 3]
+    assert len(held.queue) == 1 and deferred.membership_changes == 1
+    held.release()
+    deferred.on_tick(c2, 0.4)
+    # Then the DP's plan for three instances, the one solved inline at once.
+    assert deferred.table.boundaries_tokens == inline.table.boundaries_tokens
+    assert deferred.table.stage_of_instance == inline.table.stage_of_instance
+    assert deferred.table.version == kept.version + 1 and deferred.membership_changes == 1
+    assert all(a.table == deferred.table for a in deferred.agents)
+
+
+def test_a_membership_plan_overtaken_by_another_change_is_dropped() -> None:
+    held = Held()
+    rt, cluster = _planned(held)
+    cluster.instances[1].healthy = False
+    rt.on_tick(cluster, 0.2)
+    assert len(held.queue) == 1
+    cluster.instances[1].healthy = True  # back before the plan without it was solved...
+    held.instant = True  # ...and the plan with it solved at once
+    rt.on_tick(cluster, 0.4)
+    back = rt.table
+    assert back.out == frozenset() and rt.membership_changes == 2
+    held.release()  # the plan for three instances comes late
+    rt.on_tick(cluster, 0.6)
+    assert rt.table == back

@@ -21,9 +21,12 @@ from l4.agents.leaders import boundary_target, propose_plan, stage_indices
 from l4.agents.messages import BoundaryMove, PlanUpdate
 from l4.agents.refinement import BoundaryRule, RefinementConfig
 from l4.agents.stages import StageTable
+from l4.core.choice import plan_with_margin
 from l4.core.qoe import StageModel
 from l4.core.summary import WorkloadSummary
 
+# (boundaries, instances per stage): a plan as a change of membership publishes it.
+StagePlan = tuple[tuple[int, ...], tuple[int, ...]]
 # A typical decode step, at which hand-offs are priced: the migration model's stall is not
 # sensitive to it.
 _DRAIN_STEP_S = 0.01
@@ -136,3 +139,12 @@ def drain_cost_s(
         return 0.0
     lost = model.migration_latency_s(lengths, tpot_s=_DRAIN_STEP_S, step_s=_DRAIN_STEP_S)
     return float(lost.sum()) / period_s
+
+
+def plan_for(
+    summary: WorkloadSummary, model: StageModel, serving: int, stage_margin: float
+) -> StagePlan:
+    """(boundaries, instances per stage) the DP gives ``serving`` instances: a change of
+    membership's plan."""
+    plan = plan_with_margin(summary, model, serving, margin=stage_margin)
+    return plan.boundaries_tokens, tuple(s.num_instances for s in plan.stages)

@@ -49,6 +49,8 @@ from l4.agents.planning import (
     PlanningRound,
     ReplanInput,
     RoundResult,
+    StagePlan,
+    plan_for,
     solve_round,
 )
 from l4.agents.refinement import BoundaryRule, RefinementConfig
@@ -174,6 +176,8 @@ class L4Runtime:
         # deployment's Offload runs it; its result is sent at the first tick it is ready.
         self._offload: Offload = Inline() if ctx.offload is None else ctx.offload
         self._round: Future[RoundResult] | None = None
+        # The DP's plan for a change of membership being solved, and the membership it is for.
+        self._membership_plan: tuple[Future[StagePlan], frozenset[int]] | None = None
         self._round_version = 0
         self._proposal_rounds = 0
         self._cost = ctx.cost
@@ -397,12 +401,44 @@ class L4Runtime:
         out) keep a nominal stage but serve none; the plan is recomputed for the rest, from the
         coordinator's latest reports (else the expected workload) — or, with pinned ranges, the
         same boundaries over fewer instances — and published like a re-plan, so agents whose
-        stage changed drain.
+        stage changed drain. The DP runs where the Offload puts it; until it is solved (live, a
+        tick or more), the ranges in force are kept over the instances that serve.
         """
+        self._apply_membership_plan()
         out = frozenset(i for i in range(self._n) if not cluster.instance(i).available)
         if out == self.table.out or len(out) == self._n:
             return  # unchanged, or nobody to plan for (the front door has nowhere to send)
-        boundaries, counts = self._plan_for(self._n - len(out))
+        self._membership_plan = None  # a plan still being solved is for the old membership
+        serving = self._n - len(out)
+        summary = self._membership_summary()
+        if summary is None:
+            self._publish_membership(*self._plan_for(serving), out)
+            return
+        job = functools.partial(plan_for, summary, self.model, serving, self.config.stage_margin)
+        solving = self._offload.submit(job)
+        if solving.done():
+            self._publish_membership(*solving.result(), out)
+            return
+        self._publish_membership(*self._kept_for(serving), out)
+        self._membership_plan = (solving, out)
+
+    def _apply_membership_plan(self) -> None:
+        """The DP's plan for the last change of membership, once solved and still current."""
+        pending, self._membership_plan = self._membership_plan, None
+        if pending is None or not pending[0].done():
+            self._membership_plan = pending
+            return
+        solving, out = pending
+        self._publish_membership(*solving.result(), out, counted=False)
+
+    def _publish_membership(
+        self,
+        boundaries: tuple[int, ...],
+        counts: tuple[int, ...],
+        out: frozenset[int],
+        *,
+        counted: bool = True,
+    ) -> None:
         update = PlanUpdate(
             version=self.table.version + 1,
             boundaries_tokens=boundaries,
@@ -413,27 +449,38 @@ class L4Runtime:
         for dst in (*range(self._n), FRONT):
             self.bus.send(dst, update)
         self.bus.flush()
-        self.membership_changes += 1
+        self.membership_changes += counted
 
-    def _plan_for(self, serving: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(boundaries, instances per stage) for ``serving`` instances."""
-        if not self.config.staged:
-            return (), (serving,)
-        pinned = self._static_plan
-        if pinned is not None:
-            stages = min(len(pinned.stage_sizes), serving)
-            return pinned.boundaries_tokens[: stages - 1], split_in_proportion(
-                serving, list(pinned.stage_sizes[:stages])
-            )
+    def _membership_summary(self) -> WorkloadSummary | None:
+        """What the DP plans a new membership from (None: it does not run; ``_plan_for``)."""
+        if not self.config.staged or self._static_plan is not None:
+            return None
         coordinator = self.agents[self._leader(0)] if self.table.members(0) else None
         reports = list(coordinator.reports.values()) if coordinator is not None else []
         summary = self._combined(reports) if reports else None
         if summary is None or not summary.decode_steps.sum() > 0:
             summary = self._workload
-        if summary is None:
+        return summary
+
+    def _plan_for(self, serving: int) -> StagePlan:
+        """(boundaries, instances per stage) for ``serving`` instances without the DP: pinned
+        ranges kept over fewer instances, else one stage."""
+        pinned = self._static_plan
+        if pinned is None or not self.config.staged:
             return (), (serving,)
-        plan = plan_with_margin(summary, self.model, serving, margin=self.config.stage_margin)
-        return plan.boundaries_tokens, tuple(s.num_instances for s in plan.stages)
+        return self._in_proportion(pinned.boundaries_tokens, pinned.stage_sizes, serving)
+
+    def _kept_for(self, serving: int) -> StagePlan:
+        """The ranges in force over ``serving`` instances, in proportion to today's sizes."""
+        sizes = [self.table.stage_of_instance.count(s) for s in range(self.table.num_stages)]
+        return self._in_proportion(self.table.boundaries_tokens, sizes, serving)
+
+    @staticmethod
+    def _in_proportion(
+        boundaries: tuple[int, ...], sizes: tuple[int, ...] | list[int], serving: int
+    ) -> StagePlan:
+        stages = min(len(sizes), serving)
+        return boundaries[: stages - 1], split_in_proportion(serving, list(sizes[:stages]))
 
     # ---- refinement and re-planning ------------------------------------------------------------
     def _leader(self, stage: int) -> int:
