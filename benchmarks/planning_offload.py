@@ -106,6 +106,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     p.add_argument("--no-write", action="store_true", help="print only (smoke runs)")
     args = p.parse_args()
+    load_before = os.getloadavg()[0]
     rows = []
     for n in (int(x) for x in args.instances.split(",")):
         job = replan_job(n)
@@ -119,12 +120,14 @@ def main() -> int:
                 print(json.dumps(row))
         finally:
             thread.close()
-    md = render(rows, args.rounds)
+    load = (load_before, os.getloadavg()[0])
+    md = render(rows, args.rounds, load)
     print(md)
     if not args.no_write:
         result = {
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "rounds": args.rounds,
+            "load_average_1min": load,
             "rows": rows,
         }
         args.out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,7 @@ def main() -> int:
     return 0
 
 
-def render(rows: list[dict[str, object]], rounds: int) -> str:
+def render(rows: list[dict[str, object]], rounds: int, load: tuple[float, float]) -> str:
     lines = [
         "# A re-plan and the gateway's event loop",
         "",
@@ -141,7 +144,9 @@ def render(rows: list[dict[str, object]], rounds: int) -> str:
         "Mooncake trace's summary at E / 4 of its rate, from one stage of E instances), solved on "
         "the event loop or in the gateway's planning thread, while a probe on the loop sleeps "
         f"1 ms at a time; medians of {rounds} rounds for the solve, the probe's lateness over "
-        "the whole run (what every stream's next token waits).",
+        "the whole run (what every stream's next token waits). The machine's 1-minute load "
+        f"average was {load[0]:.2f} at the start and {load[1]:.2f} at the end (with "
+        f"{os.cpu_count()} CPUs): the two ways ran one after the other, compare them, not runs.",
         "",
         "| instances | solved | re-plan | loop lateness p50 | p99 | max |",
         "|---:|---|---:|---:|---:|---:|",

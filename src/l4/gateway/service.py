@@ -57,8 +57,9 @@ class PlanningThread:
     They take tenths of a second to a second of numpy, and the event loop relays every stream:
     solved there, each would stall them all that long. One worker, so rounds never overlap (the
     runtime waits for one before it starts the next). Threads share the GIL, but the interpreter
-    hands it back to the waiting loop every switch interval (5 ms): measured on this project's
-    2-core VM, a 0.3 s re-plan delays the loop's timers by at most 2-4 ms instead of 0.3 s.
+    hands it back to the waiting loop every switch interval (5 ms): on this project's 2-core VM
+    (``benchmarks/planning_offload.py``) re-plans of 0.1-1.6 s held the loop's timers back by at
+    most 12-23 ms with both cores busy, 2-4 ms on a quiet machine, against their whole length.
     """
 
     def __init__(self, seconds: Histogram) -> None:
