@@ -124,12 +124,16 @@ class FakeWorld:
     incoming: list[tuple[int, int, int, float]] = field(default_factory=list)  # rid, dst, L, t
     rr: int = 0
     stall_s_per_token: float = 0.0  # what a decoding request's move stalls it, per context token
+    staying: set[int] = field(default_factory=set)  # requests that never cascade (overflows)
 
     def migration_stall_s(self, length_tokens: int) -> float:
         return self.stall_s_per_token * length_tokens
 
     def note_incoming(self, s: Sequence, dst: int, length_tokens: int, now_s: float) -> None:
         self.incoming.append((s.request_id, dst, length_tokens, now_s))
+
+    def stays(self, request_id: int) -> bool:
+        return request_id in self.staying
 
     def next_round_robin(self, stage: int) -> int:
         self.rr += 1

@@ -83,6 +83,11 @@ class World(Protocol):
     def cluster(self) -> ClusterView: ...
     def note_incoming(self, seq: Sequence, dst: int, length_tokens: int, now_s: float) -> None: ...
     def next_round_robin(self, stage: int) -> int: ...
+    def stays(self, request_id: int) -> bool:
+        """Whether a request was placed outside its stage on purpose (an overflow): it finishes
+        where it is rather than cascade."""
+        ...
+
     def migration_stall_s(self, length_tokens: int) -> float:
         """What moving a decoding request of this length stalls it, by the deployment's
         mechanism (the planner's migration model)."""
@@ -285,6 +290,8 @@ class InstanceAgent:
         refused: dict[int, int] = {}
         for seq in view.running():
             if seq.state is not SeqState.DECODE or seq.request_id in self._moving:
+                continue
+            if self._world.stays(seq.request_id):
                 continue
             length = view.length_of(seq)
             if length < hi:

@@ -71,6 +71,8 @@ FloatArray = npt.NDArray[np.float64]
 # The front door measures how arrivals bunch over this much recent history (at least half of it
 # seen before it replaces the planned workload's measure).
 SPREAD_HISTORY_S = 60.0
+# Overflowed requests remembered (they stay where they went); the oldest have long finished.
+_OVERFLOWED_KEPT = 65_536
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,7 +99,10 @@ class L4Config:
     # goes to the least loaded instance of a neighbouring stage that has. Queued there, a long
     # prompt would be admitted by its first chunk and preempt itself (and the running requests)
     # chunk after chunk while the stage's cache stays full: vLLM's recompute thrash, which a
-    # one-instance last stage falls into under a burst of long prompts.
+    # one-instance last stage falls into under a burst of long prompts. An overflowed request
+    # finishes where it went: cascading it back would re-prefill (token replay) or copy its
+    # long context into the stage that had no room for it (measured: with replay and cascades
+    # back, one Mooncake window past capacity thrashed, 2,478 preemptions).
     overflow: bool = True
     # Stage only when the staged plan is predicted this much cheaper than one stage.
     stage_margin: float = 0.2
@@ -187,6 +192,7 @@ class L4Runtime:
         self._stalls: dict[int, float] = {}
         self.spills = 0
         self.overflows = 0
+        self._overflowed: collections.OrderedDict[int, None] = collections.OrderedDict()
         # The front door sees every arrival: it measures how many arrive together (EMA by window).
         self._arrivals_s: list[float] = []
         self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
@@ -242,6 +248,9 @@ class L4Runtime:
             lost = self.model.migration_latency_s([float(key << 6)], tpot_s=0.01, step_s=0.01)
             hit = self._stalls[key] = float(lost[0])
         return hit
+
+    def stays(self, request_id: int) -> bool:
+        return request_id in self._overflowed
 
     def next_round_robin(self, stage: int) -> int:
         members = self.table.members(stage)
@@ -646,6 +655,9 @@ class L4Runtime:
         if best is None:
             return None
         self.overflows += 1
+        self._overflowed[request.request_id] = None
+        while len(self._overflowed) > _OVERFLOWED_KEPT:
+            self._overflowed.popitem(last=False)
         return best.sender
 
     def _spill(self, request: RequestSpec, entry: Bid, stage: int, now_s: float) -> int | None:
