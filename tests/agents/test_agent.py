@@ -70,6 +70,15 @@ def test_cascade_hands_on_a_request_that_reached_the_upper_bound() -> None:
     assert s.state is SeqState.DECODE
 
 
+def test_an_overflowed_request_stays_where_it_went() -> None:
+    w = make_agents(TWO_STAGES)
+    w.view(0).add(seq(1, 150), 150).instances.append(0)  # above stage 0's bound...
+    w.view(0).add(seq(2, 150), 150).instances.append(0)
+    w.world.staying.add(1)  # ...but 1 was sent here because stage 1 had no room for it
+    w.tick(0, 0.5)
+    assert [m[0] for m in w.moves] == [2]
+
+
 def test_cascade_leaves_a_request_one_token_below_the_bound() -> None:
     w = make_agents(TWO_STAGES)
     w.view(0).add(seq(1, 99), 99)

@@ -42,6 +42,7 @@ def test_an_arrival_whose_stage_has_no_kv_room_overflows_to_a_neighbouring_stage
     policy, cluster = runtime_over(THREE, v2=FakeView(2, free=0))
     assert policy.route(req(1, 250, 10), cluster, 0.0) == 1
     assert policy.overflows == 1 and policy.stats()["overflows"] == 1
+    assert policy.stays(1) and not policy.stays(2)  # it will not cascade back
     assert all(a.reserved_blocks() == 0 for a in policy.agents)  # awarded or declined
     # Only neighbours take it (stage 0 is two stages away), and only with room now; else, or
     # without overflow, it queues in its entry stage.
