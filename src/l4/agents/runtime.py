@@ -455,9 +455,7 @@ class L4Runtime:
             sender=FRONT,
             out=out,
         )
-        for dst in (*range(self._n), FRONT):
-            self.bus.send(dst, update)
-        self.bus.flush()
+        self._broadcast(update)
         self.membership_changes += counted
 
     def _membership_summary(self) -> WorkloadSummary | None:
@@ -605,17 +603,19 @@ class L4Runtime:
             return
         result = done.result()  # the solver's error, if any, is the tick's
         for move in result.moves:
-            for dst in (*range(self._n), FRONT):
-                self.bus.send(dst, move)
-            self.bus.flush()
+            self._broadcast(move)
         if not result.replanned or self.table.version != self._round_version:
             return  # solved against a plan that has since changed (membership): stale
         update = result.proposal
         if not self._confirmed(update):
             return
         assert update is not None
+        self._broadcast(update)
+
+    def _broadcast(self, msg: Message) -> None:
+        """To every agent and the front door, delivered now (each keeps the stage table)."""
         for dst in (*range(self._n), FRONT):
-            self.bus.send(dst, update)
+            self.bus.send(dst, msg)
         self.bus.flush()
 
     # ---- re-plan stability: hysteresis ----------------------------------------
