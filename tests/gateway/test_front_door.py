@@ -222,6 +222,36 @@ def test_no_healthy_engine_is_503_and_health_fails() -> None:
     asyncio.run(main())
 
 
+def test_a_change_of_stages_is_logged_once(caplog: Any) -> None:
+    """The ranges at start and each regrouping at INFO, one line each; nothing, not even at DEBUG,
+    while they stay as they are."""
+    plan = StaticPlan(boundaries_tokens=(300,), stage_sizes=(1, 1))
+
+    def lines() -> list[str]:
+        return [
+            f"{r.levelname} {r.getMessage()}"
+            for r in caplog.records
+            if r.name == "l4.gateway" and r.getMessage().startswith("stages: ")
+        ]
+
+    async def main() -> None:
+        async with gateway_over([engine_config(0), engine_config(1)], static_plan=plan) as run:
+            async with asyncio.timeout(10):
+                while not lines():
+                    await asyncio.sleep(0.05)
+            assert lines() == ["INFO stages: [0, 300) on 0; [300, inf) on 1"]
+            await asyncio.sleep(0.5)  # ticks without a change write nothing
+            assert len(lines()) == 1
+            run.engines[1].stop(force=True)
+            async with asyncio.timeout(10):
+                while len(lines()) < 2:
+                    await asyncio.sleep(0.05)
+            assert lines()[1] == "INFO stages: [0, inf) on 0"
+
+    with caplog.at_level("DEBUG", logger="l4.gateway"):
+        asyncio.run(main())
+
+
 def _thousand_streams(url: str, streams: int, max_tokens: int) -> list[int | str]:
     """The client, in its own process: S streams ramped over a second; tokens each received."""
 

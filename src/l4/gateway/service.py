@@ -98,6 +98,7 @@ class Gateway:
         self.planner = PlanningThread(self.metrics.planning)
         self.started_s = self.clock()
         self._out_since: dict[int, float] = {}
+        self._stages_seen: list[dict[str, Any]] = []
         # Set by start():
         self.model = ""
         self.max_model_len = 0
@@ -340,13 +341,32 @@ class Gateway:
         return out
 
     def _update_gauges(self) -> None:
-        for st in self.stages():
+        stages = self.stages()
+        self._log_stage_change(stages)
+        for st in stages:
             label = str(st["stage"])
             hi = st["hi_tokens"]
             self.metrics.boundary.labels(label).set(float("inf") if hi is None else hi)
             self.metrics.stage_instances.labels(label).set(len(st["instances"]))
         for b, inst in zip(self.backends, self.cluster.instances, strict=True):
             self.metrics.in_flight.labels(b.url).set(inst.in_flight)
+
+    def _log_stage_change(self, stages: list[dict[str, Any]]) -> None:
+        """One line when the stages change: INFO when instances change stage (a re-plan, an engine
+        out or back), DEBUG when only a boundary moves (refinement does so every few seconds)."""
+        before, self._stages_seen = self._stages_seen, stages
+        if stages == before:
+            return
+        regrouped = [s["instances"] for s in stages] != [s["instances"] for s in before]
+        log.log(
+            logging.INFO if regrouped else logging.DEBUG,
+            "stages: %s",
+            "; ".join(
+                f"[{s['lo_tokens']}, {'inf' if s['hi_tokens'] is None else s['hi_tokens']}) "
+                f"on {','.join(map(str, s['instances']))}"
+                for s in stages
+            ),
+        )
 
     def state(self) -> dict[str, Any]:
         """`GET /l4/state`: stages, instances and recent migrations."""
