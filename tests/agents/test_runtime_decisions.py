@@ -144,6 +144,9 @@ def test_windows_close_every_refinement_period_and_reach_the_leaders() -> None:
     # of the stage above (the two boundaries it touches): 1 + 2 + 2 = 5 reports; at a re-plan the
     # coordinator (leader of stage 0) also gets stage 2's: 6.
     policy, cluster = runtime_over(THREE)
+    policy.on_tick(cluster, -1.0)  # no traffic yet: the windows wait for it
+    policy.on_tick(cluster, -0.5)
+    policy.admitted(seq(1, 50), 0, -0.1)
     policy.on_tick(cluster, 0.0)  # opens the windows
     assert _reports_sent(policy) == 0
     policy.on_tick(cluster, 0.25)
@@ -173,6 +176,7 @@ def test_the_first_tick_opens_windows_without_closing_what_came_before_it() -> N
 
 def test_without_refinement_windows_close_only_for_replans() -> None:
     policy, cluster = runtime_over(THREE, replace(RUNTIME_CONFIG, refine=False))
+    policy.admitted(seq(1, 50), 0, 0.0)
     for now in (0.0, 0.5):
         policy.on_tick(cluster, now)
     assert _reports_sent(policy) == 0
@@ -392,8 +396,8 @@ def _arrive(policy: L4Runtime, cluster: FakeCluster, times: list[float]) -> None
 def test_the_front_door_measures_how_arrivals_bunch_for_the_replans() -> None:
     # 40 arrivals at once every 8 s for 48 s: 4 s windows alternate between 40 and none.
     policy, cluster = runtime_over(ONE)
-    policy.on_tick(cluster, 0.0)
     _arrive(policy, cluster, [8.0 * b + 0.001 * k for b in range(6) for k in range(40)])
+    policy.on_tick(cluster, 0.0)  # the windows open at the first tick after traffic
     assert policy._combined([]) is None
     policy.on_tick(cluster, 48.0)  # a refinement report: the spread is re-measured
     bursts = policy.agents[0].reports
@@ -406,8 +410,8 @@ def test_the_planned_workloads_spread_stands_until_enough_arrivals_are_seen() ->
     # An even stream over 20 s: less than half of the 60 s history, so the spread the plan was
     # made with (here none: a summary of lengths alone) is what the re-plans use.
     policy, cluster = runtime_over(ONE)
-    policy.on_tick(cluster, 0.0)
     _arrive(policy, cluster, [0.1 * k for k in range(200)])
+    policy.on_tick(cluster, 0.0)  # the windows open at the first tick after traffic
     policy.on_tick(cluster, 20.0)
     summary = policy._combined(list(policy.agents[0].reports.values()))
     assert summary is not None and summary.arrival_spread is None

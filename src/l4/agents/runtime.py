@@ -171,7 +171,8 @@ class L4Runtime:
         self._ask_ids = itertools.count(1)
         self._front_bids: dict[int, list[Bid]] = {}
         self._rr: dict[int, int] = {}
-        self._next_refine_s: float | None = None
+        self._next_refine_s: float | None = None  # None: the first windows are not open yet
+        self._routed = False
         self._next_replan_s: float | None = None
         self.boundary_moves = 0
         self.replans = 0
@@ -264,6 +265,7 @@ class L4Runtime:
     # ---- Policy -------------------------------------------------------------------------------
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         self._cluster = cluster
+        self._routed = True
         if self.config.refine or self.config.replan:  # else nothing reads (or clears) them
             self._arrivals_s.append(now_s)
             self._recent.append((now_s, request.input_tokens))
@@ -320,6 +322,7 @@ class L4Runtime:
         self.bus.flush()
 
     def admitted(self, seq: Sequence, instance_id: int, now_s: float) -> None:
+        self._routed = True
         self.agents[instance_id].observer.note_admitted(seq, now_s)
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
@@ -331,14 +334,18 @@ class L4Runtime:
         for a in serving:
             a.tick(now_s, self._new_ask_id)
         if self._next_refine_s is None:
+            if not (self._routed or self._busy(cluster)):
+                return  # windows open at the first tick with traffic (below)
             self._next_refine_s = now_s + self.config.refinement.period_s
             self._next_replan_s = now_s + self.config.replan_period_s
             # Open the first windows; an instance that was sent requests before this tick keeps
             # them in a window opened at the first. Closing that one here (as this once did)
             # seeded every rate's EMA with the few arrivals of a fraction of a tick, a burst's
             # rate: the simulator, whose first tick comes one tick after the first arrival,
-            # planned for twice the traffic for the first ~15 s; the gateway, whose ticks run
-            # from its start, did not.
+            # planned for twice the traffic for the first ~15 s. Waiting for traffic matters to
+            # the gateway, whose ticks run from its start: windows opened then and closed after
+            # the first requests read the idle seconds before them as a lull (a first window at
+            # 1/8 of the simulator's decode rate on the same trace, still 3/4 of it 20 s on).
             for a in self.agents:
                 a.observer.open(now_s)
             return
@@ -361,6 +368,11 @@ class L4Runtime:
             self._round_version = self.table.version
             self._round = self._offload.submit(functools.partial(solve_round, job))
             self._apply_round()  # inline (the simulator): now, as if solving took no time
+
+    def _busy(self, cluster: ClusterView) -> bool:
+        return any(
+            v.running() or v.waiting() for v in map(cluster.instance, range(cluster.num_instances))
+        )
 
     def groups(self) -> list[list[int]]:
         return self.table.groups()
