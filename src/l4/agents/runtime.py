@@ -31,6 +31,7 @@ from l4.agents.agent import AgentConfig, InstanceAgent
 from l4.agents.bus import DropRule, MessageBus
 from l4.agents.leaders import boundary_target, combine_reports, length_report
 from l4.agents.load import LoadModel
+from l4.agents.membership import Membership
 from l4.agents.messages import (
     FRONT,
     Ask,
@@ -49,12 +50,10 @@ from l4.agents.planning import (
     PlanningRound,
     ReplanInput,
     RoundResult,
-    StagePlan,
-    plan_for,
     solve_round,
 )
 from l4.agents.refinement import BoundaryRule, RefinementConfig
-from l4.agents.stages import StageTable, reassign, split_in_proportion
+from l4.agents.stages import StageTable
 from l4.core.choice import plan_with_margin
 from l4.core.grid import LengthGrid, exponential_grid
 from l4.core.migration import MigrationModel
@@ -182,8 +181,14 @@ class L4Runtime:
         # deployment's Offload runs it; its result is sent at the first tick it is ready.
         self._offload: Offload = Inline() if ctx.offload is None else ctx.offload
         self._round: Future[RoundResult] | None = None
-        # The DP's plan for a change of membership being solved, and the membership it is for.
-        self._membership_plan: tuple[Future[StagePlan], frozenset[int]] | None = None
+        self._membership = Membership(
+            num_instances=self._n,
+            model=self.model,
+            offload=self._offload,
+            static_plan=ctx.static_plan,
+            staged=config.staged,
+            stage_margin=config.stage_margin,
+        )
         self._round_version = 0
         self._proposal_rounds = 0
         self._cost = ctx.cost
@@ -414,92 +419,27 @@ class L4Runtime:
             if msg.sender != FRONT:  # the coordinator's re-plan, not a change of membership
                 self.replans += 1
 
-    # ---- instances leaving and rejoining service -----------------------------------------------
+    # ---- instances leaving and rejoining service (l4.agents.membership) -----------------------
     def _check_membership(self, cluster: ClusterView) -> None:
-        """Re-plan over the serving instances when one leaves or rejoins service.
-
-        Instances out of service (``InstanceView.available`` false: an engine the gateway took
-        out) keep a nominal stage but serve none; the plan is recomputed for the rest, from the
-        coordinator's latest reports (else the expected workload) — or, with pinned ranges, the
-        same boundaries over fewer instances — and published like a re-plan, so agents whose
-        stage changed drain. The DP runs where the Offload puts it; until it is solved (live, a
-        tick or more), the ranges in force are kept over the instances that serve.
-        """
-        self._apply_membership_plan()
+        """Send the table for a change of the instances in service, and the DP's plan for it
+        once solved."""
+        solved = self._membership.solved(self.table)
+        if solved is not None:
+            self._broadcast(solved)
         out = frozenset(i for i in range(self._n) if not cluster.instance(i).available)
-        if out == self.table.out or len(out) == self._n:
-            return  # unchanged, or nobody to plan for (the front door has nowhere to send)
-        self._membership_plan = None  # a plan still being solved is for the old membership
-        serving = self._n - len(out)
-        summary = self._membership_summary()
-        if summary is None:
-            self._publish_membership(*self._plan_for(serving), out)
-            return
-        job = functools.partial(plan_for, summary, self.model, serving, self.config.stage_margin)
-        solving = self._offload.submit(job)
-        if solving.done():
-            self._publish_membership(*solving.result(), out)
-            return
-        self._publish_membership(*self._kept_for(serving), out)
-        self._membership_plan = (solving, out)
+        update = self._membership.change(self.table, out, self._coordinator_summary)
+        if update is not None:
+            self._broadcast(update)
+            self.membership_changes += 1
 
-    def _apply_membership_plan(self) -> None:
-        """The DP's plan for the last change of membership, once solved and still current."""
-        pending, self._membership_plan = self._membership_plan, None
-        if pending is None or not pending[0].done():
-            self._membership_plan = pending
-            return
-        solving, out = pending
-        self._publish_membership(*solving.result(), out, counted=False)
-
-    def _publish_membership(
-        self,
-        boundaries: tuple[int, ...],
-        counts: tuple[int, ...],
-        out: frozenset[int],
-        *,
-        counted: bool = True,
-    ) -> None:
-        update = PlanUpdate(
-            version=self.table.version + 1,
-            boundaries_tokens=boundaries,
-            stage_of_instance=reassign(self.table, counts, out),
-            sender=FRONT,
-            out=out,
-        )
-        self._broadcast(update)
-        self.membership_changes += counted
-
-    def _membership_summary(self) -> WorkloadSummary | None:
-        """What the DP plans a new membership from (None: it does not run; ``_plan_for``)."""
-        if not self.config.staged or self._static_plan is not None:
-            return None
+    def _coordinator_summary(self) -> WorkloadSummary | None:
+        """The coordinator's latest reports combined, else the expected workload."""
         coordinator = self.agents[self._leader(0)] if self.table.members(0) else None
         reports = list(coordinator.reports.values()) if coordinator is not None else []
         summary = self._combined(reports) if reports else None
         if summary is None or not summary.decode_steps.sum() > 0:
             summary = self._workload
         return summary
-
-    def _plan_for(self, serving: int) -> StagePlan:
-        """(boundaries, instances per stage) for ``serving`` instances without the DP: pinned
-        ranges kept over fewer instances, else one stage."""
-        pinned = self._static_plan
-        if pinned is None or not self.config.staged:
-            return (), (serving,)
-        return self._in_proportion(pinned.boundaries_tokens, pinned.stage_sizes, serving)
-
-    def _kept_for(self, serving: int) -> StagePlan:
-        """The ranges in force over ``serving`` instances, in proportion to today's sizes."""
-        sizes = [self.table.stage_of_instance.count(s) for s in range(self.table.num_stages)]
-        return self._in_proportion(self.table.boundaries_tokens, sizes, serving)
-
-    @staticmethod
-    def _in_proportion(
-        boundaries: tuple[int, ...], sizes: tuple[int, ...] | list[int], serving: int
-    ) -> StagePlan:
-        stages = min(len(sizes), serving)
-        return boundaries[: stages - 1], split_in_proportion(serving, list(sizes[:stages]))
 
     # ---- refinement and re-planning ------------------------------------------------------------
     def _leader(self, stage: int) -> int:
