@@ -92,6 +92,28 @@ def gateway_metrics(url: str) -> dict[str, float]:
     return out
 
 
+# What the policy itself counts (its `stats()`: /l4/state live, the run's summary simulated),
+# beside the migrations: where requests were placed and how often the stages changed.
+POLICY_COUNTS = ("spills", "overflows", "boundary_moves", "replans")
+
+
+def policy_counts(stats: object) -> dict[str, float]:
+    """``policy_<name>`` for each of POLICY_COUNTS the policy reports, and its cascade asks."""
+    if not isinstance(stats, dict):
+        return {}
+    out = {f"policy_{k}": float(stats[k]) for k in POLICY_COUNTS if k in stats}
+    events = stats.get("agent_events")
+    if isinstance(events, dict) and "asks_cascade" in events:
+        out["policy_asks_cascade"] = float(events["asks_cascade"])
+    return out
+
+
+def gateway_policy_counts(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url + "/l4/state", timeout=10) as r:
+        state = json.loads(r.read())
+    return policy_counts(state.get("policy_stats"))
+
+
 def engine_preemptions(url: str) -> float:
     """An engine's ``vllm:num_preemptions_total`` (all its label sets)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
@@ -184,6 +206,7 @@ def live_run(
                 replay(workload.requests, ReplayConfig(base_url=gw.url, time_scale=args.time_scale))
             )
             seen = gateway_metrics(gw.url)
+            seen.update(gateway_policy_counts(gw.url))
         seen["preemptions"] = sum(engine_preemptions(u) for u in urls)
     out = means(records)
     out.update(seen)
@@ -207,6 +230,7 @@ def sim_run(args: argparse.Namespace, workload: Workload, policy: str) -> dict[s
     moved = {k: float(v) for k, v in run.outcome.migrations_by_reason.items() if v > 0}
     out["migrations"] = sum(moved.values())
     out.update({f"migrations_{k}": v for k, v in moved.items()})
+    out.update(policy_counts(run.summary.get("policy_stats")))
     return out
 
 
@@ -375,6 +399,25 @@ def render(result: dict[str, object]) -> str:
                 f"{v.get(k, 0.0):.0f} | {v.get(k + '_mean_ms', 0.0):.1f} ms "
                 f"| {v.get(k + '_over_50ms', 0.0):.0f} | {v.get(k + '_over_250ms', 0.0):.0f}"
                 for k in ("ticks", "rounds")
+            ]
+            lines.append(f"| {row['policy']} | {' | '.join(cells)} |")
+    counted = [r for r in rows if any(k.startswith("policy_") for k in r["live"])]
+    if counted:
+        names = [*POLICY_COUNTS, "asks_cascade"]
+        lines += [
+            "",
+            "What the policy counted (its `stats()`), sim / live medians: arrivals spilled to "
+            "a later stage or overflowed to a neighbouring one, boundary moves, re-plans, "
+            "cascade asks:",
+            "",
+            "| policy | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for row in counted:
+            s, v = row["sim"], row["live"]
+            nan = float("nan")
+            cells = [
+                f"{s.get('policy_' + n, nan):.0f} / {v.get('policy_' + n, nan):.0f}" for n in names
             ]
             lines.append(f"| {row['policy']} | {' | '.join(cells)} |")
     lines += [

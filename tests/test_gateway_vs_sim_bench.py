@@ -67,3 +67,32 @@ def test_summary_is_the_median_and_range_of_every_key() -> None:
     median, spread = summarise([{"ttft": 1.0, "cascade": 2.0}, {"ttft": 3.0}, {"ttft": 2.0}])
     assert median == {"cascade": 0.0, "ttft": 2.0}  # a reason a run lacks counts 0 there
     assert spread == {"cascade": [0.0, 2.0], "ttft": [1.0, 3.0]}
+
+
+def test_the_policys_counts_are_read_from_its_stats_and_shown_sim_against_live() -> None:
+    bench = _bench()
+    counts = bench.policy_counts  # type: ignore[attr-defined]
+    stats = {
+        "spills": 79, "overflows": 2, "boundary_moves": 83, "replans": 0, "stages": 4,
+        "agent_events": {"asks_cascade": 29, "bids": 921},
+    }  # fmt: skip
+    assert counts(stats) == {
+        "policy_spills": 79.0,
+        "policy_overflows": 2.0,
+        "policy_boundary_moves": 83.0,
+        "policy_replans": 0.0,
+        "policy_asks_cascade": 29.0,
+    }
+    assert counts({"round_robin": 1}) == {} and counts(None) == {}
+    live = {**counts({**stats, "spills": 101}), "migrations": 20.0, "errors": 0.0}
+    sim = {**counts(stats), "migrations": 29.0}
+    for metric in ("ttft", "tpot", "e2e"):
+        live[metric] = sim[metric] = 1.0
+    result = {
+        "args": {"trace": "t", "rate_scale": "1", "duration": "1", "instances": "4",
+                 "profile": "p", "time_scale": "1", "seed": "0", "repeats": "1"},
+        "requests": 1,
+        "rows": [{"policy": "l4", "sim": sim, "live": live, "sim_runs": [], "live_runs": []}],
+    }  # fmt: skip
+    md = bench.render(result)  # type: ignore[attr-defined]
+    assert "| l4 | 79 / 101 | 2 / 2 | 83 / 83 | 0 / 0 | 29 / 29 |" in md
