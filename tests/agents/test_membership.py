@@ -6,7 +6,11 @@ service by hand: the runtime sees exactly what it sees behind `l4 serve`, with n
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from typing import Any
+
 from factories import req, tiny_profile
+from l4.agents.membership import Membership
 from l4.agents.runtime import L4Config, L4Runtime
 from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.grid import exponential_grid
@@ -14,6 +18,7 @@ from l4.core.summary import summarize_requests
 from l4.costmodel import StepCostModel
 from l4.gateway.book import LiveCluster, LiveInstance
 from l4.instance import InstanceConfig
+from l4.offload import Inline
 from l4.views import PolicyContext, StaticPlan
 
 PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
@@ -68,6 +73,36 @@ def test_pinned_ranges_keep_their_boundaries_over_fewer_instances() -> None:
     assert rt.stats()["membership_changes"] == 3 and rt.stats()["replans"] == 0
 
 
+def test_pinned_ranges_stay_pinned_when_there_is_a_workload_to_plan_from() -> None:
+    # The DP would place its own boundary for this workload; pinned ranges are the operator's.
+    grid = exponential_grid(2048, min_tokens=32)
+    specs = [req(i, 40 if i % 2 else 900, 200, arrival_s=i * 0.01) for i in range(400)]
+    workload = summarize_requests(grid, specs, duration_s=4.0)
+    plan = StaticPlan(boundaries_tokens=(300,), stage_sizes=(2, 2))
+    rt = L4Runtime(ctx(4, static_plan=plan, workload=workload), L4Config())
+    cluster = live(4)
+    rt.on_tick(cluster, 0.0)
+    cluster.instances[0].healthy = False
+    rt.on_tick(cluster, 0.2)
+    assert rt.table.boundaries_tokens == (300,) and rt.groups() == [[1, 2], [3]]
+
+
+def test_with_every_instance_out_the_table_stays_for_when_one_comes_back() -> None:
+    plan = StaticPlan(boundaries_tokens=(300,), stage_sizes=(1, 1))
+    rt = L4Runtime(ctx(2, static_plan=plan), L4Config())
+    cluster = live(2)
+    rt.on_tick(cluster, 0.0)
+    before = rt.table
+    for inst in cluster.instances:
+        inst.healthy = False
+    rt.on_tick(cluster, 0.2)
+    assert rt.table == before and rt.membership_changes == 0
+    cluster.instances[1].healthy = True
+    rt.on_tick(cluster, 0.4)
+    assert rt.table.out == frozenset({0}) and rt.groups() == [[1]]
+    assert rt.membership_changes == 1
+
+
 def test_every_agent_follows_the_new_table_and_the_front_door_avoids_the_failed_one() -> None:
     rt = L4Runtime(ctx(3), L4Config(staged=False, refine=False, replan=False))
     cluster = live(3)
@@ -100,3 +135,53 @@ def test_reassign_deals_only_serving_instances_and_caps_the_others() -> None:
     assert reassign(table, [3], frozenset({1})) == (0, 0, 0, 0)
     assert split_in_proportion(3, [2, 2]) == (2, 1)
     assert split_in_proportion(7, [1, 3]) == (2, 5)
+
+
+class Unsolved:
+    """A solver that never finishes: what is published before the DP's plan arrives."""
+
+    def submit(self, fn: Any, /) -> Future[Any]:
+        return Future()
+
+
+def _bimodal_workload() -> Any:
+    grid = exponential_grid(2048, min_tokens=32)
+    specs = [req(i, 40 if i % 2 else 900, 200, arrival_s=i * 0.01) for i in range(400)]
+    return summarize_requests(grid, specs, duration_s=4.0)
+
+
+def _applied(update: Any) -> StageTable:
+    return StageTable(
+        boundaries_tokens=update.boundaries_tokens,
+        stage_of_instance=update.stage_of_instance,
+        version=update.version,
+        out=update.out,
+    )
+
+
+def _membership(offload: Any, n: int, **kw: Any) -> Membership:
+    model = L4Runtime(ctx(n), L4Config()).model
+    args: dict[str, Any] = {"static_plan": None, "staged": True, "stage_margin": 0.0, **kw}
+    return Membership(num_instances=n, model=model, offload=offload, **args)
+
+
+def test_while_the_dp_solves_the_ranges_are_shared_in_proportion_to_the_stages_sizes() -> None:
+    # Stages of 1, 4 and 1 instances; the last one's instance leaves: five serve, 1:4:1 gives
+    # 1, 3 and 1 (an even share would be 2, 2, 1).
+    m = _membership(Unsolved(), 6)
+    table = StageTable(boundaries_tokens=(100, 1000), stage_of_instance=(0, 1, 1, 1, 1, 2))
+    update = m.change(table, frozenset({5}), _bimodal_workload)
+    assert update is not None and update.boundaries_tokens == (100, 1000)
+    serving = [s for i, s in enumerate(update.stage_of_instance) if i != 5]
+    assert [serving.count(k) for k in range(3)] == [1, 3, 1]
+    assert m.solved(_applied(update)) is None  # still being solved
+    assert m.change(table, frozenset({5}), _bimodal_workload) is not None
+    assert m.change(_applied(update), update.out, _bimodal_workload) is None
+
+
+def test_an_unstaged_runtime_stays_one_stage_whatever_ranges_were_given() -> None:
+    pinned = StaticPlan(boundaries_tokens=(300,), stage_sizes=(1, 2))
+    m = _membership(Inline(), 3, static_plan=pinned, staged=False)
+    update = m.change(StageTable.single(3), frozenset({0}), _bimodal_workload)
+    assert update is not None and update.boundaries_tokens == ()
+    assert update.stage_of_instance[1:] == (0, 0)

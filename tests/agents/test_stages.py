@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from l4.agents.stages import StageTable, reassign
+from l4.agents.stages import StageTable, reassign, resize_stages
 from l4.core.planner import Plan, PlannedStage
 from l4.errors import ValidationError
 
@@ -120,3 +120,30 @@ def test_an_instance_out_of_service_keeps_its_stage_capped_at_the_last() -> None
         boundaries_tokens=(10, 20), stage_of_instance=(0, 1, 2, 2), out=frozenset({2})
     )
     assert reassign(current, [2, 1]) == (0, 0, 1, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8),
+    st.integers(min_value=1, max_value=200),
+)
+def test_resized_stages_keep_every_stage_and_their_shares(sizes: list[int], total: int) -> None:
+    assume(len(sizes) <= total)
+    out = resize_stages(sizes, total)
+    assert sum(out) == total and len(out) == len(sizes) and min(out) >= 1
+    quota = [total * n / sum(sizes) for n in sizes]
+    if min(quota) >= 1:  # no stage raised to its floor of one: each within one of its quota
+        assert all(abs(o - q) < 1 for o, q in zip(out, quota, strict=True))
+    if total == sum(sizes):
+        assert out == tuple(sizes)
+
+
+def test_resizing_changes_only_the_stage_that_lost_an_instance() -> None:
+    assert resize_stages([1, 4, 1], 5) == (1, 3, 1)
+    assert resize_stages([2, 2], 3) == (2, 1)  # ties to the earlier stage
+    assert resize_stages([1, 3], 7) == (2, 5)
+    assert resize_stages([1, 1, 10], 3) == (1, 1, 1)
+    with pytest.raises(ValidationError):
+        resize_stages([1, 1], 1)
+    with pytest.raises(ValidationError):
+        resize_stages([0, 2], 2)

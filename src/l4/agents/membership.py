@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 from l4.agents.messages import FRONT, PlanUpdate
 from l4.agents.planning import StagePlan, plan_for
-from l4.agents.stages import StageTable, reassign, split_in_proportion
+from l4.agents.stages import StageTable, reassign, resize_stages
 from l4.core.qoe import StageModel
 from l4.core.summary import WorkloadSummary
 from l4.offload import Offload
@@ -94,7 +94,7 @@ class Membership:
 def _in_proportion(boundaries: tuple[int, ...], sizes: Sequence[int], serving: int) -> StagePlan:
     """The first stages of ``boundaries`` over ``serving`` instances, sized in proportion."""
     stages = min(len(sizes), serving)
-    return boundaries[: stages - 1], split_in_proportion(serving, list(sizes[:stages]))
+    return boundaries[: stages - 1], resize_stages(sizes[:stages], serving)
 
 
 def _update(table: StageTable, plan: StagePlan, out: frozenset[int]) -> PlanUpdate:

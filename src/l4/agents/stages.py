@@ -136,3 +136,26 @@ def split_in_proportion(total: int, weights: Sequence[float]) -> tuple[int, ...]
     for i in order[: total - sum(sizes)]:
         sizes[i] += 1
     return tuple(sizes)
+
+
+def resize_stages(sizes: Sequence[int], total: int) -> tuple[int, ...]:
+    """Stages of ``sizes`` instances resized to ``total`` in proportion, at least one each.
+
+    Largest remainders on the exact quotas ``total * size / sum``, so a stage keeps what its
+    share says (1:4:1 over five gives 1, 3, 1: only the stage that lost an instance changes).
+    ``split_in_proportion`` deals one to each stage first and the rest by weight, a rule for
+    load shares that, applied to stage sizes, moves instances between stages that lost none
+    (1:4:1 over five: 2, 2, 1). Needs ``1 <= len(sizes) <= total`` and every size >= 1; ties go
+    to the earlier stage."""
+    k = len(sizes)
+    if not 1 <= k <= total or any(n < 1 for n in sizes):
+        raise ValidationError(f"cannot resize stages of {list(sizes)} to {total} instances")
+    whole = sum(sizes)
+    quota = [total * n / whole for n in sizes]
+    out = [max(1, int(q)) for q in quota]
+    while sum(out) > total:  # the floors of one were raised: take back from the most over quota
+        i = max((i for i in range(k) if out[i] > 1), key=lambda i: (out[i] - quota[i], i))
+        out[i] -= 1
+    for i in sorted(range(k), key=lambda i: (-(quota[i] - out[i]), i))[: total - sum(out)]:
+        out[i] += 1
+    return tuple(out)
