@@ -171,7 +171,7 @@ class L4Runtime:
         self._front_bids: dict[int, list[Bid]] = {}
         self._rr: dict[int, int] = {}
         self._next_refine_s: float | None = None  # None: the first windows are not open yet
-        self._routed = False
+        self._traffic_seen = False  # a request routed or admitted: the windows may open
         self._next_replan_s: float | None = None
         self.boundary_moves = 0
         self.replans = 0
@@ -270,7 +270,7 @@ class L4Runtime:
     # ---- Policy -------------------------------------------------------------------------------
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         self._cluster = cluster
-        self._routed = True
+        self._traffic_seen = True
         if self.config.refine or self.config.replan:  # else nothing reads (or clears) them
             self._arrivals_s.append(now_s)
             self._recent.append((now_s, request.input_tokens))
@@ -327,7 +327,7 @@ class L4Runtime:
         self.bus.flush()
 
     def admitted(self, seq: Sequence, instance_id: int, now_s: float) -> None:
-        self._routed = True
+        self._traffic_seen = True
         self.agents[instance_id].observer.note_admitted(seq, now_s)
 
     def on_tick(self, cluster: ClusterView, now_s: float) -> None:
@@ -339,7 +339,7 @@ class L4Runtime:
         for a in serving:
             a.tick(now_s, self._new_ask_id)
         if self._next_refine_s is None:
-            if not (self._routed or self._busy(cluster)):
+            if not (self._traffic_seen or self._busy(cluster)):
                 return  # windows open at the first tick with traffic (below)
             self._next_refine_s = now_s + self.config.refinement.period_s
             self._next_replan_s = now_s + self.config.replan_period_s
@@ -375,6 +375,7 @@ class L4Runtime:
             self._apply_round()  # inline (the simulator): now, as if solving took no time
 
     def _busy(self, cluster: ClusterView) -> bool:
+        """Requests on some instance (traffic that came before this runtime saw an arrival)."""
         return any(
             v.running() or v.waiting() for v in map(cluster.instance, range(cluster.num_instances))
         )
