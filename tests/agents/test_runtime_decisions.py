@@ -15,7 +15,7 @@ from l4.agents.leaders import boundary_target, combine_reports, propose_plan
 from l4.agents.messages import FRONT, Bid, BoundaryMove, LengthReport, Message, PlanUpdate
 from l4.agents.planning import drain_cost_s
 from l4.agents.refinement import BoundaryRule
-from l4.agents.runtime import L4Config, L4Runtime
+from l4.agents.runtime import L4Config, L4Runtime, next_slot_s
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
 from l4.costmodel import StepCostModel, load_profile
@@ -172,6 +172,28 @@ def test_the_first_tick_opens_windows_without_closing_what_came_before_it() -> N
     assert observer.smoothed is not None
     rate = observer.smoothed.arrivals.sum() / observer.smoothed.duration_s
     assert rate == pytest.approx(1 / 0.6)
+
+
+def test_rounds_keep_their_period_when_ticks_land_a_little_late() -> None:
+    # The gateway's ticks run about a millisecond off their 0.2 s slots, by varying amounts, and
+    # now and then much later (a slow tick before). A round every second for ten seconds is ten
+    # rounds (5 reports each), not one whose next is counted from its own late tick, nor one that
+    # demands its tick be no earlier than its slot: either waits a whole tick now and then.
+    config = replace(
+        RUNTIME_CONFIG, replan=False, refinement=replace(RUNTIME_CONFIG.refinement, period_s=1.0)
+    )
+    policy, cluster = runtime_over(THREE, config)
+    policy.admitted(seq(1, 50), 0, 0.0)
+    off_s = [0.003, -0.001, 0.004, 0.0, 0.002, -0.002, 0.001]
+    for k in range(51):  # 0.0 ... 10.0
+        late_s = 0.15 if k == 5 else off_s[k % len(off_s)]
+        policy.on_tick(cluster, 0.2 * k + late_s)
+    assert _reports_sent(policy) == 10 * 5
+
+
+def test_a_round_run_late_sets_the_next_a_period_on() -> None:
+    assert next_slot_s(10.0, 2.0, 10.2) == 12.0  # late by a tick: the grid holds
+    assert next_slot_s(10.0, 2.0, 12.5) == 14.5  # later than a period: no round back to back
 
 
 def test_without_refinement_windows_close_only_for_replans() -> None:
