@@ -70,6 +70,21 @@ def test_cascade_hands_on_a_request_that_reached_the_upper_bound() -> None:
     assert s.state is SeqState.DECODE
 
 
+def test_a_request_handed_on_is_counted_by_its_source_only_up_to_the_hand_off() -> None:
+    # It left stage 0 at 100 tokens; the source's window must not count what it decodes after.
+    w = make_agents(TWO_STAGES, v1=FakeView(1, decode_s=0.5), v2=FakeView(2, decode_s=0.25))
+    s = w.view(0).add(seq(1, 90), 100)
+    s.instances.append(0)
+    observer = w.agents[0].observer
+    observer.note_incoming(s, 90, 0.0)
+    w.tick(0, 0.5)
+    assert w.moves == [(1, 0, 2, "cascade")]
+    w.view(0).lengths[1] = 130  # still seen here: a live hand-off waits for the next token
+    observer.close(w.view(0), 1.0)
+    assert observer.last_window is not None
+    assert observer.last_window.decode_steps.sum() == pytest.approx(10.0)  # 90 -> 100 in 1 s
+
+
 def test_an_overflowed_request_stays_where_it_went() -> None:
     w = make_agents(TWO_STAGES)
     w.view(0).add(seq(1, 150), 150).instances.append(0)  # above stage 0's bound...

@@ -153,3 +153,32 @@ def test_a_detached_request_counts_what_it_decoded_before_leaving() -> None:
     assert obs.requests_seen == 1
     obs.close(view, 2.0)
     assert obs.requests_seen == 0
+
+
+def test_a_request_handed_on_counts_here_only_up_to_where_it_left() -> None:
+    # The gateway keeps one request's counters across instances: e, moved on at 108, has 150
+    # tokens by the close (42 of them decoded at the destination, which counts them from 108);
+    # f, ordered on at 208, still streams here at 211 until the hand-off cuts it.
+    grid = exponential_grid(2048, min_tokens=16)
+    obs = WindowObserver(0, grid, smoothing=1.0)
+    view = FakeView(0)
+    e = make_seq(1, 100)
+    e.instances.append(0)
+    obs.note_incoming(e, 100, 0.0)
+    obs.note_left(e, 108)
+    e.instances.append(1)
+    e.generated_tokens = 50
+    f = view.add(make_seq(2, 200), 211)  # type: ignore[arg-type]
+    f.instances.append(0)
+    obs.note_incoming(f, 200, 0.0)
+    obs.note_left(f, 208)
+    obs.close(view, 1.0)
+    _same(obs.last_window, _window(grid, 1.0, [], [(100, 108, False), (200, 208, False)]))
+    view.lengths[2] = 215
+    obs.close(view, 2.0)  # f is still seen here: nothing more of it is this instance's
+    _same(obs.last_window, _window(grid, 1.0, [], []))
+    # Back here later, it is counted afresh from where it came back.
+    obs.note_incoming(f, 230, 2.5)
+    view.lengths[2] = 240
+    obs.close(view, 3.0)
+    _same(obs.last_window, _window(grid, 1.0, [], [(230, 240, False)]))

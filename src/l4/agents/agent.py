@@ -487,6 +487,7 @@ class InstanceAgent:
             self._count(f"refused_{kind.value}")
             return False
         self._moving[seq.request_id] = _Move(seq, dst, now_s + self.config.trade_timeout_s)
+        self.observer.note_left(seq, length)
         self._world.note_incoming(seq, dst, length, now_s)
         self._count(f"moved_{kind.value}_{seq.state.value}")
         return True

@@ -24,6 +24,7 @@ class _Tracked:
     seq: Sequence
     start_tokens: int
     fresh: bool  # start is the prompt: reaching it is no crossing
+    left_tokens: int | None = None  # its length when it was handed to another instance
 
 
 class WindowObserver:
@@ -46,6 +47,18 @@ class WindowObserver:
     def note_incoming(self, seq: Sequence, length_tokens: int, now_s: float) -> None:
         self._open(now_s)
         self._tracked[seq.request_id] = _Tracked(seq, length_tokens, False)
+
+    def note_left(self, seq: Sequence, length_tokens: int) -> None:
+        """``seq`` was handed to another instance at ``length_tokens``: what it decodes from there
+        on is the destination's (which counts it from ``length_tokens``), even where this instance
+        still sees the request, and even once its counters go on growing elsewhere. The simulator
+        freezes a moved request's counters when it leaves; the gateway's book keeps counting the
+        one request across instances, so without this the source counted every token the
+        destination decoded before the window closed a second time (a cascaded request: 175
+        tokens at the source instead of 52)."""
+        tracked = self._tracked.get(seq.request_id)
+        if tracked is not None:
+            tracked.left_tokens = length_tokens
 
     def open(self, now_s: float) -> None:
         """Start the first window at ``now_s`` unless a request already started it: what was
@@ -85,6 +98,8 @@ class WindowObserver:
             else:  # finished or left: its counters were materialised when it did
                 end = seq.spec.input_tokens + seq.generated_tokens
                 gone.append(rid)
+            if t.left_tokens is not None:
+                end = min(end, t.left_tokens)
             if end > t.start_tokens:
                 starts.append(t.start_tokens)
                 ends.append(end)
