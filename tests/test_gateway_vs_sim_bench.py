@@ -1,4 +1,5 @@
-"""gateway_vs_sim.py spaces a burst (requests of one arrival time) in trace order, in both runs."""
+"""gateway_vs_sim.py spaces a burst (requests of one arrival time) in trace order, in both runs,
+and its simulator draws tick at their own phase against the trace."""
 
 from __future__ import annotations
 
@@ -96,3 +97,12 @@ def test_the_policys_counts_are_read_from_its_stats_and_shown_sim_against_live()
     }  # fmt: skip
     md = bench.render(result)  # type: ignore[attr-defined]
     assert "| l4 | 79 / 101 | 2 / 2 | 83 / 83 | 0 / 0 | 29 / 29 |" in md
+
+
+def test_draws_tick_at_their_own_phase_and_draw_0_as_the_simulator() -> None:
+    phase = _bench().tick_phase  # type: ignore[attr-defined]
+    assert phase(0, 5) == 1.0
+    drawn = [phase(d, 5) for d in range(1, 5)]
+    # One draw in each quarter of (0, 1], the same every time.
+    assert all((d - 1) / 4 < p <= d / 4 for d, p in enumerate(drawn, start=1))
+    assert drawn == [phase(d, 5) for d in range(1, 5)]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel.profile import Profile
 from l4.costmodel.step import StepCostModel
-from l4.errors import InvariantError
+from l4.errors import InvariantError, ValidationError
 from l4.instance import Instance, InstanceConfig, SeqState
 from l4.instance import Sequence as Seq
 from l4.instance.engine import UNLIMITED_STEPS
@@ -71,7 +71,14 @@ class Simulation:
         cost: StepCostModel | None = None,
         check_every_event: bool = False,
         max_plan_steps: int = UNLIMITED_STEPS,
+        tick_phase: float = 1.0,
     ) -> None:
+        # The policy's first tick runs this fraction of a tick after the first arrival. A live
+        # gateway ticks from its own start, so where its ticks fall between two requests' events
+        # is a draw; one fixed phase makes every run of a trace act at the same moments.
+        if not 0.0 < tick_phase <= 1.0:
+            raise ValidationError(f"tick phase must lie in (0, 1], got {tick_phase}")
+        self._tick_phase = tick_phase
         self.profile = profile
         self.cost = cost or StepCostModel(profile)
         self.policy = policy
@@ -159,7 +166,7 @@ class Simulation:
             q.schedule(seq.spec.arrival_s, self._arrival_action(seq))
         tick = self.policy.tick_interval_s
         if tick is not None and self._seqs:
-            q.schedule(self._seqs[0].spec.arrival_s + tick, self._on_tick)
+            q.schedule(self._seqs[0].spec.arrival_s + self._tick_phase * tick, self._on_tick)
         last_arrival = max((r.arrival_s for r in requests), default=0.0)
         horizon = last_arrival + drain_s
         report_every = max(1, len(requests) // 200)

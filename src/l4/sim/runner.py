@@ -30,6 +30,7 @@ class SimConfig:
     slo: SloConfig
     seed: int
     drain_s: float = 3600.0
+    tick_phase: float = 1.0  # first policy tick, in ticks after the first arrival (Simulation)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +105,7 @@ def run_policy(
         policy=made,
         migration=cfg.migration,
         cost=cost,
+        tick_phase=cfg.tick_phase,
     )
     outcome = sim.run(workload.requests, drain_s=cfg.drain_s, progress=progress)
     summary = summarize_outcome(cfg, outcome)
