@@ -223,8 +223,8 @@ def tick_phase(draw: int, draws: int) -> float:
     gateway ticks from its own start, so the phase of its ticks against the trace is a draw; in
     the simulator it is fixed, and 5 ms of arrival jitter does not move it: every draw then
     cascaded the same requests at the same ticks (a 3-token request live runs moved in four of
-    six, after its first token, and no draw did; mean TPOT 13.1-13.5 ms over five draws, 13.1-16.2
-    with the phase drawn, 13.0-16.2 live)."""
+    six, after its first token, and no draw did; mean TPOT 13.1-13.5 ms over five such draws,
+    12.4-15.8 over nine with the phase drawn, 13.0-16.2 live)."""
     if draw == 0:
         return 1.0
     u = float(np.random.default_rng(1_000 + draw).uniform(0.0, 1.0))
