@@ -51,11 +51,10 @@ class WindowObserver:
     def note_left(self, seq: Sequence, length_tokens: int) -> None:
         """``seq`` was handed to another instance at ``length_tokens``: what it decodes from there
         on is the destination's (which counts it from ``length_tokens``), even where this instance
-        still sees the request, and even once its counters go on growing elsewhere. The simulator
-        freezes a moved request's counters when it leaves; the gateway's book keeps counting the
-        one request across instances, so without this the source counted every token the
-        destination decoded before the window closed a second time (a cascaded request: 175
-        tokens at the source instead of 52)."""
+        still sees the request, and even once its counters go on growing elsewhere. A request's
+        counters follow it across instances (the gateway's book at once, the simulator's when
+        materialised), so without this the source counted what the destination decoded before
+        its window closed (a cascaded request live: 175 tokens at the source instead of 52)."""
         tracked = self._tracked.get(seq.request_id)
         if tracked is not None:
             tracked.left_tokens = length_tokens
