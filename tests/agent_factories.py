@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from factories import req, tiny_profile
 from l4.agents.agent import AgentConfig, InstanceAgent
 from l4.agents.bus import MessageBus
+from l4.agents.config import L4Config
 from l4.agents.load import Load
 from l4.agents.messages import LoadReport, Message
 from l4.agents.observer import WindowObserver
 from l4.agents.refinement import RefinementConfig
-from l4.agents.runtime import L4Config, L4Runtime
+from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
 from l4.costmodel import StepCostModel

@@ -10,8 +10,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from factories import req, tiny_profile
+from l4.agents.config import L4Config
 from l4.agents.membership import Membership
-from l4.agents.runtime import L4Config, L4Runtime
+from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.grid import exponential_grid
 from l4.core.summary import summarize_requests

@@ -11,11 +11,12 @@ import pytest
 from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, far_above, runtime_over, seq
 from factories import log_uniform_summary, req
 from l4.agents.agent import AgentConfig
+from l4.agents.config import L4Config
 from l4.agents.leaders import boundary_target, combine_reports, propose_plan
 from l4.agents.messages import FRONT, Bid, BoundaryMove, LengthReport, Message, PlanUpdate
 from l4.agents.planning import drain_cost_s
 from l4.agents.refinement import BoundaryRule
-from l4.agents.runtime import L4Config, L4Runtime, next_slot_s
+from l4.agents.runtime import L4Runtime, next_slot_s
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
 from l4.costmodel import StepCostModel, load_profile
@@ -444,4 +445,4 @@ def test_a_runtime_that_never_reports_keeps_no_arrivals() -> None:
     # reports read must not pile up.
     policy, cluster = runtime_over(ONE, replace(RUNTIME_CONFIG, refine=False, replan=False))
     _arrive(policy, cluster, [0.01 * k for k in range(500)])
-    assert not policy._arrivals_s and not policy._recent
+    assert not policy.front._arrivals_s and not policy.front._recent

@@ -7,5 +7,7 @@
 * ``observer``   live length summaries of what an instance served over a window.
 * ``refinement`` pure boundary rules: QoE two-stage optimum, request-count and memory balance.
 * ``agent``      the instance agent: cascade hand-offs, bids, asks, reservations, drains.
+* ``front``      the front door: arrivals placed by bids, spilled or overflowed; arrival measures.
+* ``config``     what a deployment of L4 can be told (``L4Config``).
 * ``runtime``    wires agents, bus and the front door together and drives them on a clock.
 """

@@ -3,8 +3,8 @@
 It is a ``Policy`` (and an ``AdmissionObserver``) of the simulator; the gateway drives the same
 object with wall-clock time. Per call:
 
-* ``route``: the front door sends an admit ask to the entry stage (by prompt length) and takes the
-  best bid — earliest acceptance, then lowest load (round robin inside the stage for ``l4_rr``);
+* ``route``: the front door (``l4.agents.front``) places the arrival by its entry stage's bids,
+  or spills or overflows it to another stage;
 * ``on_tick`` (every balancing tick): agents publish loads, then cascade, drain and balance; every
   refinement period each agent closes its length window and reports it to the leaders of the two
   boundaries it touches (a stage's leader is its lowest instance id), and each leader re-solves its
@@ -18,32 +18,18 @@ one every instance starts in one stage and re-planning splits them when traffic 
 
 from __future__ import annotations
 
-import collections
 import functools
-import itertools
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-import numpy as np
-import numpy.typing as npt
-
-from l4.agents.agent import AgentConfig, InstanceAgent
+from l4.agents.agent import InstanceAgent
 from l4.agents.bus import DropRule, MessageBus
+from l4.agents.config import L4Config
+from l4.agents.front import FrontDoor
 from l4.agents.leaders import boundary_target, combine_reports, length_report
 from l4.agents.load import LoadModel
 from l4.agents.membership import Membership
-from l4.agents.messages import (
-    FRONT,
-    Ask,
-    Award,
-    Bid,
-    BoundaryMove,
-    Decline,
-    LengthReport,
-    Message,
-    PlanUpdate,
-    TradeKind,
-)
+from l4.agents.messages import FRONT, LengthReport, Message, PlanUpdate
 from l4.agents.observer import WindowObserver
 from l4.agents.planning import (
     BoundaryInput,
@@ -52,75 +38,20 @@ from l4.agents.planning import (
     RoundResult,
     solve_round,
 )
-from l4.agents.refinement import BoundaryRule, RefinementConfig
+from l4.agents.refinement import BoundaryRule
 from l4.agents.stages import StageTable
 from l4.core.choice import plan_with_margin
 from l4.core.grid import LengthGrid, exponential_grid
 from l4.core.migration import MigrationModel
-from l4.core.objective import SloObjective
 from l4.core.qoe import StageModel
-from l4.core.summary import WorkloadSummary, arrival_batch_excess, arrival_spread
-from l4.errors import InvariantError, ValidationError
+from l4.core.summary import WorkloadSummary
+from l4.errors import InvariantError
 from l4.instance.sequence import Sequence
 from l4.offload import Inline, Offload
 from l4.request import RequestSpec
 from l4.views import ClusterView, PolicyContext
 
-FloatArray = npt.NDArray[np.float64]
-# The front door measures how arrivals bunch over this much recent history (at least half of it
-# seen before it replaces the planned workload's measure).
-SPREAD_HISTORY_S = 60.0
-# Overflowed requests remembered (they stay where they went); the oldest have long finished.
-_OVERFLOWED_KEPT = 65_536
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class L4Config:
-    # False: every instance in one stage for the whole run (no DP plan, refinement or re-plan),
-    # leaving bid-ask placement and balancing: the ablation that separates bidding from staging.
-    staged: bool = True
-    rule: BoundaryRule = BoundaryRule.QOE
-    refine: bool = True
-    replan: bool = True
-    replan_period_s: float = 30.0
-    replan_min_gain: float = 0.1  # adopt a new plan only if predicted this much better...
-    replan_confirmations: int = 2  # ...in this many re-plan rounds in a row (hysteresis)
-    # What the planner optimises: SLO goodput with every length bucket's tail (None: the mean
-    # latency of L4.md section 4 alone, the first version's objective).
-    objective: SloObjective | None = field(default_factory=SloObjective)
-    # Spill: an arrival whose entry stage cannot start it within spill_threshold x its TTFT SLO
-    # is offered to later stages, and goes there when that is spill_margin cheaper (TTFT and
-    # TPOT, each over its SLO); only instances with nothing queued bid (no starvation).
-    spill: bool = True
-    spill_threshold: float = 0.5
-    spill_margin: float = 0.2
-    # Overflow: an arrival whose entry stage has no instance with KV room for its prompt now
-    # goes to the least loaded instance of a neighbouring stage that has. Queued there, a long
-    # prompt would be admitted by its first chunk and preempt itself (and the running requests)
-    # chunk after chunk while the stage's cache stays full: vLLM's recompute thrash, which a
-    # one-instance last stage falls into under a burst of long prompts. An overflowed request
-    # finishes where it went: cascading it back would re-prefill (token replay) or copy its
-    # long context into the stage that had no room for it (measured: with replay and cascades
-    # back, one Mooncake window past capacity thrashed, 2,478 preemptions).
-    overflow: bool = True
-    # Stage only when the staged plan is predicted this much cheaper than one stage.
-    stage_margin: float = 0.2
-    agent: AgentConfig = field(default_factory=AgentConfig)
-    refinement: RefinementConfig = field(default_factory=RefinementConfig)
-
-    def __post_init__(self) -> None:
-        if not self.replan_period_s > 0:
-            raise ValidationError("re-plan period must be > 0 s")
-        if not 0 <= self.replan_min_gain < 1:
-            raise ValidationError("re-plan gain must lie in [0, 1)")
-        if self.replan_confirmations < 1:
-            raise ValidationError("a re-plan needs at least one confirming round")
-        if not 0 <= self.stage_margin < 1:
-            raise ValidationError("staging margin must lie in [0, 1)")
-        if not (self.spill_threshold >= 0 and 0 <= self.spill_margin < 1):
-            raise ValidationError("spill threshold must be >= 0 and its margin in [0, 1)")
-        if not self.staged and (self.refine or self.replan):
-            raise ValidationError("one stage (staged=False) neither refines nor re-plans")
+__all__ = ["L4Config", "L4Runtime", "next_slot_s"]
 
 
 class L4Runtime:
@@ -145,13 +76,23 @@ class L4Runtime:
             migration=MigrationModel.like(ctx.migration, ctx.migration.mechanism.value),
             objective=config.objective,
         )
-        self.table = self._initial_table(ctx.workload)
         self.bus = MessageBus(drop=drop)
-        self.bus.subscribe(FRONT, self._front_handle)
         self._cluster: ClusterView | None = None
         load = LoadModel(
             ctx.cost,
             budget_tokens=ctx.instance_config.max_num_batched_tokens,
+        )
+        self.front = FrontDoor(
+            config,
+            bus=self.bus,
+            table=self._initial_table(ctx.workload),
+            load=load,
+            cost=ctx.cost,
+            budget_tokens=ctx.instance_config.max_num_batched_tokens,
+            block_tokens=ctx.instance_config.block_size_tokens,
+            grid=self.grid,
+            batch_excess=0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess,
+            spread=None if ctx.workload is None else ctx.workload.arrival_spread,
         )
         self.agents = [
             InstanceAgent(
@@ -166,15 +107,9 @@ class L4Runtime:
             )
             for i in range(self._n)
         ]
-        self._bs = ctx.instance_config.block_size_tokens
-        self._ask_ids = itertools.count(1)
-        self._front_bids: dict[int, list[Bid]] = {}
-        self._rr: dict[int, int] = {}
         self._next_refine_s: float | None = None  # None: the first windows are not open yet
         self._traffic_seen = False  # a request routed or admitted: the windows may open
         self._next_replan_s: float | None = None
-        self.boundary_moves = 0
-        self.replans = 0
         self.membership_changes = 0
         self._proposal: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         # Refinement and re-planning run as one job a round (l4.agents.planning), where the
@@ -191,20 +126,7 @@ class L4Runtime:
         )
         self._round_version = 0
         self._proposal_rounds = 0
-        self._cost = ctx.cost
-        self._budget = ctx.instance_config.max_num_batched_tokens
-        self._slo_scale = 5.0 if config.objective is None else config.objective.slo_scale
-        self._slos: dict[int, tuple[float, float]] = {}
         self._stalls: dict[int, float] = {}
-        self.spills = 0
-        self.overflows = 0
-        self._overflowed: collections.OrderedDict[int, None] = collections.OrderedDict()
-        # The front door sees every arrival: it measures how many arrive together (EMA by window).
-        self._arrivals_s: list[float] = []
-        self._batch_excess = 0.0 if ctx.workload is None else ctx.workload.arrival_batch_excess
-        # ...and how they bunch over seconds, per prompt bucket, over the last SPREAD_HISTORY_S.
-        self._recent: collections.deque[tuple[float, int]] = collections.deque()
-        self._spread = None if ctx.workload is None else ctx.workload.arrival_spread
 
     def _initial_table(self, workload: WorkloadSummary | None) -> StageTable:
         if self._static_plan is not None and self.config.staged:
@@ -256,75 +178,42 @@ class L4Runtime:
         return hit
 
     def stays(self, request_id: int) -> bool:
-        return request_id in self._overflowed
+        return self.front.stays(request_id)
 
     def next_round_robin(self, stage: int) -> int:
-        members = self.table.members(stage)
-        k = self._rr.get(stage, 0)
-        self._rr[stage] = k + 1
-        return members[k % len(members)]
+        return self.front.next_round_robin(stage)
 
-    def _new_ask_id(self) -> int:
-        return next(self._ask_ids)
+    # ---- what the front door keeps ---------------------------------------------------------------
+    @property
+    def table(self) -> StageTable:
+        """The stage table in force: the front door's copy (every agent keeps its own)."""
+        return self.front.table
+
+    @table.setter
+    def table(self, table: StageTable) -> None:
+        self.front.table = table
+
+    @property
+    def boundary_moves(self) -> int:
+        return self.front.boundary_moves
+
+    @property
+    def replans(self) -> int:
+        return self.front.replans
+
+    @property
+    def spills(self) -> int:
+        return self.front.spills
+
+    @property
+    def overflows(self) -> int:
+        return self.front.overflows
 
     # ---- Policy -------------------------------------------------------------------------------
     def route(self, request: RequestSpec, cluster: ClusterView, now_s: float) -> int:
         self._cluster = cluster
         self._traffic_seen = True
-        if self.config.refine or self.config.replan:  # else nothing reads (or clears) them
-            self._arrivals_s.append(now_s)
-            self._recent.append((now_s, request.input_tokens))
-        stage = self.table.stage_of(request.input_tokens)
-        members = self.table.members(stage)
-        can_spill = self.config.spill and stage + 1 < self.table.num_stages
-        can_overflow = self.config.overflow and self.table.num_stages > 1
-        if len(members) == 1 and not (can_spill or can_overflow):
-            return members[0]
-        if not self.config.agent.use_bids:
-            return self.next_round_robin(stage)
-        ask_id, bids = self._ask_bids(TradeKind.ADMIT, request, members, now_s)
-        if not bids:  # every bid lost: place by load as the retained reports last said
-            return self.next_round_robin(stage)
-        best = min(bids, key=lambda b: (b.earliest_accept_s, b.load_s, b.sender))
-        if can_overflow and best.earliest_accept_s > now_s:
-            elsewhere = self._overflow(request, stage, now_s)
-            if elsewhere is not None:
-                self._answer(ask_id, bids, None)
-                return elsewhere
-        spill = self._spill(request, best, stage, now_s) if can_spill else None
-        self._answer(ask_id, bids, None if spill is not None else best)
-        return best.sender if spill is None else spill
-
-    def _ask_bids(
-        self, kind: TradeKind, request: RequestSpec, members: list[int], now_s: float
-    ) -> tuple[int, list[Bid]]:
-        """Ask ``members`` to bid for a new arrival; (the ask's id, the bids that came back)."""
-        ask = Ask(
-            ask_id=self._new_ask_id(),
-            sender=FRONT,
-            kind=kind,
-            request_id=request.request_id,
-            length_tokens=request.input_tokens,
-            blocks=-(-(request.input_tokens + 1) // self._bs),
-            queued=True,
-            sender_load_s=0.0,
-            delta_load_s=0.0,
-            sent_s=now_s,
-        )
-        for i in members:
-            self.bus.send(i, ask)
-        self.bus.flush()
-        return ask.ask_id, self._front_bids.pop(ask.ask_id, [])
-
-    def _answer(self, ask_id: int, bids: list[Bid], winner: Bid | None) -> None:
-        for b in bids:
-            reply: Message = (
-                Award(ask_id=ask_id, sender=FRONT)
-                if b is winner
-                else Decline(ask_id=ask_id, sender=FRONT)
-            )
-            self.bus.send(b.sender, reply)
-        self.bus.flush()
+        return self.front.route(request, now_s)
 
     def admitted(self, seq: Sequence, instance_id: int, now_s: float) -> None:
         self._traffic_seen = True
@@ -337,7 +226,7 @@ class L4Runtime:
         for a in serving:
             a.publish_load(now_s)
         for a in serving:
-            a.tick(now_s, self._new_ask_id)
+            a.tick(now_s, self.front.new_ask_id)
         if self._next_refine_s is None:
             if not (self._traffic_seen or self._busy(cluster)):
                 return  # windows open at the first tick with traffic (below)
@@ -412,25 +301,6 @@ class L4Runtime:
             "messages": dict(sorted(self.bus.sent.items())),
         }
 
-    def _front_handle(self, msg: Message) -> None:
-        if isinstance(msg, Bid):
-            self._front_bids.setdefault(msg.ask_id, []).append(msg)
-        elif isinstance(msg, BoundaryMove):
-            if msg.version == self.table.version:
-                moved = self.table.with_move(msg.index, msg.tokens)
-                if moved is not None:
-                    self.table = moved
-                    self.boundary_moves += 1
-        elif isinstance(msg, PlanUpdate):
-            self.table = StageTable(
-                boundaries_tokens=msg.boundaries_tokens,
-                stage_of_instance=msg.stage_of_instance,
-                version=msg.version,
-                out=msg.out,
-            )
-            if msg.sender != FRONT:  # the coordinator's re-plan, not a change of membership
-                self.replans += 1
-
     # ---- instances leaving and rejoining service (l4.agents.membership) -----------------------
     def _check_membership(self, cluster: ClusterView) -> None:
         """Send the table for a change of the instances in service, and the DP's plan for it
@@ -458,16 +328,7 @@ class L4Runtime:
         return self.table.members(stage)[0]
 
     def _report(self, now_s: float, *, to_coordinator: bool) -> None:
-        if len(self._arrivals_s) >= 2:
-            weight = self.config.refinement.smoothing
-            window = arrival_batch_excess(self._arrivals_s)
-            self._batch_excess = weight * window + (1 - weight) * self._batch_excess
-        self._arrivals_s = []
-        while self._recent and self._recent[0][0] < now_s - SPREAD_HISTORY_S:
-            self._recent.popleft()
-        if self._recent and now_s - self._recent[0][0] >= SPREAD_HISTORY_S / 2:
-            times, prompts = zip(*self._recent, strict=True)
-            self._spread = arrival_spread(self.grid, times, prompts)
+        self.front.measure_arrivals(now_s, self.config.refinement.smoothing)
         for a in self.agents:
             if a.instance_id in self.table.out:
                 continue
@@ -494,8 +355,8 @@ class L4Runtime:
         return combine_reports(
             self.grid,
             reports,
-            arrival_batch_excess=self._batch_excess,
-            arrival_spread=self._spread,
+            arrival_batch_excess=self.front.batch_excess,
+            arrival_spread=self.front.spread,
         )
 
     def _gather(self, now_s: float, *, replan: bool) -> PlanningRound | None:
@@ -596,62 +457,6 @@ class L4Runtime:
             return False
         self._proposal, self._proposal_rounds = None, 0
         return True
-
-    # ---- spill: admission that keeps pooling ----------------------------------------------------
-    def _slo_s(self, prompt_tokens: int) -> tuple[float, float]:
-        """(TTFT, TPOT) SLOs of a prompt: the objective's scale x its unloaded latencies."""
-        hit = self._slos.get(prompt_tokens)
-        if hit is None:
-            ttft, tpot = self._cost.unloaded_latency_s(max(prompt_tokens, 1), 2, self._budget)
-            hit = self._slos[prompt_tokens] = (self._slo_scale * ttft, self._slo_scale * tpot)
-        return hit
-
-    def _overflow(self, request: RequestSpec, stage: int, now_s: float) -> int | None:
-        """The least loaded instance of a neighbouring stage with KV room for ``request`` now,
-        or None (then it queues in its entry stage)."""
-        near = [s for s in (stage - 1, stage + 1) if 0 <= s < self.table.num_stages]
-        ask_id, bids = self._ask_bids(
-            TradeKind.ADMIT, request, [i for s in near for i in self.table.members(s)], now_s
-        )
-        ready = [b for b in bids if b.earliest_accept_s <= now_s]
-        best = min(ready, key=lambda b: (b.load_s, b.sender), default=None)
-        self._answer(ask_id, bids, best)
-        if best is None:
-            return None
-        self.overflows += 1
-        self._overflowed[request.request_id] = None
-        while len(self._overflowed) > _OVERFLOWED_KEPT:
-            self._overflowed.popitem(last=False)
-        return best.sender
-
-    def _spill(self, request: RequestSpec, entry: Bid, stage: int, now_s: float) -> int | None:
-        """The later-stage instance to admit ``request`` at, or None to keep it in its stage.
-
-        Priced like the objective, per request: TTFT over its SLO plus TPOT over its SLO, the
-        TTFT being the bidder's wait (memory, then pending prefill) plus the prompt's own
-        prefill, the TPOT its next decode step. The request is counted by its real length
-        wherever it lands (the observers record prompts, not stages)."""
-        ttft_slo, tpot_slo = self._slo_s(request.input_tokens)
-        own = self.agents[entry.sender].load_model.prompt_s(request.input_tokens)
-
-        def cost(b: Bid) -> float:
-            wait = max(b.earliest_accept_s - now_s, 0.0) + b.prefill_s
-            return (wait + own) / ttft_slo + b.decode_s / tpot_slo
-
-        entry_wait = max(entry.earliest_accept_s - now_s, 0.0) + entry.prefill_s + own
-        if entry_wait <= self.config.spill_threshold * ttft_slo:
-            return None
-        later = [i for s in range(stage + 1, self.table.num_stages) for i in self.table.members(s)]
-        ask_id, bids = self._ask_bids(TradeKind.SPILL, request, later, now_s)
-        ready = [b for b in bids if b.earliest_accept_s <= now_s]
-        best = min(ready, key=lambda b: (cost(b), b.sender), default=None)
-        if best is None or not cost(best) < cost(entry) * (1.0 - self.config.spill_margin):
-            best = None
-        self._answer(ask_id, bids, best)
-        if best is None:
-            return None
-        self.spills += 1
-        return best.sender
 
 
 def next_slot_s(due_s: float, period_s: float, now_s: float) -> float:

@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from l4.agents.agent import AgentConfig
+from l4.agents.config import L4Config
 from l4.agents.refinement import BoundaryRule
-from l4.agents.runtime import L4Config, L4Runtime
+from l4.agents.runtime import L4Runtime
 from l4.policies.base import register_policy
 from l4.views import PolicyContext
 
