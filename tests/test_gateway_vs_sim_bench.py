@@ -7,6 +7,8 @@ import importlib
 import sys
 from pathlib import Path
 
+import pytest
+
 from l4.request import RequestSpec
 from l4.workload import Workload
 
@@ -106,3 +108,24 @@ def test_draws_tick_at_their_own_phase_and_draw_0_as_the_simulator() -> None:
     # One draw in each quarter of (0, 1], the same every time.
     assert all((d - 1) / 4 < p <= d / 4 for d, p in enumerate(drawn, start=1))
     assert drawn == [phase(d, 5) for d in range(1, 5)]
+
+
+def test_the_report_gives_means_over_runs_beside_the_medians() -> None:
+    bench = _bench()
+    sim = [{"ttft": 0.6, "tpot": 0.013, "e2e": 4.0, "migrations": 20.0}] * 2 + [
+        {"ttft": 0.6, "tpot": 0.016, "e2e": 4.0, "migrations": 29.0}
+    ]
+    live = [
+        {"ttft": 0.66, "tpot": 0.016, "e2e": 4.4, "migrations": 30.0},
+        {"ttft": 0.66, "tpot": 0.013, "e2e": 4.4},  # a policy that moved nothing: 0
+    ]
+    means = bench.run_means(live)  # type: ignore[attr-defined]
+    assert means["tpot"] == pytest.approx(0.0145) and means["migrations"] == 15.0
+    row = {"policy": "l4", "sim_runs": sim, "live_runs": live}
+    row |= {"sim": sim[0], "live": live[0]}
+    args = {"trace": "t", "rate_scale": "1", "duration": "1", "instances": "4", "profile": "p"}
+    args |= {"time_scale": "1", "seed": "0", "repeats": "2", "sim_draws": "3"}
+    md = bench.render({"args": args, "requests": 3, "rows": [row]})  # type: ignore[attr-defined]
+    # Medians: 13.0 / 16.0 ms; means over runs: 14.0 / 14.5 ms.
+    assert "| l4 | 600 / 660 ms (+10.0%) | 14.0 / 14.5 ms (+3.6%) |" in md
+    assert "0.60 s / 16.0 ms (nan)" in md
