@@ -18,8 +18,9 @@ sockets, the gateway's own work), so the simulator also runs `--sim-draws` times
 arrival delayed by a uniform draw in [0, `--sim-jitter-ms`) and its policy ticks at a drawn
 phase against the trace, as the gateway's, which tick from its own start, do (draw 0 as the
 trace, ticking as the simulator does), and the comparison is with the median over those draws,
-its range printed beside it. Writes
-docs/benchmarks/gateway_vs_sim.{json,md}.
+its range printed beside it. The report also gives means over runs: a run's mean TPOT can jump
+on one request's fate (a few-token request handed off after its first token), and the median of a
+few runs then falls on one side of the jump. Writes docs/benchmarks/gateway_vs_sim.{json,md}.
 
     python benchmarks/gateway_vs_sim.py [--trace mooncake] [--duration 180] [--policies l4,...]
 """
@@ -280,7 +281,7 @@ def main() -> int:
         help="requests the trace gives one arrival time are spaced this far apart, in trace "
         "order, in both runs (0: as in the trace)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="live runs per policy")
+    p.add_argument("--repeats", type=int, default=5, help="live runs per policy")
     p.add_argument(
         "--sim-draws",
         type=int,
