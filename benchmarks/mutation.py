@@ -48,6 +48,15 @@ class Module:
     tests: tuple[str, ...]  # the fastest test subset that covers it
 
 
+# The end-to-end runtime tests take a minute each mutant: the unit tests must do the work.
+_AGENT_TESTS = tuple(
+    f"tests/agents/test_{t}.py"
+    for t in (
+        *("agent", "bus", "leaders", "load", "observer", "refinement", "stages"),
+        *("runtime_decisions", "membership", "front"),
+    )
+)
+
 MODULES: dict[str, Module] = {
     "core": Module(sources=("src/l4/core/*.py",), tests=("tests/core",)),
     "costmodel/step.py": Module(
@@ -58,17 +67,10 @@ MODULES: dict[str, Module] = {
         sources=("src/l4/instance/*.py",),
         tests=("tests/instance", "tests/sim/test_closed_form.py"),
     ),
-    # The end-to-end runtime tests take a minute each mutant: the unit tests must do the work.
-    "agents": Module(
-        sources=("src/l4/agents/*.py",),
-        tests=tuple(
-            f"tests/agents/test_{t}.py"
-            for t in (
-                *("agent", "bus", "leaders", "load", "observer", "refinement", "stages"),
-                *("runtime_decisions", "membership"),
-            )
-        ),
-    ),
+    "agents": Module(sources=("src/l4/agents/*.py",), tests=_AGENT_TESTS),
+    # Where arrivals go (bids, spill, overflow): measured on its own, a sample of the whole
+    # package holds a handful of its mutants.
+    "agents/front.py": Module(sources=("src/l4/agents/front.py",), tests=_AGENT_TESTS),
     "sim/capacity.py": Module(
         sources=("src/l4/sim/capacity.py",),
         tests=("tests/sim/test_capacity.py", "tests/sim/test_capacity_classes.py"),
