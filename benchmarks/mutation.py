@@ -53,7 +53,7 @@ _AGENT_TESTS = tuple(
     f"tests/agents/test_{t}.py"
     for t in (
         *("agent", "bus", "leaders", "load", "observer", "refinement", "stages"),
-        *("runtime_decisions", "membership", "front"),
+        *("runtime_decisions", "membership", "front", "planning"),
     )
 )
 

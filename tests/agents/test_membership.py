@@ -12,6 +12,7 @@ from typing import Any
 from factories import req, tiny_profile
 from l4.agents.config import L4Config
 from l4.agents.membership import Membership
+from l4.agents.planning import plan_for
 from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.grid import exponential_grid
@@ -118,16 +119,20 @@ def test_a_planned_cluster_replans_for_the_serving_instances() -> None:
     grid = exponential_grid(2048, min_tokens=32)
     specs = [req(i, 40 if i % 2 else 900, 200, arrival_s=i * 0.01) for i in range(400)]
     workload = summarize_requests(grid, specs, duration_s=4.0)
-    rt = L4Runtime(ctx(4, workload=workload), L4Config())
+    rt = L4Runtime(ctx(4, workload=workload), L4Config(stage_margin=0.0))
     cluster = live(4)
     rt.on_tick(cluster, 0.0)
     before = rt.table
+    assert before.num_stages == 3
     cluster.instances[1].healthy = False
     rt.on_tick(cluster, 0.2)
     after = rt.table
     assert after.out == frozenset({1}) and after.version == before.version + 1
-    assert sorted(i for g in rt.groups() for i in g) == [0, 2, 3]
-    assert all(g for g in rt.groups())
+    # No report yet: the DP re-plans the three serving instances on the expected workload.
+    boundaries, sizes = plan_for(workload, rt.model, 3, 0.0)
+    assert after.boundaries_tokens == boundaries and boundaries == (256,)
+    assert [len(g) for g in rt.groups()] == list(sizes) == [1, 2]
+    assert rt.groups() == [[0], [2, 3]]
 
 
 def test_reassign_deals_only_serving_instances_and_caps_the_others() -> None:

@@ -80,6 +80,11 @@ def test_count_rule_balances_running_requests_per_instance() -> None:
     share_lo = cum[best] / cum[-1]
     # The best split gives the one-instance stage about a quarter of the decode steps.
     assert abs(share_lo - 0.25) < 0.1
+    # Per instance on both sides: two and two split them about evenly.
+    cand2, score2 = split_scores(
+        s, MODEL, BoundaryRule.COUNT, lo=0, hi=GRID.num_buckets, n_lo=2, n_hi=2
+    )
+    assert abs(cum[int(cand2[np.argmin(score2)])] / cum[-1] - 0.5) < 0.1
     # Memory weighs long contexts more, so a quarter of it is reached at longer lengths.
     cand_m, score_m = split_scores(
         s, MODEL, BoundaryRule.MEMORY, lo=0, hi=GRID.num_buckets, n_lo=1, n_hi=3

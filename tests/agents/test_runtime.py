@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from factories import req, tiny_profile
 from l4.agents.agent import AgentConfig
+from l4.agents.config import L4Config
 from l4.agents.messages import Award, Decline, Message
 from l4.agents.refinement import RefinementConfig
-from l4.agents.runtime import L4Config, L4Runtime
+from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig, MigrationMechanism

@@ -8,7 +8,15 @@ from dataclasses import replace
 
 import pytest
 
-from agent_factories import RUNTIME_CONFIG, FakeCluster, FakeView, far_above, runtime_over, seq
+from agent_factories import (
+    RUNTIME_CONFIG,
+    RUNTIME_PROFILE,
+    FakeCluster,
+    FakeView,
+    far_above,
+    runtime_over,
+    seq,
+)
 from factories import log_uniform_summary, req
 from l4.agents.agent import AgentConfig
 from l4.agents.config import L4Config
@@ -19,6 +27,7 @@ from l4.agents.refinement import BoundaryRule
 from l4.agents.runtime import L4Runtime, next_slot_s
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
+from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.costmodel import StepCostModel, load_profile
 from l4.errors import ValidationError
 from l4.instance import InstanceConfig
@@ -446,3 +455,32 @@ def test_a_runtime_that_never_reports_keeps_no_arrivals() -> None:
     policy, cluster = runtime_over(ONE, replace(RUNTIME_CONFIG, refine=False, replan=False))
     _arrive(policy, cluster, [0.01 * k for k in range(500)])
     assert not policy.front._arrivals_s and not policy.front._recent
+
+
+def test_a_re_plan_is_adopted_on_its_nth_proposal_in_a_row() -> None:
+    policy, _ = runtime_over(ONE, replace(RUNTIME_CONFIG, replan_confirmations=3))
+    a = PlanUpdate(version=1, boundaries_tokens=(100,), stage_of_instance=(0, 0, 1), sender=0)
+    b = PlanUpdate(version=1, boundaries_tokens=(200,), stage_of_instance=(0, 0, 1), sender=0)
+    assert [policy._confirmed(p) for p in (a, b, b, b, b)] == [False, False, False, True, False]
+
+
+@pytest.mark.parametrize("mechanism", list(MigrationMechanism))
+def test_the_migration_stall_is_the_planners_priced_per_64_token_bucket(
+    mechanism: MigrationMechanism,
+) -> None:
+    ctx = PolicyContext(
+        num_instances=2,
+        profile=RUNTIME_PROFILE,
+        cost=StepCostModel(RUNTIME_PROFILE),
+        instance_config=InstanceConfig.from_profile(RUNTIME_PROFILE),
+        seed=0,
+        migration=MigrationConfig(mechanism=mechanism),
+    )
+    policy = L4Runtime(ctx, RUNTIME_CONFIG)
+    # Replay re-prefills 640 tokens in one chunk: its overhead, the chunk's work and one step.
+    want = float(policy.model.migration_latency_s([640.0], tpot_s=0.01, step_s=0.01)[0])
+    assert want > 0 and policy.migration_stall_s(640) == pytest.approx(want)
+    assert policy.migration_stall_s(703) == policy.migration_stall_s(640)  # the same bucket
+    assert policy.migration_stall_s(704) > policy.migration_stall_s(640)
+    if mechanism is MigrationMechanism.REPLAY:
+        assert want > float(policy.model.migration_latency_s([640.0], tpot_s=0.01, step_s=0.0)[0])
