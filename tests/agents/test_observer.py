@@ -20,6 +20,8 @@ def test_windows_sum_to_the_whole_requests_counts() -> None:
     inst = make_instance(profile)
     obs = WindowObserver(0, grid, smoothing=1.0)
     specs = [req(i, 20 + 37 * i, 5 + 11 * i, arrival_s=0.0) for i in range(12)]
+    # Prompts on a grid edge: their first decode reaches that edge, which is no crossing.
+    specs += [req(12 + k, grid.edges_tokens[k], 9, arrival_s=0.0) for k in (2, 4)]
     seqs = [Sequence(s) for s in specs]
     now = 0.0
     for seq in seqs:

@@ -95,8 +95,14 @@ def test_bounds_of_every_stage() -> None:
     [
         ({"boundaries_tokens": (0,), "stage_of_instance": (0, 1)}, "must be positive"),
         ({"boundaries_tokens": (5, 5), "stage_of_instance": (0, 1, 2)}, "and increasing"),
-        ({"boundaries_tokens": (5,), "stage_of_instance": (0, 2)}, "a stage that does not exist"),
-        ({"boundaries_tokens": (5,), "stage_of_instance": (0, 0)}, "at least one serving instance"),
+        (
+            {"boundaries_tokens": (5,), "stage_of_instance": (0, 2)},
+            "^an instance is assigned to a stage that does not exist$",
+        ),
+        (
+            {"boundaries_tokens": (5,), "stage_of_instance": (0, 0)},
+            "^every stage needs at least one serving instance$",
+        ),
     ],
 )
 def test_bad_tables_are_refused_with_the_reason(kwargs: dict[str, object], message: str) -> None:
