@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from factories import req, tiny_profile
+from factories import policy_context, req, tiny_profile
 from l4.agents.agent import AgentConfig, InstanceAgent
 from l4.agents.bus import MessageBus
 from l4.agents.config import L4Config
@@ -20,11 +20,8 @@ from l4.agents.refinement import RefinementConfig
 from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
-from l4.costmodel import StepCostModel
-from l4.instance import InstanceConfig
 from l4.instance.sequence import SeqState, Sequence
 from l4.offload import Offload
-from l4.views import PolicyContext
 
 BLOCK_TOKENS = 16
 
@@ -254,14 +251,7 @@ def runtime_over(
     """An L4 runtime holding ``table`` over fake instances (``v0=FakeView(0)``, ...; idle ones
     for the rest)."""
     n = len(table.stage_of_instance)
-    ctx = PolicyContext(
-        num_instances=n,
-        profile=RUNTIME_PROFILE,
-        cost=StepCostModel(RUNTIME_PROFILE),
-        instance_config=InstanceConfig.from_profile(RUNTIME_PROFILE),
-        seed=0,
-        offload=offload,
-    )
+    ctx = policy_context(RUNTIME_PROFILE, n, offload=offload)
     policy = L4Runtime(ctx, config)
     policy.table = table
     for a in policy.agents:

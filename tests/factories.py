@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from l4.core.grid import LengthGrid
+from l4.core.migration import MigrationConfig
 from l4.core.summary import WorkloadSummary, summarize_lengths
 from l4.costmodel import (
     AlphaTable,
@@ -20,8 +21,9 @@ from l4.costmodel import (
 from l4.instance import Instance, InstanceConfig
 from l4.instance import Sequence as Seq
 from l4.metrics import RequestRecord
+from l4.offload import Offload
 from l4.request import RequestSpec
-from l4.views import ClusterView, InstanceView
+from l4.views import ClusterView, InstanceView, PolicyContext, StaticPlan
 
 
 def tiny_profile(*, kv_capacity_tokens: int = 4096, max_context_tokens: int = 2048) -> Profile:
@@ -129,3 +131,26 @@ class RecordingCluster:
     def migrate(self, seq: Seq, src: int, dst: int, reason: str) -> bool:
         self.calls.append((seq.request_id, src, dst))
         return self.inner.migrate(seq, src, dst, reason)
+
+
+def policy_context(
+    profile: Profile,
+    num_instances: int,
+    *,
+    workload: WorkloadSummary | None = None,
+    migration: MigrationConfig | None = None,
+    static_plan: StaticPlan | None = None,
+    offload: Offload | None = None,
+) -> PolicyContext:
+    """What a policy is built with: ``profile``'s cost model and default instance, seed 0."""
+    return PolicyContext(
+        num_instances=num_instances,
+        profile=profile,
+        cost=StepCostModel(profile),
+        instance_config=InstanceConfig.from_profile(profile),
+        seed=0,
+        workload=workload,
+        migration=MigrationConfig() if migration is None else migration,
+        static_plan=static_plan,
+        offload=offload,
+    )

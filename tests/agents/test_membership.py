@@ -9,7 +9,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from factories import req, tiny_profile
+from factories import policy_context, req, tiny_profile
 from l4.agents.config import L4Config
 from l4.agents.membership import Membership
 from l4.agents.planning import plan_for
@@ -17,24 +17,15 @@ from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.grid import exponential_grid
 from l4.core.summary import summarize_requests
-from l4.costmodel import StepCostModel
 from l4.gateway.book import LiveCluster, LiveInstance
-from l4.instance import InstanceConfig
 from l4.offload import Inline
 from l4.views import PolicyContext, StaticPlan
 
 PROFILE = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
 
 
-def ctx(n: int, **kw: object) -> PolicyContext:
-    return PolicyContext(
-        num_instances=n,
-        profile=PROFILE,
-        cost=StepCostModel(PROFILE),
-        instance_config=InstanceConfig.from_profile(PROFILE),
-        seed=0,
-        **kw,  # type: ignore[arg-type]
-    )
+def ctx(n: int, **kw: Any) -> PolicyContext:
+    return policy_context(PROFILE, n, **kw)
 
 
 def live(n: int) -> LiveCluster:

@@ -20,17 +20,15 @@ from agent_factories import (
     runtime_over,
     seq,
 )
-from factories import log_uniform_summary
+from factories import log_uniform_summary, policy_context
 from l4.agents.messages import LengthReport
 from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
-from l4.costmodel import StepCostModel, load_profile
+from l4.costmodel import load_profile
 from l4.errors import InvariantError
 from l4.gateway.book import LiveCluster, LiveInstance
-from l4.instance import InstanceConfig
 from l4.offload import Inline
-from l4.views import PolicyContext
 
 
 class Held:
@@ -163,15 +161,7 @@ def _planned(offload: Inline | Held) -> tuple[L4Runtime, LiveCluster]:
     over the gateway's live view."""
     profile = load_profile("h100-llama-3.2-3b")
     workload = log_uniform_summary(exponential_grid(profile.model.max_context_tokens), 3, rate=1.0)
-    ctx = PolicyContext(
-        num_instances=4,
-        profile=profile,
-        cost=StepCostModel(profile),
-        instance_config=InstanceConfig.from_profile(profile),
-        seed=0,
-        workload=workload,
-        offload=offload,
-    )
+    ctx = policy_context(profile, 4, workload=workload, offload=offload)
     instances = [
         LiveInstance(
             i, num_kv_blocks=512, block_size_tokens=16, max_num_batched_tokens=2048,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import req, tiny_profile
+from factories import policy_context, req, tiny_profile
 from l4.agents.agent import AgentConfig
 from l4.agents.config import L4Config
 from l4.agents.messages import Award, Decline, Message
@@ -20,7 +20,6 @@ from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.core.summary import summarize_requests
-from l4.costmodel import StepCostModel
 from l4.errors import ValidationError
 from l4.instance import InstanceConfig
 from l4.instance import Sequence as Seq
@@ -63,12 +62,9 @@ def _ctx(
     plan: bool,
     expected: list[RequestSpec] | None = None,
 ) -> PolicyContext:
-    return PolicyContext(
-        num_instances=n,
-        profile=PROFILE,
-        cost=StepCostModel(PROFILE),
-        instance_config=InstanceConfig.from_profile(PROFILE),
-        seed=0,
+    return policy_context(
+        PROFILE,
+        n,
         workload=summarize_requests(GRID, expected or specs) if plan else None,
         migration=MigrationConfig(mechanism=mechanism),
     )
@@ -265,13 +261,8 @@ def test_a_re_plan_needs_the_same_proposal_in_consecutive_rounds() -> None:
 def _pinned(spill: bool) -> tuple[L4Runtime, Simulation]:
     from l4.views import StaticPlan
 
-    ctx = PolicyContext(
-        num_instances=2,
-        profile=PROFILE,
-        cost=StepCostModel(PROFILE),
-        instance_config=InstanceConfig.from_profile(PROFILE),
-        seed=0,
-        static_plan=StaticPlan(boundaries_tokens=(500,), stage_sizes=(1, 1)),
+    ctx = policy_context(
+        PROFILE, 2, static_plan=StaticPlan(boundaries_tokens=(500,), stage_sizes=(1, 1))
     )
     policy = L4Runtime(ctx, L4Config(spill=spill))
     sim = Simulation(

@@ -17,7 +17,7 @@ from agent_factories import (
     runtime_over,
     seq,
 )
-from factories import log_uniform_summary, req
+from factories import log_uniform_summary, policy_context, req
 from l4.agents.agent import AgentConfig
 from l4.agents.config import L4Config
 from l4.agents.leaders import boundary_target, combine_reports, propose_plan
@@ -28,11 +28,9 @@ from l4.agents.runtime import L4Runtime, next_slot_s
 from l4.agents.stages import StageTable
 from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig, MigrationMechanism
-from l4.costmodel import StepCostModel, load_profile
+from l4.costmodel import load_profile
 from l4.errors import ValidationError
-from l4.instance import InstanceConfig
 from l4.instance.sequence import SeqState
-from l4.views import PolicyContext
 
 ONE = StageTable(boundaries_tokens=(), stage_of_instance=(0, 0, 0))
 TWO = StageTable(boundaries_tokens=(100,), stage_of_instance=(0, 1, 1))
@@ -358,14 +356,7 @@ def test_count_and_memory_ablations_place_their_own_initial_boundaries() -> None
     h100 = load_profile("h100-llama-3.2-3b")
     grid = exponential_grid(h100.model.max_context_tokens)
     summary = log_uniform_summary(grid, 3, rate=1.0)
-    ctx = PolicyContext(
-        num_instances=8,
-        profile=h100,
-        cost=StepCostModel(h100),
-        instance_config=InstanceConfig.from_profile(h100),
-        seed=0,
-        workload=summary,
-    )
+    ctx = policy_context(h100, 8, workload=summary)
     qoe = L4Runtime(ctx, RUNTIME_CONFIG)
     for rule in (BoundaryRule.COUNT, BoundaryRule.MEMORY):
         policy = L4Runtime(ctx, replace(RUNTIME_CONFIG, rule=rule))
@@ -468,14 +459,7 @@ def test_a_re_plan_is_adopted_on_its_nth_proposal_in_a_row() -> None:
 def test_the_migration_stall_is_the_planners_priced_per_64_token_bucket(
     mechanism: MigrationMechanism,
 ) -> None:
-    ctx = PolicyContext(
-        num_instances=2,
-        profile=RUNTIME_PROFILE,
-        cost=StepCostModel(RUNTIME_PROFILE),
-        instance_config=InstanceConfig.from_profile(RUNTIME_PROFILE),
-        seed=0,
-        migration=MigrationConfig(mechanism=mechanism),
-    )
+    ctx = policy_context(RUNTIME_PROFILE, 2, migration=MigrationConfig(mechanism=mechanism))
     policy = L4Runtime(ctx, RUNTIME_CONFIG)
     # Replay re-prefills 640 tokens in one chunk: its overhead, the chunk's work and one step.
     want = float(policy.model.migration_latency_s([640.0], tpot_s=0.01, step_s=0.01)[0])

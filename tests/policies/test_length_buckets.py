@@ -9,12 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from factories import req, tiny_profile
+from factories import policy_context, req, tiny_profile
 from l4.core.grid import exponential_grid
 from l4.core.summary import summarize_lengths, summarize_requests
-from l4.costmodel import StepCostModel
 from l4.errors import ValidationError
-from l4.instance import InstanceConfig
 from l4.instance import Sequence as Seq
 from l4.policies.base import make_policy
 from l4.policies.length_buckets import (
@@ -35,14 +33,7 @@ GRID = exponential_grid(2048, min_tokens=16)
 
 def _ctx(n: int, specs: list[RequestSpec] | None) -> PolicyContext:
     profile = tiny_profile(kv_capacity_tokens=8192, max_context_tokens=2048)
-    return PolicyContext(
-        num_instances=n,
-        profile=profile,
-        cost=StepCostModel(profile),
-        instance_config=InstanceConfig.from_profile(profile),
-        seed=0,
-        workload=summarize_requests(GRID, specs) if specs else None,
-    )
+    return policy_context(profile, n, workload=summarize_requests(GRID, specs) if specs else None)
 
 
 def _specs(seed: int = 3, n: int = 120) -> list[RequestSpec]:

@@ -7,10 +7,9 @@ import random
 
 import pytest
 
-from factories import RecordingCluster, req, tiny_profile
+from factories import RecordingCluster, policy_context, req, tiny_profile
 from l4.core.migration import MigrationConfig, MigrationMechanism
-from l4.costmodel import StepCostModel
-from l4.instance import InstanceConfig, SeqState
+from l4.instance import SeqState
 from l4.instance import Sequence as Seq
 from l4.policies.base import make_policy
 from l4.policies.llumnix import Llumnix, LlumnixConfig
@@ -23,12 +22,9 @@ def _ctx(
     n: int, *, kv_tokens: int = 3072, mechanism: MigrationMechanism | None = None
 ) -> PolicyContext:
     profile = tiny_profile(kv_capacity_tokens=kv_tokens, max_context_tokens=2048)
-    return PolicyContext(
-        num_instances=n,
-        profile=profile,
-        cost=StepCostModel(profile),
-        instance_config=InstanceConfig.from_profile(profile),
-        seed=0,
+    return policy_context(
+        profile,
+        n,
         migration=MigrationConfig(mechanism=mechanism or MigrationMechanism.KV_TRANSFER),
     )
 

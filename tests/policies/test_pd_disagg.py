@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
 
-from factories import RecordingCluster, req, tiny_profile
+from factories import RecordingCluster, policy_context, req, tiny_profile
 from l4.core.grid import exponential_grid
 from l4.core.migration import MigrationConfig, MigrationMechanism
 from l4.core.summary import summarize_lengths
-from l4.costmodel import StepCostModel
 from l4.errors import UnknownNameError, ValidationError
-from l4.instance import InstanceConfig, SeqState
+from l4.instance import SeqState
 from l4.instance import Sequence as Seq
 from l4.policies.base import make_policy, parse_policy_list
 from l4.policies.pd_disagg import PdConfig, PdDisagg, default_num_prefill, phase_gpu_time
@@ -24,18 +24,10 @@ _ids = iter(range(1000, 10**6))
 
 
 def _ctx(
-    n: int, mechanism: MigrationMechanism = MigrationMechanism.KV_TRANSFER, **kw: object
+    n: int, mechanism: MigrationMechanism = MigrationMechanism.KV_TRANSFER, **kw: Any
 ) -> PolicyContext:
     profile = tiny_profile(kv_capacity_tokens=3072, max_context_tokens=2048)
-    return PolicyContext(
-        num_instances=n,
-        profile=profile,
-        cost=StepCostModel(profile),
-        instance_config=InstanceConfig.from_profile(profile),
-        seed=0,
-        migration=MigrationConfig(mechanism=mechanism),
-        **kw,  # type: ignore[arg-type]
-    )
+    return policy_context(profile, n, migration=MigrationConfig(mechanism=mechanism), **kw)
 
 
 def _sim(ctx: PolicyContext, policy: PdDisagg, *, check: bool = True) -> Simulation:
