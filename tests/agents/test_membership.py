@@ -12,6 +12,7 @@ from typing import Any
 from factories import policy_context, req, tiny_profile
 from l4.agents.config import L4Config
 from l4.agents.membership import Membership
+from l4.agents.messages import LengthReport
 from l4.agents.planning import plan_for
 from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable, reassign, split_in_proportion
@@ -124,6 +125,33 @@ def test_a_planned_cluster_replans_for_the_serving_instances() -> None:
     assert after.boundaries_tokens == boundaries and boundaries == (256,)
     assert [len(g) for g in rt.groups()] == list(sizes) == [1, 2]
     assert rt.groups() == [[0], [2, 3]]
+
+
+def test_reports_of_idle_windows_give_way_to_the_expected_workload() -> None:
+    # The coordinator holds a report from everyone, but they saw no decoding (an idle minute):
+    # the serving instances are re-planned on the expected workload, not on nothing.
+    workload = _bimodal_workload()
+    rt = L4Runtime(ctx(4, workload=workload), L4Config(stage_margin=0.0))
+    cluster = live(4)
+    rt.on_tick(cluster, 0.0)
+    zeros = (0.0,) * workload.grid.num_buckets
+    for i in range(4):
+        rt.agents[0].reports[i] = LengthReport(
+            sender=i,
+            stage=rt.table.stage_of_instance[i],
+            arrivals=zeros,
+            prompt_tokens=zeros,
+            prompt_tokens_sq=zeros,
+            decode_steps=zeros,
+            decode_length_sum=zeros,
+            crossings=zeros,
+            max_length_tokens=0.0,
+            requests_seen=0,
+            sent_s=0.0,
+        )
+    cluster.instances[1].healthy = False
+    rt.on_tick(cluster, 0.2)
+    assert rt.table.boundaries_tokens == plan_for(workload, rt.model, 3, 0.0)[0] == (256,)
 
 
 def test_reassign_deals_only_serving_instances_and_caps_the_others() -> None:
