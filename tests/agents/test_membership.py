@@ -11,13 +11,13 @@ from typing import Any
 
 from factories import policy_context, req, tiny_profile
 from l4.agents.config import L4Config
+from l4.agents.leaders import length_report
 from l4.agents.membership import Membership
-from l4.agents.messages import LengthReport
 from l4.agents.planning import plan_for
 from l4.agents.runtime import L4Runtime
 from l4.agents.stages import StageTable, reassign, split_in_proportion
 from l4.core.grid import exponential_grid
-from l4.core.summary import summarize_requests
+from l4.core.summary import summarize_requests, summary_from_counts
 from l4.gateway.book import LiveCluster, LiveInstance
 from l4.offload import Inline
 from l4.views import PolicyContext, StaticPlan
@@ -134,20 +134,12 @@ def test_reports_of_idle_windows_give_way_to_the_expected_workload() -> None:
     rt = L4Runtime(ctx(4, workload=workload), L4Config(stage_margin=0.0))
     cluster = live(4)
     rt.on_tick(cluster, 0.0)
-    zeros = (0.0,) * workload.grid.num_buckets
+    # What an observer closes after a window with nothing in it.
+    idle = summary_from_counts(workload.grid, duration_s=2.0, prompts=[], starts=[], ends=[])
     for i in range(4):
-        rt.agents[0].reports[i] = LengthReport(
-            sender=i,
-            stage=rt.table.stage_of_instance[i],
-            arrivals=zeros,
-            prompt_tokens=zeros,
-            prompt_tokens_sq=zeros,
-            decode_steps=zeros,
-            decode_length_sum=zeros,
-            crossings=zeros,
-            max_length_tokens=0.0,
-            requests_seen=0,
-            sent_s=0.0,
+        stage = rt.table.stage_of_instance[i]
+        rt.agents[0].reports[i] = length_report(
+            idle, sender=i, stage=stage, requests_seen=0, now_s=0.0
         )
     cluster.instances[1].healthy = False
     rt.on_tick(cluster, 0.2)
