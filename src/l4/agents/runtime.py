@@ -51,8 +51,6 @@ from l4.offload import Inline, Offload
 from l4.request import RequestSpec
 from l4.views import ClusterView, PolicyContext
 
-__all__ = ["L4Config", "L4Runtime", "next_slot_s"]
-
 
 class L4Runtime:
     def __init__(
